@@ -1,0 +1,200 @@
+"""`virnucpro-triton predict`: stream a FASTA file through the served pipeline.
+
+Records are read one at a time, cut into chunks and sent in batches with a bounded number of
+requests in flight; results are consumed in input order and written as they arrive, so memory
+does not grow with the input (only the per-chunk verdicts, which VirNucPro's format sorts, are
+kept until the end).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tqdm import tqdm
+from tritonclient.utils import InferenceServerException
+
+from virnucpro_triton.client.outputs import (
+    PREDICTIONS,
+    SUMMARY,
+    VERDICTS,
+    ChunkVerdicts,
+    atomic_files,
+    prediction_row,
+    score,
+)
+from virnucpro_triton.client.records import InputRecord, unique_ids
+from virnucpro_triton.fasta import read_fasta
+from virnucpro_triton.repository import CHUNK_SIZES, PIPELINE
+from virnucpro_triton.sequence import FRAME_NAMES, chunk_starts, chunks
+
+SUMMARY_HEADER = "id\tlength\tchunks\tchunks_without_frame\tchunks_virus\tmax_p_virus\n"
+
+
+class ClientError(RuntimeError):
+    """The server cannot be reached or refused a request; the message is for the user."""
+
+
+@dataclass
+class _RecordState:
+    record: InputRecord
+    chunks: int
+    done: int = 0
+    without_frame: int = 0
+    virus: int = 0
+    max_p_virus: float = float("-inf")
+
+    def summary_row(self) -> str:
+        best = score(self.max_p_virus) if self.max_p_virus >= 0 else "NA"
+        return (f"{self.record.id}\t{len(self.record.sequence)}\t{self.chunks}\t"
+                f"{self.without_frame}\t{self.virus}\t{best}\n")
+
+
+@dataclass
+class _Batch:
+    entries: list[tuple[_RecordState, str | None]] = field(default_factory=list)  # chunk id
+    sequences: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    records: int
+    chunks: int
+    frames: int
+    chunks_virus: int
+    chunks_without_frame: int
+    out_dir: Path
+
+
+class PipelineClient:
+    """gRPC calls to the `virnucpro` pipeline model, any number in flight."""
+
+    def __init__(self, url: str, timeout: float = 600.0):
+        self.url = url
+        self.timeout = timeout
+        self.client = grpcclient.InferenceServerClient(url)
+        try:
+            ready = self.client.is_server_ready() and self.client.is_model_ready(PIPELINE)
+        except InferenceServerException as error:
+            raise ClientError(f"cannot reach a Triton server at {url}: {error.message()}") from None
+        if not ready:
+            raise ClientError(f"the server at {url} has no ready '{PIPELINE}' model")
+
+    def submit(self, dna: list[str], chunk_size: int) -> Future:
+        future: Future = Future()
+        inputs = [grpcclient.InferInput("DNA", [len(dna), 1], "BYTES"),
+                  grpcclient.InferInput("CHUNK_SIZE", [len(dna), 1], "INT32")]
+        inputs[0].set_data_from_numpy(np.array(dna, dtype=object).reshape(-1, 1))
+        inputs[1].set_data_from_numpy(np.full((len(dna), 1), chunk_size, np.int32))
+
+        def done(result, error) -> None:  # tritonclient calls back with these keyword names
+            if error is not None:
+                future.set_exception(ClientError(f"{self.url}: {error.message()}"))
+            else:
+                future.set_result((result.as_numpy("PROBABILITIES"), result.as_numpy("FRAME_KEPT")))
+
+        self.client.async_infer(PIPELINE, inputs, callback=done, client_timeout=self.timeout)
+        return future
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _batches(records: Iterator[InputRecord], chunk_size: int, batch_chunks: int) -> Iterator[_Batch]:
+    batch = _Batch()
+    for record in records:
+        state = _RecordState(record, len(chunk_starts(len(record.sequence), chunk_size)))
+        if state.chunks == 0:  # empty sequence: no request, but a summary row in its place
+            batch.entries.append((state, None))
+        for chunk_id, chunk in chunks(record.id, record.sequence, chunk_size):
+            batch.entries.append((state, chunk_id))
+            batch.sequences.append(chunk)
+            if len(batch.sequences) == batch_chunks:
+                yield batch
+                batch = _Batch()
+    if batch.entries:
+        yield batch
+
+
+def _count_chunks(fasta: Path, chunk_size: int) -> int:
+    return sum(len(chunk_starts(len(r.sequence), chunk_size)) for r in read_fasta(fasta))
+
+
+def predict(
+    fasta: Path,
+    chunk_size: int,
+    out_dir: Path,
+    url: str,
+    *,
+    batch_chunks: int = 64,
+    max_in_flight: int = 4,
+    progress: bool | None = None,
+) -> RunSummary:
+    if chunk_size not in CHUNK_SIZES:
+        raise ClientError(f"chunk size must be one of {CHUNK_SIZES}, not {chunk_size}")
+    if progress is None:
+        progress = sys.stderr.isatty()
+    # Counting first gives the progress bar its total and reports bad input before any work.
+    total = _count_chunks(fasta, chunk_size) if progress else None
+    client = PipelineClient(url)
+    verdicts = ChunkVerdicts()
+    counts = dict(records=0, chunks=0, frames=0, chunks_virus=0, chunks_without_frame=0)
+    bar = tqdm(total=total, unit="chunk", disable=not progress, desc="classifying")
+    in_flight: deque[tuple[Future, _Batch]] = deque()
+
+    def consume(out) -> None:
+        future, batch = in_flight.popleft()
+        probabilities, kept = future.result()
+        row = 0
+        for state, chunk_id in batch.entries:
+            if chunk_id is not None:
+                best = [-1.0, -1.0]
+                for f, name in enumerate(FRAME_NAMES):
+                    if kept[row, f]:
+                        p_others, p_virus = (float(p) for p in probabilities[row, f])
+                        out[PREDICTIONS].write(prediction_row(chunk_id + name, p_others, p_virus))
+                        verdicts.add(chunk_id + name, p_others, p_virus)
+                        best = [max(best[0], p_others), max(best[1], p_virus)]
+                        counts["frames"] += 1
+                state.done += 1
+                row += 1
+                if best[0] < 0:
+                    state.without_frame += 1
+                elif best[1] >= best[0]:
+                    state.virus += 1
+                state.max_p_virus = max(state.max_p_virus, best[1])
+            if state.done == state.chunks:
+                out[SUMMARY].write(state.summary_row())
+                counts["records"] += 1
+                counts["chunks"] += state.chunks
+                counts["chunks_virus"] += state.virus
+                counts["chunks_without_frame"] += state.without_frame
+        bar.update(len(batch.sequences))
+
+    try:
+        with atomic_files(out_dir, (PREDICTIONS, VERDICTS, SUMMARY)) as out:
+            out[PREDICTIONS].write("Sequence_ID\tPrediction\tscore1\tscore2\n")
+            out[SUMMARY].write(SUMMARY_HEADER)
+            records = unique_ids(read_fasta(fasta))
+            for batch in _batches(records, chunk_size, batch_chunks):
+                while len(in_flight) >= max_in_flight:
+                    consume(out)
+                future = client.submit(batch.sequences, chunk_size) if batch.sequences else Future()
+                if not batch.sequences:
+                    future.set_result((np.empty((0, 6, 2)), np.empty((0, 6), bool)))
+                in_flight.append((future, batch))
+            while in_flight:
+                consume(out)
+            verdicts.write(out[VERDICTS])
+    finally:
+        bar.close()
+        for future, _ in in_flight:
+            future.cancel()
+        client.close()
+    return RunSummary(out_dir=out_dir, **counts)

@@ -1,0 +1,139 @@
+"""Sequences in, pooled embeddings out: tokenization plus length-bucketed batches.
+
+Used by the served `dnabert_s` and `esm2` models and by export's verification. Sequences are
+sorted by length and packed into batches under a token budget, so padding stays small; the
+models mask padding out of attention and pooling, so the result of a sequence does not depend
+on the batch it lands in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+
+from virnucpro_triton.models.dnabert_s import DnabertS
+from virnucpro_triton.models.esm2 import PAD_IDX, Esm2, encode_protein, pad_batch
+
+# Longest inputs accepted: far above what the pipeline sends (frames of 500-bp chunks are
+# <= 501 bases / 166 residues), low enough that one request cannot exhaust memory.
+MAX_DNA_LENGTH = 20_000
+MAX_PROTEIN_LENGTH = 4_000
+DNA_LETTERS = frozenset("ACGTNRYSWKMBDHV")  # IUPAC; the tokenizer maps rare ones to [UNK]
+
+
+def _batches(lengths: Sequence[int], token_budget: int, max_rows: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length whose padded size fits the budget."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in order:
+        # Sorted ascending, so the newest member is the longest of its batch.
+        if current and (
+            lengths[index] * (len(current) + 1) > token_budget or len(current) >= max_rows
+        ):
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches
+
+
+class _Embedder:
+    """Shared batching loop; subclasses turn text into token ids and ids into vectors."""
+
+    pad_id: int
+    dim: int
+
+    def __init__(self, device: torch.device, token_budget: int, max_rows: int):
+        self.device = device
+        self.token_budget = token_budget
+        self.max_rows = max_rows
+
+    def tokenize(self, sequences: Sequence[str]) -> list[list[int]]:
+        raise NotImplementedError
+
+    def _embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def __call__(self, sequences: Sequence[str]) -> np.ndarray:
+        out = np.empty((len(sequences), self.dim), dtype=np.float32)
+        if not sequences:
+            return out
+        tokens = self.tokenize(sequences)
+        for batch in _batches([len(t) for t in tokens], self.token_budget, self.max_rows):
+            ids = pad_batch([tokens[i] for i in batch], self.pad_id).to(self.device)
+            out[batch] = self._embed_ids(ids).float().cpu().numpy()
+        return out
+
+
+class DnaEmbedder(_Embedder):
+    """DNABERT-S: BPE tokens wrapped in [CLS] ... [SEP], mean over all real tokens."""
+
+    def __init__(self, model: DnabertS, tokenizer_path: Path, device: torch.device,
+                 token_budget: int = 16_384, max_rows: int = 256):
+        super().__init__(device, token_budget, max_rows)
+        self.model = model.to(device).eval()
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
+        pad = self.tokenizer.token_to_id("[PAD]")
+        if pad is None:
+            raise ValueError(f"{tokenizer_path}: the tokenizer has no [PAD] token")
+        self.pad_id = pad
+        self.dim = model.config.hidden_size
+
+    def tokenize(self, sequences: Sequence[str]) -> list[list[int]]:
+        upper = [s.upper() for s in sequences]
+        return [encoding.ids for encoding in self.tokenizer.encode_batch(upper)]
+
+    def _embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.embed(ids, ids != self.pad_id)
+
+
+class ProteinEmbedder(_Embedder):
+    """ESM-2: <cls> residues <eos>, final layer, mean over residues."""
+
+    pad_id = PAD_IDX
+
+    def __init__(self, model: Esm2, device: torch.device, token_budget: int = 16_384,
+                 max_rows: int = 256):
+        super().__init__(device, token_budget, max_rows)
+        self.model = model.to(device).eval()
+        self.dim = model.config.embed_dim
+
+    def tokenize(self, sequences: Sequence[str]) -> list[list[int]]:
+        return [encode_protein(s.upper()) for s in sequences]
+
+    def _embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.embed(ids)
+
+
+def check_dna(sequence: str) -> str | None:
+    """Why a DNA sequence cannot be embedded, or None when it can."""
+    if not sequence:
+        return "empty sequence"
+    if len(sequence) > MAX_DNA_LENGTH:
+        return f"sequence of {len(sequence)} bases is longer than {MAX_DNA_LENGTH}"
+    bad = set(sequence.upper()) - DNA_LETTERS
+    if bad:
+        return f"characters {''.join(sorted(bad))!r} are not DNA (A C G T or IUPAC codes)"
+    return None
+
+
+def check_protein(sequence: str) -> str | None:
+    if not sequence:
+        return "empty sequence"
+    if len(sequence) > MAX_PROTEIN_LENGTH:
+        return f"protein of {len(sequence)} residues is longer than {MAX_PROTEIN_LENGTH}"
+    if not sequence.isascii() or not sequence.isalpha():
+        return "a protein must be letters only (one-letter amino-acid codes)"
+    return None
+
+
+CHECKS: dict[str, Callable[[str], str | None]] = {"dna": check_dna, "protein": check_protein}
