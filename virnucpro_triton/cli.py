@@ -12,7 +12,9 @@ from virnucpro_triton.repository import CHUNK_SIZES
 
 DEFAULT_REPOSITORY = Path("model_repository")
 _chunk_size = click.option(
-    "--chunk-size", type=click.Choice([str(s) for s in CHUNK_SIZES]), required=True,
+    "--chunk-size",
+    type=click.Choice([str(s) for s in CHUNK_SIZES]),
+    required=True,
     help="Chunk length in bp; must match the classifier (300_model.pth or 500_model.pth).",
 )
 
@@ -41,30 +43,50 @@ def preprocess(fasta: Path, chunk_size: str, out_dir: Path) -> None:
         counts = run(fasta, int(chunk_size), out_dir)
     except (FastaError, OSError) as error:
         _fail(str(error))
-    click.echo(f"{counts['records']} records -> {counts['chunks']} chunks -> "
-               f"{counts['frames']} stop-free frames, written to {out_dir}/")
+    click.echo(
+        f"{counts['records']} records -> {counts['chunks']} chunks -> "
+        f"{counts['frames']} stop-free frames, written to {out_dir}/"
+    )
 
 
 @main.command()
-@click.option("--repository", type=click.Path(path_type=Path), default=DEFAULT_REPOSITORY,
-              show_default=True, help="Model repository directory (written by `export`).")
-@click.option("--address", default="127.0.0.1", show_default=True,
-              help="Address to bind; anything but loopback exposes the server to the network.")
+@click.option(
+    "--repository",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_REPOSITORY,
+    show_default=True,
+    help="Model repository directory (written by `export`).",
+)
+@click.option(
+    "--address",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind; anything but loopback exposes the server to the network.",
+)
 @click.option("--grpc-port", type=int, default=8001, show_default=True)
 @click.option("--http-port", type=int, default=8000, show_default=True)
 @click.option("--metrics-port", type=int, default=8002, show_default=True)
-def serve(repository: Path, address: str, grpc_port: int, http_port: int, metrics_port: int) -> None:
+def serve(
+    repository: Path, address: str, grpc_port: int, http_port: int, metrics_port: int
+) -> None:
     """Run the embedded Triton server in the foreground until Ctrl-C."""
     from virnucpro_triton.server import EmbeddedServer, ServerError
 
-    server = EmbeddedServer(repository, grpc_port=grpc_port, http_port=http_port,
-                            metrics_port=metrics_port, address=address)
+    server = EmbeddedServer(
+        repository,
+        grpc_port=grpc_port,
+        http_port=http_port,
+        metrics_port=metrics_port,
+        address=address,
+    )
     try:
         server.start()
     except ServerError as error:
         _fail(str(error))
-    click.echo(f"serving {repository} — gRPC {server.grpc_url}, HTTP {server.http_url}, "
-               f"log {server.log_path}; Ctrl-C stops")
+    click.echo(
+        f"serving {repository} — gRPC {server.grpc_url}, HTTP {server.http_url}, "
+        f"log {server.log_path}; Ctrl-C stops"
+    )
     try:
         code = server.wait()
     except KeyboardInterrupt:
@@ -79,17 +101,41 @@ def serve(repository: Path, address: str, grpc_port: int, http_port: int, metric
 @click.argument("fasta", type=click.Path(path_type=Path))
 @_chunk_size
 @click.option("-o", "--out-dir", type=click.Path(path_type=Path), required=True)
-@click.option("--url", help="gRPC address HOST:PORT of a running server. Without it an embedded "
-              "server is started on --repository for this run.")
-@click.option("--repository", type=click.Path(path_type=Path), default=DEFAULT_REPOSITORY,
-              show_default=True)
-@click.option("--batch-chunks", type=click.IntRange(1, 256), default=64, show_default=True,
-              help="Chunks per request.")
-@click.option("--max-in-flight", type=click.IntRange(1, 64), default=4, show_default=True,
-              help="Requests awaiting an answer at any time.")
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
-def predict(fasta: Path, chunk_size: str, out_dir: Path, url: str | None, repository: Path,
-            batch_chunks: int, max_in_flight: int, progress: bool | None) -> None:
+@click.option(
+    "--url",
+    help="gRPC address HOST:PORT of a running server. Without it an embedded "
+    "server is started on --repository for this run.",
+)
+@click.option(
+    "--repository", type=click.Path(path_type=Path), default=DEFAULT_REPOSITORY, show_default=True
+)
+@click.option(
+    "--batch-chunks",
+    type=click.IntRange(1, 256),
+    default=64,
+    show_default=True,
+    help="Chunks per request.",
+)
+@click.option(
+    "--max-in-flight",
+    type=click.IntRange(1, 64),
+    default=4,
+    show_default=True,
+    help="Requests awaiting an answer at any time.",
+)
+@click.option(
+    "--progress/--no-progress", default=None, help="Progress bar (default: on a terminal)."
+)
+def predict(
+    fasta: Path,
+    chunk_size: str,
+    out_dir: Path,
+    url: str | None,
+    repository: Path,
+    batch_chunks: int,
+    max_in_flight: int,
+    progress: bool | None,
+) -> None:
     """Classify FASTA (plain or gzip) and write VirNucPro's result files into OUT_DIR."""
     from virnucpro_triton.client.predict import ClientError
     from virnucpro_triton.client.predict import predict as run
@@ -100,32 +146,57 @@ def predict(fasta: Path, chunk_size: str, out_dir: Path, url: str | None, reposi
         next(iter(read_fasta(fasta)))  # refuse a missing or non-FASTA file before starting a server
         server = EmbeddedServer(repository) if url is None else nullcontext()
         with server:
-            summary = run(fasta, int(chunk_size), out_dir, url or server.grpc_url,
-                          batch_chunks=batch_chunks, max_in_flight=max_in_flight, progress=progress)
+            summary = run(
+                fasta,
+                int(chunk_size),
+                out_dir,
+                url or server.grpc_url,
+                batch_chunks=batch_chunks,
+                max_in_flight=max_in_flight,
+                progress=progress,
+            )
     except (FastaError, ClientError, ServerError, OSError) as error:
         _fail(str(error))
-    click.echo(
-        f"{summary.records} records, {summary.chunks} chunks, {summary.frames} frames classified: "
-        f"{summary.chunks_virus} chunks called virus, {summary.chunks_without_frame} chunks without "
-        f"a stop-free frame.\nresults: {out_dir}/ (prediction_results.txt, "
-        "prediction_results_highestscore.csv, sequence_summary.tsv)"
-    )
+    click.echo(f"{summary.describe()}\nresults: {out_dir}/")
 
 
 @main.command()
-@click.option("--out", type=click.Path(path_type=Path), default=DEFAULT_REPOSITORY, show_default=True,
-              help="Model repository to write entries into.")
-@click.option("--dnabert-s", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="DNABERT-S model directory (config.json, weights, tokenizer.json).")
-@click.option("--esm2", type=click.Path(exists=True, path_type=Path),
-              help="fair-esm .pt checkpoint (esm2_t36_3B_UR50D.pt) or Hugging Face ESM directory.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_REPOSITORY,
+    show_default=True,
+    help="Model repository to write entries into.",
+)
+@click.option(
+    "--dnabert-s",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="DNABERT-S model directory (config.json, weights, tokenizer.json).",
+)
+@click.option(
+    "--esm2",
+    type=click.Path(exists=True, path_type=Path),
+    help="fair-esm .pt checkpoint (esm2_t36_3B_UR50D.pt) or Hugging Face ESM directory.",
+)
 @click.option("--classifier-300", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--classifier-500", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
-              show_default=True, help="Weights of the embedding models (classifiers stay fp32).")
+@click.option(
+    "--dtype",
+    type=click.Choice(["fp32", "bf16", "fp16"]),
+    default="fp32",
+    show_default=True,
+    help="Weights of the embedding models (classifiers stay fp32).",
+)
 @click.option("--tiny", is_flag=True, help="Tiny random-weight models for demos and tests.")
-def export(out: Path, dnabert_s: Path | None, esm2: Path | None, classifier_300: Path | None,
-           classifier_500: Path | None, dtype: str, tiny: bool) -> None:
+def export(
+    out: Path,
+    dnabert_s: Path | None,
+    esm2: Path | None,
+    classifier_300: Path | None,
+    classifier_500: Path | None,
+    dtype: str,
+    tiny: bool,
+) -> None:
     """Write verified model-repository entries from local checkpoints."""
     from virnucpro_triton.checkpoints import CheckpointError
     from virnucpro_triton.export import VerificationError, export_repository
@@ -134,10 +205,56 @@ def export(out: Path, dnabert_s: Path | None, esm2: Path | None, classifier_300:
     if not tiny and not (dnabert_s or esm2 or classifiers):
         _fail("nothing to export: give --dnabert-s, --esm2, --classifier-300/500 or --tiny")
     try:
-        export_repository(out, dnabert_s=dnabert_s, esm2=esm2, classifiers=classifiers,
-                          dtype=dtype, tiny=tiny, report=click.echo)
+        export_repository(
+            out,
+            dnabert_s=dnabert_s,
+            esm2=esm2,
+            classifiers=classifiers,
+            dtype=dtype,
+            tiny=tiny,
+            report=click.echo,
+        )
     except (CheckpointError, VerificationError, OSError) as error:
         _fail(str(error))
+
+
+@main.command()
+@click.option(
+    "--repository",
+    type=click.Path(path_type=Path),
+    default=Path("build/demo_repository"),
+    show_default=True,
+)
+@click.option(
+    "--out-dir", type=click.Path(path_type=Path), default=Path("results/demo"), show_default=True
+)
+@click.argument("fasta", nargs=-1, type=click.Path(path_type=Path))
+def demo(repository: Path, out_dir: Path, fasta: tuple[Path, ...]) -> None:
+    """Tiny random models, one embedded server, every FASTA given (default examples/*.fasta)."""
+    from virnucpro_triton.client.predict import ClientError
+    from virnucpro_triton.client.predict import predict as run
+    from virnucpro_triton.export import export_repository
+    from virnucpro_triton.fasta import FastaError
+    from virnucpro_triton.server import EmbeddedServer, ServerError
+
+    warning = (
+        "DEMO: the models have RANDOM weights; the verdicts below are meaningless. "
+        "Export real checkpoints with `virnucpro-triton export` for real results."
+    )
+    click.secho(warning, fg="yellow", err=True)
+    inputs = fasta or tuple(sorted(Path("examples").glob("*.fasta")))
+    try:
+        export_repository(repository, tiny=True, report=click.echo)
+        with EmbeddedServer(repository) as server:
+            click.echo(f"embedded Triton server ready at {server.grpc_url}")
+            for path in inputs:
+                for size in CHUNK_SIZES:
+                    target = out_dir / path.stem / f"chunk{size}"
+                    s = run(path, size, target, server.grpc_url, progress=False)
+                    click.echo(f"{path} @ {size} bp: {s.describe()} -> {target}/")
+    except (FastaError, ClientError, ServerError, OSError) as error:
+        _fail(str(error))
+    click.secho(warning, fg="yellow", err=True)
 
 
 if __name__ == "__main__":

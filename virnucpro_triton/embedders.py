@@ -75,8 +75,14 @@ class _Embedder:
 class DnaEmbedder(_Embedder):
     """DNABERT-S: BPE tokens wrapped in [CLS] ... [SEP], mean over all real tokens."""
 
-    def __init__(self, model: DnabertS, tokenizer_path: Path, device: torch.device,
-                 token_budget: int = 16_384, max_rows: int = 256):
+    def __init__(
+        self,
+        model: DnabertS,
+        tokenizer_path: Path,
+        device: torch.device,
+        token_budget: int = 16_384,
+        max_rows: int = 256,
+    ):
         super().__init__(device, token_budget, max_rows)
         self.model = model.to(device).eval()
         self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
@@ -101,8 +107,9 @@ class ProteinEmbedder(_Embedder):
 
     pad_id = PAD_IDX
 
-    def __init__(self, model: Esm2, device: torch.device, token_budget: int = 16_384,
-                 max_rows: int = 256):
+    def __init__(
+        self, model: Esm2, device: torch.device, token_budget: int = 16_384, max_rows: int = 256
+    ):
         super().__init__(device, token_budget, max_rows)
         self.model = model.to(device).eval()
         self.dim = model.config.embed_dim

@@ -79,14 +79,16 @@ def read_fasta(path: Path | str) -> Iterator[Record]:
             lines = _HeaderLines(path, handle)
             count = 0
             for title, sequence in SimpleFastaParser(lines):
-                record = Record(title.split(None, 1)[0] if title else "", sequence,
-                                lines.headers.popleft())
+                record = Record(
+                    title.split(None, 1)[0] if title else "", sequence, lines.headers.popleft()
+                )
                 _check(path, record)
                 count += 1
                 yield record
     except UnicodeDecodeError as error:
-        raise FastaError(f"{path}: not a text FASTA file ({error.reason} at byte "
-                         f"{error.start})") from None
+        raise FastaError(
+            f"{path}: not a text FASTA file ({error.reason} at byte {error.start})"
+        ) from None
     except (EOFError, OSError) as error:  # truncated or corrupt gzip, unreadable file
         raise FastaError(f"{path}: cannot be read: {error}") from None
     if count == 0:

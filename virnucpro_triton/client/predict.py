@@ -52,8 +52,10 @@ class _RecordState:
 
     def summary_row(self) -> str:
         best = score(self.max_p_virus) if self.max_p_virus >= 0 else "NA"
-        return (f"{self.record.id}\t{len(self.record.sequence)}\t{self.chunks}\t"
-                f"{self.without_frame}\t{self.virus}\t{best}\n")
+        return (
+            f"{self.record.id}\t{len(self.record.sequence)}\t{self.chunks}\t"
+            f"{self.without_frame}\t{self.virus}\t{best}\n"
+        )
 
 
 @dataclass
@@ -88,8 +90,10 @@ class PipelineClient:
 
     def submit(self, dna: list[str], chunk_size: int) -> Future:
         future: Future = Future()
-        inputs = [grpcclient.InferInput("DNA", [len(dna), 1], "BYTES"),
-                  grpcclient.InferInput("CHUNK_SIZE", [len(dna), 1], "INT32")]
+        inputs = [
+            grpcclient.InferInput("DNA", [len(dna), 1], "BYTES"),
+            grpcclient.InferInput("CHUNK_SIZE", [len(dna), 1], "INT32"),
+        ]
         inputs[0].set_data_from_numpy(np.array(dna, dtype=object).reshape(-1, 1))
         inputs[1].set_data_from_numpy(np.full((len(dna), 1), chunk_size, np.int32))
 
@@ -106,7 +110,9 @@ class PipelineClient:
         self.client.close()
 
 
-def _batches(records: Iterator[InputRecord], chunk_size: int, batch_chunks: int) -> Iterator[_Batch]:
+def _batches(
+    records: Iterator[InputRecord], chunk_size: int, batch_chunks: int
+) -> Iterator[_Batch]:
     batch = _Batch()
     for record in records:
         state = _RecordState(record, len(chunk_starts(len(record.sequence), chunk_size)))

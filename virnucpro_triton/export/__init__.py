@@ -47,7 +47,8 @@ def export_repository(
             if esm2 is not None:
                 esm_model, _ = checkpoints.load_esm2(esm2)
             classifier_models = {
-                size: checkpoints.load_classifier(path) for size, path in (classifiers or {}).items()
+                size: checkpoints.load_classifier(path)
+                for size, path in (classifiers or {}).items()
             }
         _check_feature_sizes(out, dna_model, esm_model, classifier_models)
         if dna_model is not None:
@@ -65,6 +66,7 @@ def export_repository(
 
 def _check_feature_sizes(out: Path, dna_model, esm_model, classifier_models) -> None:
     """A classifier must take exactly DNABERT-S dim + ESM-2 dim features."""
+
     def dim(model, attr: str, entry: str) -> int | None:
         if model is not None:
             return getattr(model.config, attr)

@@ -50,10 +50,15 @@ class Check:
         return self.min_cosine >= HALF_MIN_COSINE
 
     def describe(self) -> str:
-        limit = f"max abs <= {FP32_MAX_ABS:g}" if self.dtype == "fp32" else (
-            f"cosine >= {HALF_MIN_COSINE}")
-        return (f"{self.entry} ({self.dtype}): max abs diff {self.max_abs:.3g}, "
-                f"min cosine {self.min_cosine:.6f}; tolerance {limit}")
+        limit = (
+            f"max abs <= {FP32_MAX_ABS:g}"
+            if self.dtype == "fp32"
+            else (f"cosine >= {HALF_MIN_COSINE}")
+        )
+        return (
+            f"{self.entry} ({self.dtype}): max abs diff {self.max_abs:.3g}, "
+            f"min cosine {self.min_cosine:.6f}; tolerance {limit}"
+        )
 
 
 def _compare(entry: str, dtype: str, reference: np.ndarray, candidate: np.ndarray) -> Check:
@@ -81,15 +86,26 @@ def _reference_dna(model: DnabertS, embedder: DnaEmbedder, sequences: list[str])
 @torch.inference_mode()
 def _reference_protein(model: Esm2, embedder: ProteinEmbedder, sequences: list[str]) -> np.ndarray:
     fp32 = model.float()
-    return np.stack([fp32.embed(torch.tensor([ids]))[0].numpy() for ids in embedder.tokenize(sequences)])
+    return np.stack(
+        [fp32.embed(torch.tensor([ids]))[0].numpy() for ids in embedder.tokenize(sequences)]
+    )
 
 
-def _export(repository: Path, config, model: torch.nn.Module, kind: str, dtype: str,
-            verify: Callable[[Path], Check], extra_files: tuple[Path, ...] = ()) -> Check:
+def _export(
+    repository: Path,
+    config,
+    model: torch.nn.Module,
+    kind: str,
+    dtype: str,
+    verify: Callable[[Path], Check],
+    extra_files: tuple[Path, ...] = (),
+) -> Check:
     """Write an entry into a staging directory, verify it there, then move it into place."""
     repository.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=repository, prefix=".staging-") as staging:
-        entry = repo.write_entry(Path(staging), config, model, repo.architecture_of(kind, model, dtype))
+        entry = repo.write_entry(
+            Path(staging), config, model, repo.architecture_of(kind, model, dtype)
+        )
         for path in extra_files:
             shutil.copyfile(path, entry / "1" / path.name)
         check = verify(entry / "1")
@@ -105,12 +121,15 @@ def export_dnabert_s(repository: Path, model: DnabertS, tokenizer_json: Path, dt
     model = model.float().eval()
 
     def verify(version: Path) -> Check:
-        served = DnaEmbedder(repo.load_model(version)[0], version / repo.TOKENIZER, torch.device("cpu"))
+        served = DnaEmbedder(
+            repo.load_model(version)[0], version / repo.TOKENIZER, torch.device("cpu")
+        )
         dna, _ = _probe_frames()
         return _compare(repo.DNABERT_S, dtype, _reference_dna(model, served, dna), served(dna))
 
-    config = repo.model_config(repo.DNABERT_S, *repo.embedder_tensors(model.config.hidden_size),
-                               repo.EMBEDDER_MAX_BATCH)
+    config = repo.model_config(
+        repo.DNABERT_S, *repo.embedder_tensors(model.config.hidden_size), repo.EMBEDDER_MAX_BATCH
+    )
     return _export(repository, config, model, repo.DNABERT_S, dtype, verify, (tokenizer_json,))
 
 
@@ -120,10 +139,13 @@ def export_esm2(repository: Path, model: Esm2, dtype: str) -> Check:
     def verify(version: Path) -> Check:
         served = ProteinEmbedder(repo.load_model(version)[0], torch.device("cpu"))
         _, protein = _probe_frames()
-        return _compare(repo.ESM2, dtype, _reference_protein(model, served, protein), served(protein))
+        return _compare(
+            repo.ESM2, dtype, _reference_protein(model, served, protein), served(protein)
+        )
 
-    config = repo.model_config(repo.ESM2, *repo.embedder_tensors(model.config.embed_dim),
-                               repo.EMBEDDER_MAX_BATCH)
+    config = repo.model_config(
+        repo.ESM2, *repo.embedder_tensors(model.config.embed_dim), repo.EMBEDDER_MAX_BATCH
+    )
     return _export(repository, config, model, repo.ESM2, dtype, verify)
 
 
@@ -146,6 +168,7 @@ def export_classifier(repository: Path, chunk_size: int, model: MLPClassifier, d
 
 
 def export_pipeline(repository: Path) -> Path:
-    config = repo.model_config(repo.PIPELINE, repo.PIPELINE_INPUTS, repo.PIPELINE_OUTPUTS,
-                               repo.PIPELINE_MAX_BATCH)
+    config = repo.model_config(
+        repo.PIPELINE, repo.PIPELINE_INPUTS, repo.PIPELINE_OUTPUTS, repo.PIPELINE_MAX_BATCH
+    )
     return repo.write_entry(repository, config)

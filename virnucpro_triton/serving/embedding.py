@@ -54,7 +54,8 @@ class EmbeddingModel:
         return [
             error_response(span)
             if isinstance(span, str)
-            else pb_utils.InferenceResponse([pb_utils.Tensor("EMBEDDING", embeddings[slice(*span)])])
+            else pb_utils.InferenceResponse(
+                [pb_utils.Tensor("EMBEDDING", embeddings[slice(*span)])]
+            )
             for span in spans
         ]
-

@@ -94,8 +94,10 @@ class PipelineModel:
             return [error_response(str(error)) for _ in requests]
 
         outputs = {
-            i: (np.full((len(p[0]), NUM_FRAMES, 2), np.nan, np.float32),
-                np.zeros((len(p[0]), NUM_FRAMES), bool))
+            i: (
+                np.full((len(p[0]), NUM_FRAMES, 2), np.nan, np.float32),
+                np.zeros((len(p[0]), NUM_FRAMES), bool),
+            )
             for i, p in enumerate(parsed)
             if not isinstance(p, str)
         }
@@ -125,8 +127,10 @@ class PipelineModel:
         features = np.concatenate([dna_features, protein_features], axis=1)
         groups = {int(s): np.flatnonzero(sizes == s) for s in np.unique(sizes)}
         results = await asyncio.gather(
-            *(_call(classifier_name(s), "FEATURES", features[rows], "PROBABILITIES")
-              for s, rows in groups.items())
+            *(
+                _call(classifier_name(s), "FEATURES", features[rows], "PROBABILITIES")
+                for s, rows in groups.items()
+            )
         )
         for rows, result in zip(groups.values(), results):
             probabilities[rows] = result

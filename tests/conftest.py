@@ -1,0 +1,32 @@
+"""Shared fixtures: a tiny exported repository and one real tritonserver serving it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests import fake_checkpoints as a module
+
+from virnucpro_triton.export import export_repository  # noqa: E402
+from virnucpro_triton.server import EmbeddedServer  # noqa: E402
+
+# Reference outputs of broadinstitute/virnucpro-broad (MIT, see its LICENSE), made with the
+# real weights: shared/peer-data/virnucpro-broad copied in so a bare clone can test.
+PEER = Path(__file__).parent / "data" / "virnucpro-broad"
+
+
+@pytest.fixture(scope="session")
+def tiny_repository(tmp_path_factory) -> Path:
+    repository = tmp_path_factory.mktemp("repository")
+    export_repository(repository, tiny=True, report=lambda _: None)
+    return repository
+
+
+@pytest.fixture(scope="session")
+def server(tiny_repository, tmp_path_factory):
+    log = tmp_path_factory.mktemp("server") / "tritonserver.log"
+    with EmbeddedServer(tiny_repository, log_path=log) as running:
+        yield running
+    # A failing test's output shows where the log is; pytest keeps tmp dirs of recent runs.

@@ -1,0 +1,287 @@
+"""The served pipeline end to end against a real tritonserver (no mocks)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import tritonclient.grpc as grpcclient
+from tokenizers import Tokenizer
+from tritonclient.utils import InferenceServerException
+
+from virnucpro_triton import repository as repo
+from virnucpro_triton.client.outputs import PREDICTIONS, SUMMARY, VERDICTS
+from virnucpro_triton.client.predict import predict
+from virnucpro_triton.models.esm2 import encode_protein
+from virnucpro_triton.sequence import chunks, six_frames
+
+CLI = [str(Path(sys.executable).parent / "virnucpro-triton")]
+
+MIXED = (
+    ">long_contig spans several chunks\n" + "ATGGCTAGCAAAGGTAAACGTATTGCA" * 45 + "\n"
+    ">tiny\nAC\n"
+    ">lower soft-masked\n" + ("atgaaacgtgcagaactggcagaagcgattaaaaaagcg" * 4) + "\n"
+    ">with_N\nATGAAACGTNNNCTGGCAGAAGCGATTAAAAAAGCGGCGGAAGCGATGGCGGCGAAAGGTAAAGCG\n"
+    ">empty\n\n"
+    ">orfs\nATGGCTAGCAAAGGTAAACGTATTGCAGAACTGAAAGAAGCGATTGAAAAACGTGCAGAACTGGCAGAA\n"
+)
+
+
+@pytest.fixture(scope="module")
+def mixed_fasta(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("input") / "mixed.fa"
+    path.write_text(MIXED)
+    return path
+
+
+def read_rows(out_dir: Path) -> dict[str, tuple[str, float, float]]:
+    with open(out_dir / PREDICTIONS) as handle:
+        return {
+            r["Sequence_ID"]: (r["Prediction"], float(r["score1"]), float(r["score2"]))
+            for r in csv.DictReader(handle, delimiter="\t")
+        }
+
+
+@torch.inference_mode()
+def in_process(repository: Path, fasta_text: str, chunk_size: int) -> dict[str, np.ndarray]:
+    """VirNucPro's computation on the same weights, one frame at a time, no padding."""
+    dnabert, _ = repo.load_model(repository / repo.DNABERT_S / "1")
+    esm2, _ = repo.load_model(repository / repo.ESM2 / "1")
+    classifier, _ = repo.load_model(repository / repo.classifier_name(chunk_size) / "1")
+    tokenizer = Tokenizer.from_file(str(repository / repo.DNABERT_S / "1" / repo.TOKENIZER))
+    expected = {}
+    for block in fasta_text.split(">")[1:]:
+        header, _, body = block.partition("\n")
+        for chunk_id, chunk in chunks(header.split()[0], body.replace("\n", ""), chunk_size):
+            for frame in six_frames(chunk):
+                if frame is None:
+                    continue
+                ids = torch.tensor([tokenizer.encode(frame.nucleotide).ids])
+                dna = dnabert.embed(ids, torch.ones_like(ids, dtype=torch.bool))
+                protein = esm2.embed(torch.tensor([encode_protein(frame.protein)]))
+                p = classifier(torch.cat([dna, protein], dim=1))[0].numpy()
+                expected[chunk_id + frame.name] = p
+    return expected
+
+
+@pytest.mark.parametrize("chunk_size", [300, 500])
+def test_served_results_equal_in_process_computation(
+    server, tiny_repository, mixed_fasta, tmp_path, chunk_size
+):
+    summary = predict(mixed_fasta, chunk_size, tmp_path, server.grpc_url, progress=False)
+    rows = read_rows(tmp_path)
+    expected = in_process(tiny_repository, MIXED, chunk_size)
+    assert set(rows) == set(expected) and len(rows) == summary.frames > 0
+    worst = max(abs(np.array(rows[k][1:]) - expected[k]).max() for k in expected)
+    assert worst <= 1e-5
+    for frame_id, (label, p_others, p_virus) in rows.items():
+        assert label == ("virus" if p_virus > p_others else "others"), frame_id
+
+
+def test_outputs_account_for_every_record(server, mixed_fasta, tmp_path):
+    predict(mixed_fasta, 500, tmp_path, server.grpc_url, progress=False)
+    with open(tmp_path / SUMMARY) as handle:
+        summary = list(csv.DictReader(handle, delimiter="\t"))
+    assert [r["id"] for r in summary] == ["long_contig", "tiny", "lower", "with_N", "empty", "orfs"]
+    by_id = {r["id"]: r for r in summary}
+    assert by_id["long_contig"]["length"] == str(27 * 45)
+    assert by_id["long_contig"]["chunks"] == "3"
+    assert by_id["tiny"]["chunks"] == "1" and by_id["tiny"]["chunks_without_frame"] == "1"
+    assert by_id["tiny"]["max_p_virus"] == "NA"
+    assert by_id["empty"]["chunks"] == "0" and by_id["empty"]["length"] == "0"
+    rows = read_rows(tmp_path)
+    verdicts = (tmp_path / VERDICTS).read_text().splitlines()
+    assert verdicts[0] == "Modified_ID\tIs_Virus"
+    chunk_ids = [line.split("\t")[0] for line in verdicts[1:]]
+    assert chunk_ids == sorted({k[:-2] for k in rows})
+    virus_chunks = sum(line.endswith("True") for line in verdicts[1:])
+    assert virus_chunks == sum(int(r["chunks_virus"]) for r in summary)
+    for r in summary:
+        frames = [v for k, v in rows.items() if k.startswith(r["id"] + "_chunk_")]
+        if frames:
+            assert float(r["max_p_virus"]) == pytest.approx(max(v[2] for v in frames), abs=1e-7)
+
+
+def test_results_do_not_depend_on_batching(server, mixed_fasta, tmp_path):
+    predict(
+        mixed_fasta,
+        300,
+        tmp_path / "one",
+        server.grpc_url,
+        batch_chunks=1,
+        max_in_flight=8,
+        progress=False,
+    )
+    predict(mixed_fasta, 300, tmp_path / "many", server.grpc_url, batch_chunks=64, progress=False)
+    one, many = read_rows(tmp_path / "one"), read_rows(tmp_path / "many")
+    assert one.keys() == many.keys()
+    assert max(abs(np.array(one[k][1:]) - np.array(many[k][1:])).max() for k in one) <= 1e-6
+
+
+def test_models_load_once_across_client_runs(server, mixed_fasta, tmp_path):
+    outputs = []
+    for run in range(3):
+        result = subprocess.run(
+            [
+                *CLI,
+                "predict",
+                str(mixed_fasta),
+                "--chunk-size",
+                "500",
+                "-o",
+                str(tmp_path / f"run{run}"),
+                "--url",
+                server.grpc_url,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        outputs.append(result)
+    for name in [repo.DNABERT_S, repo.ESM2, repo.PIPELINE, "classifier_300", "classifier_500"]:
+        assert server.log_text().count(f"virnucpro-triton: loaded {name} ") == 1, name
+    stats = grpcclient.InferenceServerClient(server.grpc_url).get_inference_statistics(
+        repo.PIPELINE, as_json=True
+    )
+    assert int(stats["model_stats"][0]["inference_stats"]["success"]["count"]) >= 3
+    for name in [PREDICTIONS, VERDICTS, SUMMARY]:
+        assert (tmp_path / "run2" / name).read_bytes() == (tmp_path / "run0" / name).read_bytes()
+
+
+def test_any_kserve_v2_http_client_can_call_the_pipeline(server):
+    body = {
+        "inputs": [
+            {
+                "name": "DNA",
+                "shape": [2, 1],
+                "datatype": "BYTES",
+                "data": ["ATGGCTAGCAAAGGTAAACGTATTGCAGAA", "AC"],
+            },
+            {"name": "CHUNK_SIZE", "shape": [2, 1], "datatype": "INT32", "data": [300, 300]},
+        ]
+    }
+    request = urllib.request.Request(
+        f"http://{server.http_url}/v2/models/{repo.PIPELINE}/infer",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        outputs = {o["name"]: o for o in json.load(response)["outputs"]}
+    assert outputs["PROBABILITIES"]["shape"] == [2, 6, 2]
+    kept = np.array(outputs["FRAME_KEPT"]["data"], dtype=bool).reshape(2, 6)
+    expected = [
+        [f is not None for f in six_frames(s)] for s in ["ATGGCTAGCAAAGGTAAACGTATTGCAGAA", "AC"]
+    ]
+    assert kept.tolist() == expected
+    probabilities = np.array(outputs["PROBABILITIES"]["data"], dtype=float).reshape(2, 6, 2)
+    assert np.allclose(probabilities[kept].sum(-1), 1.0, atol=1e-5)
+    assert np.isnan(probabilities[~kept]).all()
+
+
+def test_bad_request_fails_alone_and_the_model_keeps_serving(server):
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+
+    def infer(dna: list[str], size: int = 300):
+        inputs = [
+            grpcclient.InferInput("DNA", [len(dna), 1], "BYTES"),
+            grpcclient.InferInput("CHUNK_SIZE", [len(dna), 1], "INT32"),
+        ]
+        inputs[0].set_data_from_numpy(np.array(dna, dtype=object).reshape(-1, 1))
+        inputs[1].set_data_from_numpy(np.full((len(dna), 1), size, np.int32))
+        return client.infer(repo.PIPELINE, inputs)
+
+    good = infer(["ATGGCTAGCAAAGGTAAACGTATTGCAGAA"]).as_numpy("PROBABILITIES")
+    with pytest.raises(InferenceServerException, match="DNA row 1: '!' is not a nucleotide code"):
+        infer(["ACGT", "AC!GT"])
+    with pytest.raises(InferenceServerException, match="chunk of 301 bases for chunk size 300"):
+        infer(["A" * 301])
+    with pytest.raises(InferenceServerException, match="classifier_400"):
+        infer(["ATGGCTAGCAAAGGTAAACGTATTGCAGAA"], size=400)
+    again = infer(["ATGGCTAGCAAAGGTAAACGTATTGCAGAA"]).as_numpy("PROBABILITIES")
+    np.testing.assert_array_equal(good, again)
+
+
+def test_predict_cli_with_embedded_server(tiny_repository, mixed_fasta, tmp_path):
+    result = subprocess.run(
+        [
+            *CLI,
+            "predict",
+            str(mixed_fasta),
+            "--chunk-size",
+            "300",
+            "-o",
+            str(tmp_path / "out"),
+            "--repository",
+            str(tiny_repository),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "6 records, " in result.stdout
+    assert (tmp_path / "out" / PREDICTIONS).exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "no such file"),
+        (b"", "no FASTA records"),
+        (b"@r\nACGT\n+\nIIII\n", "not a FASTA file"),
+    ],
+)
+def test_bad_input_gives_one_line_error(tmp_path, content, message):
+    path = tmp_path / "input.fa"
+    if content is not None:
+        path.write_bytes(content)
+    result = subprocess.run(
+        [
+            *CLI,
+            "predict",
+            str(path),
+            "--chunk-size",
+            "300",
+            "-o",
+            str(tmp_path / "out"),
+            "--url",
+            "127.0.0.1:1",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreachable_server_is_a_clear_error(mixed_fasta, tmp_path):
+    result = subprocess.run(
+        [
+            *CLI,
+            "predict",
+            str(mixed_fasta),
+            "--chunk-size",
+            "300",
+            "-o",
+            str(tmp_path / "o"),
+            "--url",
+            "127.0.0.1:1",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    assert "cannot reach a Triton server at 127.0.0.1:1" in result.stderr
+    assert "Traceback" not in result.stderr
