@@ -137,7 +137,7 @@ def predict(
     progress: bool | None,
 ) -> None:
     """Classify FASTA (plain or gzip) and write VirNucPro's result files into OUT_DIR."""
-    from virnucpro_triton.client.predict import ClientError
+    from virnucpro_triton.client.connection import ClientError
     from virnucpro_triton.client.predict import predict as run
     from virnucpro_triton.fasta import FastaError, read_fasta
     from virnucpro_triton.server import EmbeddedServer, ServerError
@@ -231,7 +231,7 @@ def export(
 @click.argument("fasta", nargs=-1, type=click.Path(path_type=Path))
 def demo(repository: Path, out_dir: Path, fasta: tuple[Path, ...]) -> None:
     """Tiny random models, one embedded server, every FASTA given (default examples/*.fasta)."""
-    from virnucpro_triton.client.predict import ClientError
+    from virnucpro_triton.client.connection import ClientError
     from virnucpro_triton.client.predict import predict as run
     from virnucpro_triton.export import export_repository
     from virnucpro_triton.fasta import FastaError

@@ -9,14 +9,25 @@ from __future__ import annotations
 
 import gzip
 import io
+import re
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from Bio.SeqIO.FastaIO import SimpleFastaParser
 
 from virnucpro_triton.sequence import first_invalid
+
+_NOT_PROTEIN = re.compile(r"[^A-Za-z]")
+# What each kind of input may hold, and how the error names it.
+ALPHABETS: dict[str, tuple[Callable[[str], re.Match[str] | None], str]] = {
+    "dna": (
+        first_invalid,
+        "a nucleotide code (allowed: A C G T U and the IUPAC codes N R Y S W K M B D H V)",
+    ),
+    "protein": (_NOT_PROTEIN.search, "an amino-acid letter"),
+}
 
 
 class FastaError(ValueError):
@@ -69,8 +80,11 @@ class _HeaderLines:
             yield line
 
 
-def read_fasta(path: Path | str) -> Iterator[Record]:
-    """Yield the records of a nucleotide FASTA file one at a time (memory stays flat)."""
+def read_fasta(path: Path | str, alphabet: str = "dna") -> Iterator[Record]:
+    """Yield the records of a FASTA file one at a time (memory stays flat).
+
+    `alphabet` is "dna" (nucleotide FASTA, the default) or "protein".
+    """
     path = Path(path)
     if not path.is_file():
         raise FastaError(f"{path}: no such file")
@@ -82,7 +96,7 @@ def read_fasta(path: Path | str) -> Iterator[Record]:
                 record = Record(
                     title.split(None, 1)[0] if title else "", sequence, lines.headers.popleft()
                 )
-                _check(path, record)
+                _check(path, record, alphabet)
                 count += 1
                 yield record
     except UnicodeDecodeError as error:
@@ -95,16 +109,14 @@ def read_fasta(path: Path | str) -> Iterator[Record]:
         raise FastaError(f"{path}: no FASTA records (the file is empty)")
 
 
-def _check(path: Path, record: Record) -> None:
+def _check(path: Path, record: Record, alphabet: str) -> None:
     if not record.id:
         raise FastaError(f"{path}:{record.line}: record has an empty id ('>' alone)")
-    bad = first_invalid(record.sequence)  # whitespace inside lines was removed by the parser
+    find_invalid, expected = ALPHABETS[alphabet]
+    bad = find_invalid(record.sequence)  # whitespace inside lines was removed by the parser
     if bad:
         line = _line_of(path, record.line, bad.group())
-        raise FastaError(
-            f"{path}:{line}: record {record.id!r}: {bad.group()!r} is not a nucleotide code "
-            "(allowed: A C G T U and the IUPAC codes N R Y S W K M B D H V)"
-        )
+        raise FastaError(f"{path}:{line}: record {record.id!r}: {bad.group()!r} is not {expected}")
 
 
 def _line_of(path: Path, header_line: int, char: str) -> int:

@@ -9,17 +9,14 @@ kept until the end).
 from __future__ import annotations
 
 import sys
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import tritonclient.grpc as grpcclient
 from tqdm import tqdm
-from tritonclient.utils import InferenceServerException
 
+from virnucpro_triton.client.connection import ClientError, Connection, in_order, text_column
 from virnucpro_triton.client.outputs import (
     PREDICTIONS,
     SUMMARY,
@@ -35,10 +32,6 @@ from virnucpro_triton.repository import CHUNK_SIZES, PIPELINE
 from virnucpro_triton.sequence import FRAME_NAMES, chunk_starts, chunks
 
 SUMMARY_HEADER = "id\tlength\tchunks\tchunks_without_frame\tchunks_virus\tmax_p_virus\n"
-
-
-class ClientError(RuntimeError):
-    """The server cannot be reached or refused a request; the message is for the user."""
 
 
 @dataclass
@@ -72,42 +65,6 @@ class RunSummary:
     chunks_virus: int
     chunks_without_frame: int
     out_dir: Path
-
-
-class PipelineClient:
-    """gRPC calls to the `virnucpro` pipeline model, any number in flight."""
-
-    def __init__(self, url: str, timeout: float = 600.0):
-        self.url = url
-        self.timeout = timeout
-        self.client = grpcclient.InferenceServerClient(url)
-        try:
-            ready = self.client.is_server_ready() and self.client.is_model_ready(PIPELINE)
-        except InferenceServerException as error:
-            raise ClientError(f"cannot reach a Triton server at {url}: {error.message()}") from None
-        if not ready:
-            raise ClientError(f"the server at {url} has no ready '{PIPELINE}' model")
-
-    def submit(self, dna: list[str], chunk_size: int) -> Future:
-        future: Future = Future()
-        inputs = [
-            grpcclient.InferInput("DNA", [len(dna), 1], "BYTES"),
-            grpcclient.InferInput("CHUNK_SIZE", [len(dna), 1], "INT32"),
-        ]
-        inputs[0].set_data_from_numpy(np.array(dna, dtype=object).reshape(-1, 1))
-        inputs[1].set_data_from_numpy(np.full((len(dna), 1), chunk_size, np.int32))
-
-        def done(result, error) -> None:  # tritonclient calls back with these keyword names
-            if error is not None:
-                future.set_exception(ClientError(f"{self.url}: {error.message()}"))
-            else:
-                future.set_result((result.as_numpy("PROBABILITIES"), result.as_numpy("FRAME_KEPT")))
-
-        self.client.async_infer(PIPELINE, inputs, callback=done, client_timeout=self.timeout)
-        return future
-
-    def close(self) -> None:
-        self.client.close()
 
 
 def _batches(
@@ -148,22 +105,25 @@ def predict(
         progress = sys.stderr.isatty()
     # Counting first gives the progress bar its total and reports bad input before any work.
     total = _count_chunks(fasta, chunk_size) if progress else None
-    client = PipelineClient(url)
+    connection = Connection(url, PIPELINE)
     verdicts = ChunkVerdicts()
     counts = dict(records=0, chunks=0, frames=0, chunks_virus=0, chunks_without_frame=0)
-    bar = tqdm(total=total, unit="chunk", disable=not progress, desc="classifying")
-    in_flight: deque[tuple[Future, _Batch]] = deque()
 
-    def consume(out) -> None:
-        future, batch = in_flight.popleft()
-        probabilities, kept = future.result()
+    def request(batch: _Batch):
+        if not batch.sequences:  # only records without chunks: nothing to ask the server
+            return None
+        sizes = np.full((len(batch.sequences), 1), chunk_size, np.int32)
+        inputs = {"DNA": text_column(batch.sequences), "CHUNK_SIZE": sizes}
+        return lambda: connection.submit(inputs, ["PROBABILITIES", "FRAME_KEPT"])
+
+    def write(out, batch: _Batch, result) -> None:
         row = 0
         for state, chunk_id in batch.entries:
             if chunk_id is not None:
                 best = [-1.0, -1.0]
                 for f, name in enumerate(FRAME_NAMES):
-                    if kept[row, f]:
-                        p_others, p_virus = (float(p) for p in probabilities[row, f])
+                    if result["FRAME_KEPT"][row, f]:
+                        p_others, p_virus = (float(p) for p in result["PROBABILITIES"][row, f])
                         out[PREDICTIONS].write(prediction_row(chunk_id + name, p_others, p_virus))
                         verdicts.add(chunk_id + name, p_others, p_virus)
                         best = [max(best[0], p_others), max(best[1], p_virus)]
@@ -181,26 +141,17 @@ def predict(
                 counts["chunks"] += state.chunks
                 counts["chunks_virus"] += state.virus
                 counts["chunks_without_frame"] += state.without_frame
-        bar.update(len(batch.sequences))
 
-    try:
-        with atomic_files(out_dir, (PREDICTIONS, VERDICTS, SUMMARY)) as out:
-            out[PREDICTIONS].write("Sequence_ID\tPrediction\tscore1\tscore2\n")
-            out[SUMMARY].write(SUMMARY_HEADER)
-            records = unique_ids(read_fasta(fasta))
-            for batch in _batches(records, chunk_size, batch_chunks):
-                while len(in_flight) >= max_in_flight:
-                    consume(out)
-                future = client.submit(batch.sequences, chunk_size) if batch.sequences else Future()
-                if not batch.sequences:
-                    future.set_result((np.empty((0, 6, 2)), np.empty((0, 6), bool)))
-                in_flight.append((future, batch))
-            while in_flight:
-                consume(out)
-            verdicts.write(out[VERDICTS])
-    finally:
-        bar.close()
-        for future, _ in in_flight:
-            future.cancel()
-        client.close()
+    batches = _batches(unique_ids(read_fasta(fasta)), chunk_size, batch_chunks)
+    with tqdm(total=total, unit="chunk", disable=not progress, desc="classifying") as bar:
+        try:
+            with atomic_files(out_dir, (PREDICTIONS, VERDICTS, SUMMARY)) as out:
+                out[PREDICTIONS].write("Sequence_ID\tPrediction\tscore1\tscore2\n")
+                out[SUMMARY].write(SUMMARY_HEADER)
+                for batch, result in in_order(((b, request(b)) for b in batches), max_in_flight):
+                    write(out, batch, result)
+                    bar.update(len(batch.sequences))
+                verdicts.write(out[VERDICTS])
+        finally:
+            connection.close()
     return RunSummary(out_dir=out_dir, **counts)

@@ -1,0 +1,230 @@
+"""EmbeddedServer against the real tritonserver from the nvidia-pytriton wheel (CPU only)."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import signal
+import socket
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from virnucpro_triton.server import EmbeddedServer, ServerError, free_port
+
+CONFIG = """
+backend: "python"
+max_batch_size: 0
+input [{ name: "x", data_type: TYPE_FP32, dims: [-1] }]
+output [
+  { name: "y", data_type: TYPE_FP32, dims: [-1] },
+  { name: "pid", data_type: TYPE_INT64, dims: [1] },
+  { name: "inits", data_type: TYPE_INT64, dims: [1] },
+  { name: "version", data_type: TYPE_STRING, dims: [1] }
+]
+instance_group [{ kind: KIND_CPU, count: 1 }]
+"""
+
+ECHO_MODEL = """
+import os
+import sys
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+import virnucpro_triton  # noqa: F401  (fails the load unless the stub sees the project's env)
+
+INITS = 0
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        global INITS
+        INITS += 1
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "x").as_numpy()
+            outputs = [
+                pb_utils.Tensor("y", x + 1),
+                pb_utils.Tensor("pid", np.array([os.getpid()], dtype=np.int64)),
+                pb_utils.Tensor("inits", np.array([INITS], dtype=np.int64)),
+                pb_utils.Tensor("version", np.array([sys.version.encode()], dtype=np.object_)),
+            ]
+            responses.append(pb_utils.InferenceResponse(outputs))
+        return responses
+"""
+
+BROKEN_MODEL = """
+class TritonPythonModel:
+    def initialize(self, args):
+        raise RuntimeError("weights file is corrupt: boom-7f3a")
+"""
+
+MISSING_DEPENDENCY_MODEL = """
+import no_such_package_7f3a  # noqa: F401
+
+
+class TritonPythonModel:
+    pass
+"""
+
+
+def make_repository(root: Path, **models: str) -> Path:
+    for name, code in models.items():
+        (root / name / "1").mkdir(parents=True)
+        (root / name / "config.pbtxt").write_text(CONFIG)
+        (root / name / "1" / "model.py").write_text(textwrap.dedent(code))
+    return root
+
+
+def processes_mentioning(text: str) -> set[int]:
+    """PIDs whose command line contains ``text`` (server and stubs carry the repository path)."""
+    pids = set()
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and text.encode() in (proc / "cmdline").read_bytes():
+                pids.add(int(proc.name))
+        except OSError:  # exited while we looked
+            pass
+    return pids
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Local addresses of the TCP sockets listening on ``port``, read from /proc/net."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            hex_address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A = TCP_LISTEN
+                raw = bytes.fromhex(hex_address)  # 32-bit words in host (little-endian) order
+                ip = ipaddress.ip_address(
+                    b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+                )
+                # gRPC listens on an IPv6 socket with the IPv4-mapped address ::ffff:127.0.0.1
+                found.add(str(getattr(ip, "ipv4_mapped", None) or ip))
+    return found
+
+
+def infer(url: str, x: np.ndarray) -> grpcclient.InferResult:
+    with grpcclient.InferenceServerClient(url) as client:
+        inp = grpcclient.InferInput("x", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        return client.infer("echo", [inp])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
+    repo = make_repository(tmp_path_factory.mktemp("repo"), echo=ECHO_MODEL)
+    with EmbeddedServer(repo) as srv:
+        yield srv
+
+
+def test_serves_python_model_over_grpc(server: EmbeddedServer) -> None:
+    result = infer(server.grpc_url, np.array([1.0, 2.5, -3.0], dtype=np.float32))
+    np.testing.assert_array_equal(result.as_numpy("y"), np.array([2.0, 3.5, -2.0], np.float32))
+    assert result.as_numpy("inits").tolist() == [1]
+    # Same interpreter build as ours, i.e. the stub loaded this Python's libpython.
+    assert result.as_numpy("version")[0].decode() == sys.version
+    assert "successfully loaded 'echo'" in server.log_text()
+
+
+def test_listens_on_loopback_only(server: EmbeddedServer) -> None:
+    for port in server.ports.values():
+        assert listening_addresses(port) == {"127.0.0.1"}, port
+
+
+def test_free_port_is_bindable() -> None:
+    port = free_port()
+    with socket.create_server(("127.0.0.1", port)):
+        pass
+
+
+def test_busy_port_is_reported_before_starting(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path / "repo", echo=ECHO_MODEL)
+    log = tmp_path / "server.log"
+    with socket.create_server(("127.0.0.1", 0)) as held:
+        port = held.getsockname()[1]
+        srv = EmbeddedServer(repo, grpc_port=port, log_path=log)
+        with pytest.raises(ServerError, match=rf"gRPC port {port} on 127\.0\.0\.1 .*in use"):
+            srv.start()
+    assert not log.exists() or log.read_text() == ""  # tritonserver never ran
+
+
+def test_busy_port_is_detected_from_the_server_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another process may take a port between our check and tritonserver's bind.
+    monkeypatch.setattr(EmbeddedServer, "_check_ports_free", lambda self: None)
+    repo = make_repository(tmp_path / "repo", echo=ECHO_MODEL)
+    with socket.create_server(("127.0.0.1", 0)) as held:
+        port = held.getsockname()[1]
+        with pytest.raises(ServerError) as err:
+            EmbeddedServer(repo, http_port=port).start(timeout=60)
+    message = str(err.value)
+    assert f"HTTP port {port} on 127.0.0.1 is already in use" in message
+    assert f"failed to start HTTP service: Unavailable - Socket '127.0.0.1:{port}'" in message
+    assert processes_mentioning(str(repo)) == set()
+
+
+@pytest.mark.parametrize("kind", ["missing", "file", "empty"])
+def test_unusable_repository_is_rejected(tmp_path: Path, kind: str) -> None:
+    repo = tmp_path / "repo"
+    if kind == "file":
+        repo.write_text("not a directory")
+    elif kind == "empty":
+        repo.mkdir()
+        (repo / "README").write_text("no models here")
+    expected = {"missing": "does not exist", "file": "is not a directory", "empty": "no model"}
+    with pytest.raises(ServerError, match=rf"{re.escape(str(repo))} .*{expected[kind]}"):
+        EmbeddedServer(repo).start()
+
+
+def test_model_failing_to_initialize_is_named_with_its_error(tmp_path: Path) -> None:
+    repo = make_repository(
+        tmp_path / "repo", echo=ECHO_MODEL, broken=BROKEN_MODEL, needs_dep=MISSING_DEPENDENCY_MODEL
+    )
+    log = tmp_path / "server.log"
+    log.write_text("E1122 10:00:00.000000 1 model_lifecycle.cc:642] \"failed to load 'old'\"\n")
+    with pytest.raises(ServerError) as err:
+        EmbeddedServer(repo, log_path=log).start(timeout=60)
+    message = str(err.value)
+    # 'echo' loaded fine and 'old' failed in an earlier run that wrote to the same log
+    assert "model(s) 'broken', 'needs_dep' in" in message
+    assert "'old'" not in message and log.read_text().startswith("E1122")
+    assert "No module named 'no_such_package_7f3a'" in message
+    assert "ignore PYTHONPATH: install missing packages there" in message
+    error_line = next(
+        ln for ln in message.splitlines() if "failed to load 'broken' version 1" in ln
+    )
+    assert error_line.lstrip().startswith("E")  # quoted verbatim from the server's error log
+    assert "RuntimeError: weights file is corrupt: boom-7f3a" in error_line
+    assert processes_mentioning(str(repo)) == set()
+
+
+# timeout 0: the server gets no time to exit, so stop() must kill it and its stub itself.
+@pytest.mark.parametrize("timeout", [30.0, 0.0])
+def test_stop_ends_server_and_stubs(tmp_path: Path, timeout: float) -> None:
+    repo = make_repository(tmp_path / "repo", echo=ECHO_MODEL)
+    srv = EmbeddedServer(repo).start()
+    stub_pid = int(infer(srv.grpc_url, np.zeros(1, np.float32)).as_numpy("pid")[0])
+    running = processes_mentioning(str(repo))
+    assert stub_pid in running and len(running) == 2  # tritonserver + the model's stub
+    exit_codes: list[int] = []
+    waiter = threading.Thread(target=lambda: exit_codes.append(srv.wait()))  # as `serve` does
+    waiter.start()
+    srv.stop(timeout)
+    waiter.join(10)
+    assert exit_codes == [0 if timeout else -signal.SIGKILL]
+    assert processes_mentioning(str(repo)) == set()
+    srv.stop()  # idempotent
+    with pytest.raises(ServerError, match="not running"):
+        srv.wait()
