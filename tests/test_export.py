@@ -27,8 +27,9 @@ from virnucpro_triton.models.esm2 import encode_protein
 from virnucpro_triton.server import EmbeddedServer
 
 CLI = [str(Path(sys.executable).parent / "virnucpro-triton")]
-DNA_CONFIG = DnabertConfig(vocab_size=128, hidden_size=48, num_hidden_layers=2,
-                           num_attention_heads=4, intermediate_size=96)
+DNA_CONFIG = DnabertConfig(
+    vocab_size=128, hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96
+)
 ESM = dict(num_layers=2, embed_dim=40, heads=4)
 
 
@@ -52,10 +53,23 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
 def exported(checkpoints, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("exported") / "repository"
     result = subprocess.run(
-        [*CLI, "export", "--out", str(out), "--dnabert-s", str(checkpoints["dnabert_s"]),
-         "--esm2", str(checkpoints["esm2"]), "--classifier-300", str(checkpoints["300"]),
-         "--classifier-500", str(checkpoints["500"])],
-        capture_output=True, text=True, check=True,
+        [
+            *CLI,
+            "export",
+            "--out",
+            str(out),
+            "--dnabert-s",
+            str(checkpoints["dnabert_s"]),
+            "--esm2",
+            str(checkpoints["esm2"]),
+            "--classifier-300",
+            str(checkpoints["300"]),
+            "--classifier-500",
+            str(checkpoints["500"]),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     for name in [repo.DNABERT_S, repo.ESM2, "classifier_300", "classifier_500"]:
         assert f"verified {name} (fp32)" in result.stdout
@@ -77,22 +91,33 @@ def test_served_embeddings_equal_the_source_checkpoints(exported, checkpoints, t
     (tmp_path / "protein.fa").write_text("".join(f">p{i}\n{s}\n" for i, s in enumerate(proteins)))
     with EmbeddedServer(exported) as server:
         embed(tmp_path / "dna.fa", repo.DNABERT_S, tmp_path / "dna.npy", server.grpc_url)
-        embed(tmp_path / "protein.fa", repo.ESM2, tmp_path / "protein.npy", server.grpc_url,
-              batch_size=1)
+        embed(
+            tmp_path / "protein.fa",
+            repo.ESM2,
+            tmp_path / "protein.npy",
+            server.grpc_url,
+            batch_size=1,
+        )
     dnabert, _, tokenizer_json = load_dnabert_s(checkpoints["dnabert_s"])
     esm2, _ = load_esm2(checkpoints["esm2"])
     tokenizer = Tokenizer.from_file(str(tokenizer_json))
     with torch.inference_mode():
-        expected_dna = np.stack([
-            dnabert.embed(ids := torch.tensor([tokenizer.encode(s.upper()).ids]),
-                          torch.ones_like(ids, dtype=torch.bool))[0].numpy() for s in dna
-        ])
+        expected_dna = np.stack(
+            [
+                dnabert.embed(
+                    ids := torch.tensor([tokenizer.encode(s.upper()).ids]),
+                    torch.ones_like(ids, dtype=torch.bool),
+                )[0].numpy()
+                for s in dna
+            ]
+        )
         expected_protein = np.stack(
             [esm2.embed(torch.tensor([encode_protein(s)]))[0].numpy() for s in proteins]
         )
     np.testing.assert_allclose(np.load(tmp_path / "dna.npy"), expected_dna, atol=1e-5, rtol=0)
-    np.testing.assert_allclose(np.load(tmp_path / "protein.npy"), expected_protein, atol=1e-5,
-                               rtol=0)
+    np.testing.assert_allclose(
+        np.load(tmp_path / "protein.npy"), expected_protein, atol=1e-5, rtol=0
+    )
     assert ids_path(tmp_path / "dna.npy").read_text() == "d0\nd1\nd2\n"
 
 
@@ -114,17 +139,25 @@ def test_export_refuses_an_entry_out_of_tolerance(checkpoints, tmp_path):
 
 
 def test_bf16_export_is_within_cosine_tolerance(checkpoints, tmp_path):
-    checks = export_repository(tmp_path, esm2=checkpoints["esm2"], dtype="bf16",
-                               report=lambda _: None)
+    checks = export_repository(
+        tmp_path, esm2=checkpoints["esm2"], dtype="bf16", report=lambda _: None
+    )
     assert checks[0].dtype == "bf16" and checks[0].min_cosine >= 0.999
 
 
 def test_export_refuses_malicious_classifier(tmp_path):
     marker = write_malicious_pth(tmp_path / "300_model.pth")
     result = subprocess.run(
-        [*CLI, "export", "--out", str(tmp_path / "repo"), "--classifier-300",
-         str(tmp_path / "300_model.pth")],
-        capture_output=True, text=True,
+        [
+            *CLI,
+            "export",
+            "--out",
+            str(tmp_path / "repo"),
+            "--classifier-300",
+            str(tmp_path / "300_model.pth"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and "300_model.pth" in result.stderr
@@ -135,6 +168,10 @@ def test_export_refuses_malicious_classifier(tmp_path):
 def test_export_refuses_classifier_of_the_wrong_size(checkpoints, tmp_path):
     write_virnucpro_classifier_pth(tmp_path / "3328.pth", input_dim=3328, hidden_dim=8)
     with pytest.raises(VerificationError, match="takes 3328 features"):
-        export_repository(tmp_path / "repo", dnabert_s=checkpoints["dnabert_s"],
-                          esm2=checkpoints["esm2"], classifiers={300: tmp_path / "3328.pth"},
-                          report=lambda _: None)
+        export_repository(
+            tmp_path / "repo",
+            dnabert_s=checkpoints["dnabert_s"],
+            esm2=checkpoints["esm2"],
+            classifiers={300: tmp_path / "3328.pth"},
+            report=lambda _: None,
+        )
