@@ -9,6 +9,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests import fake_checkpoints as a module
 
+from reference import MIXED  # noqa: E402
+
 from virnucpro_triton.export import export_repository  # noqa: E402
 from virnucpro_triton.server import EmbeddedServer  # noqa: E402
 
@@ -30,3 +32,10 @@ def server(tiny_repository, tmp_path_factory):
     with EmbeddedServer(tiny_repository, log_path=log) as running:
         yield running
     # A failing test's output shows where the log is; pytest keeps tmp dirs of recent runs.
+
+
+@pytest.fixture(scope="session")
+def mixed_fasta(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("input") / "mixed.fa"
+    path.write_text(MIXED)
+    return path

@@ -12,64 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import tritonclient.grpc as grpcclient
-from tokenizers import Tokenizer
+from reference import MIXED, in_process, read_rows
 from tritonclient.utils import InferenceServerException
 
 from virnucpro_triton import repository as repo
 from virnucpro_triton.client.outputs import PREDICTIONS, SUMMARY, VERDICTS
 from virnucpro_triton.client.predict import predict
-from virnucpro_triton.models.esm2 import encode_protein
-from virnucpro_triton.sequence import chunks, six_frames
+from virnucpro_triton.sequence import six_frames
 
 CLI = [str(Path(sys.executable).parent / "virnucpro-triton")]
-
-MIXED = (
-    ">long_contig spans several chunks\n" + "ATGGCTAGCAAAGGTAAACGTATTGCA" * 45 + "\n"
-    ">tiny\nAC\n"
-    ">lower soft-masked\n" + ("atgaaacgtgcagaactggcagaagcgattaaaaaagcg" * 4) + "\n"
-    ">with_N\nATGAAACGTNNNCTGGCAGAAGCGATTAAAAAAGCGGCGGAAGCGATGGCGGCGAAAGGTAAAGCG\n"
-    ">empty\n\n"
-    ">orfs\nATGGCTAGCAAAGGTAAACGTATTGCAGAACTGAAAGAAGCGATTGAAAAACGTGCAGAACTGGCAGAA\n"
-)
-
-
-@pytest.fixture(scope="module")
-def mixed_fasta(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("input") / "mixed.fa"
-    path.write_text(MIXED)
-    return path
-
-
-def read_rows(out_dir: Path) -> dict[str, tuple[str, float, float]]:
-    with open(out_dir / PREDICTIONS) as handle:
-        return {
-            r["Sequence_ID"]: (r["Prediction"], float(r["score1"]), float(r["score2"]))
-            for r in csv.DictReader(handle, delimiter="\t")
-        }
-
-
-@torch.inference_mode()
-def in_process(repository: Path, fasta_text: str, chunk_size: int) -> dict[str, np.ndarray]:
-    """VirNucPro's computation on the same weights, one frame at a time, no padding."""
-    dnabert, _ = repo.load_model(repository / repo.DNABERT_S / "1")
-    esm2, _ = repo.load_model(repository / repo.ESM2 / "1")
-    classifier, _ = repo.load_model(repository / repo.classifier_name(chunk_size) / "1")
-    tokenizer = Tokenizer.from_file(str(repository / repo.DNABERT_S / "1" / repo.TOKENIZER))
-    expected = {}
-    for block in fasta_text.split(">")[1:]:
-        header, _, body = block.partition("\n")
-        for chunk_id, chunk in chunks(header.split()[0], body.replace("\n", ""), chunk_size):
-            for frame in six_frames(chunk):
-                if frame is None:
-                    continue
-                ids = torch.tensor([tokenizer.encode(frame.nucleotide).ids])
-                dna = dnabert.embed(ids, torch.ones_like(ids, dtype=torch.bool))
-                protein = esm2.embed(torch.tensor([encode_protein(frame.protein)]))
-                p = classifier(torch.cat([dna, protein], dim=1))[0].numpy()
-                expected[chunk_id + frame.name] = p
-    return expected
 
 
 @pytest.mark.parametrize("chunk_size", [300, 500])

@@ -66,6 +66,13 @@ class RunSummary:
     chunks_without_frame: int
     out_dir: Path
 
+    def describe(self) -> str:
+        return (
+            f"{self.records} records, {self.chunks} chunks, {self.frames} frames classified; "
+            f"{self.chunks_virus} chunks called virus, {self.chunks_without_frame} chunks "
+            "without a stop-free frame"
+        )
+
 
 def _batches(
     records: Iterator[InputRecord], chunk_size: int, batch_chunks: int

@@ -1,0 +1,55 @@
+"""What the served results are checked against: VirNucPro's computation, run in-process."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+
+from virnucpro_triton import repository as repo
+from virnucpro_triton.client.outputs import PREDICTIONS
+from virnucpro_triton.models.esm2 import encode_protein
+from virnucpro_triton.sequence import chunks, six_frames
+
+# Mixed lengths: longer than a chunk, shorter than a codon, lowercase, N, empty.
+MIXED = (
+    ">long_contig spans several chunks\n" + "ATGGCTAGCAAAGGTAAACGTATTGCA" * 45 + "\n"
+    ">tiny\nAC\n"
+    ">lower soft-masked\n" + ("atgaaacgtgcagaactggcagaagcgattaaaaaagcg" * 4) + "\n"
+    ">with_N\nATGAAACGTNNNCTGGCAGAAGCGATTAAAAAAGCGGCGGAAGCGATGGCGGCGAAAGGTAAAGCG\n"
+    ">empty\n\n"
+    ">orfs\nATGGCTAGCAAAGGTAAACGTATTGCAGAACTGAAAGAAGCGATTGAAAAACGTGCAGAACTGGCAGAA\n"
+)
+
+
+def read_rows(out_dir: Path) -> dict[str, tuple[str, float, float]]:
+    with open(out_dir / PREDICTIONS) as handle:
+        return {
+            r["Sequence_ID"]: (r["Prediction"], float(r["score1"]), float(r["score2"]))
+            for r in csv.DictReader(handle, delimiter="\t")
+        }
+
+
+@torch.inference_mode()
+def in_process(repository: Path, fasta_text: str, chunk_size: int) -> dict[str, np.ndarray]:
+    """VirNucPro's computation on the same weights, one frame at a time, no padding."""
+    dnabert, _ = repo.load_model(repository / repo.DNABERT_S / "1")
+    esm2, _ = repo.load_model(repository / repo.ESM2 / "1")
+    classifier, _ = repo.load_model(repository / repo.classifier_name(chunk_size) / "1")
+    tokenizer = Tokenizer.from_file(str(repository / repo.DNABERT_S / "1" / repo.TOKENIZER))
+    expected = {}
+    for block in fasta_text.split(">")[1:]:
+        header, _, body = block.partition("\n")
+        for chunk_id, chunk in chunks(header.split()[0], body.replace("\n", ""), chunk_size):
+            for frame in six_frames(chunk):
+                if frame is None:
+                    continue
+                ids = torch.tensor([tokenizer.encode(frame.nucleotide).ids])
+                dna = dnabert.embed(ids, torch.ones_like(ids, dtype=torch.bool))
+                protein = esm2.embed(torch.tensor([encode_protein(frame.protein)]))
+                p = classifier(torch.cat([dna, protein], dim=1))[0].numpy()
+                expected[chunk_id + frame.name] = p
+    return expected

@@ -1,0 +1,340 @@
+"""Loaders for the real on-disk checkpoint formats (local paths only).
+
+Pickles are read with `torch.load(weights_only=True)`: only tensors, plain containers and the
+few class names each format needs are allowed, and those names map onto inert records here,
+so no code from a checkpoint ever runs.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from safetensors.torch import load_file
+from tokenizers import Tokenizer
+from torch import nn
+
+from virnucpro_triton.models.classifier import MLPClassifier
+from virnucpro_triton.models.dnabert_s import DnabertConfig, DnabertS
+from virnucpro_triton.models.esm2 import (
+    MASK_IDX,
+    PAD_IDX,
+    PROTEIN_ALPHABET,
+    Esm2,
+    Esm2Config,
+    infer_esm2_heads,
+)
+
+StateDict = dict[str, torch.Tensor]
+M = TypeVar("M", bound=nn.Module)
+
+
+class CheckpointError(Exception):
+    """A checkpoint file is missing, unreadable, unsafe or does not fit the model."""
+
+
+class _Namespace:
+    """Inert stand-in for `argparse.Namespace` in fair-esm checkpoints: holds attributes only."""
+
+
+class _PickledModule:
+    """Inert record of a pickled `nn.Module`: unpickling stores its `__dict__` and runs nothing."""
+
+    state: dict[str, Any]
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.state = state
+
+
+# Globals a whole-module VirNucPro classifier pickle needs beyond torch's tensor allowlist.
+_CLASSIFIER_MODULE_GLOBALS = (
+    "__main__.MLPClassifier",
+    "torch.nn.modules.linear.Linear",
+    "torch.nn.modules.batchnorm.BatchNorm1d",
+    "torch.nn.modules.dropout.Dropout",
+    "torch.nn.modules.activation.ReLU",
+)
+
+
+def _names(keys: Iterable[str], limit: int = 20) -> str:
+    keys = sorted(keys)
+    more = f" ... ({len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def _torch_load(path: Path, allowed: Iterable[tuple[type, str]] = ()) -> Any:
+    """torch.load(weights_only=True) with `allowed` (stand-in, "module.Name") pairs allowlisted."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        with torch.serialization.safe_globals(list(allowed)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch wraps the unpickler's reason in advice to turn weights_only off: keep the reason.
+        found = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\n\n|$)", str(e), re.S)
+        reason = found.group(1).strip() if found else str(e)
+        refused = re.search(r"GLOBAL ([\w.]+)", reason)
+        if refused:
+            # torch's message drops the "builtins." of builtins such as exec; put it back.
+            name = refused.group(1) if "." in refused.group(1) else f"builtins.{refused.group(1)}"
+            raise CheckpointError(
+                f"{path}: refused to unpickle global {name} "
+                "(only tensors and known layer records may be loaded)"
+            ) from None
+        raise CheckpointError(f"{path}: cannot read as a torch checkpoint: {reason}") from None
+    except Exception as e:  # torch.load raises many types for damaged or foreign files
+        raise CheckpointError(
+            f"{path}: cannot read as a torch checkpoint: {type(e).__name__}: {e}"
+        ) from e
+
+
+def _read_state_dict(path: Path) -> StateDict:
+    """A flat tensor dict from a `.safetensors` file or a pickled state dict."""
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(path)
+        except Exception as e:
+            raise CheckpointError(f"{path}: cannot read safetensors: {e}") from e
+    return _check_tensors(_torch_load(path), path)
+
+
+def _check_tensors(obj: Any, path: Path) -> StateDict:
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
+    bad = [str(k) for k, v in obj.items() if not (isinstance(k, str) and torch.is_tensor(v))]
+    if bad:
+        raise CheckpointError(f"{path}: entries that are not named tensors: {_names(bad)}")
+    return obj
+
+
+def _load_strict(make: Callable[[], M], state: StateDict, path: Path) -> M:
+    """The model holding the checkpoint's tensors as float32, or one error listing every missing,
+    unexpected and mis-shaped key. Built on the meta device: no time spent on random init."""
+    with torch.device("meta"):
+        model = make()
+    expected = model.state_dict()
+    problems = []
+    if missing := expected.keys() - state.keys():
+        problems.append(f"missing keys: {_names(missing)}")
+    if unexpected := state.keys() - expected.keys():
+        problems.append(f"unexpected keys: {_names(unexpected)}")
+    shapes = [
+        f"{k} {tuple(state[k].shape)} (model {tuple(v.shape)})"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if shapes:
+        problems.append(f"shape mismatches: {_names(shapes)}")
+    if problems:
+        raise CheckpointError(
+            f"{path}: does not fit {type(model).__name__}: " + "; ".join(problems)
+        )
+    model.load_state_dict(state, assign=True)
+    return model.float()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot read config: {e}") from e
+
+
+def _weights_file(directory: Path) -> Path:
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (directory / name).is_file():
+            return directory / name
+    raise CheckpointError(f"{directory}: neither model.safetensors nor pytorch_model.bin found")
+
+
+def load_dnabert_s(directory: str | Path) -> tuple[DnabertS, DnabertConfig, Path]:
+    """DNABERT-S (or DNABERT-2) from a Hugging Face model directory; returns the tokenizer path."""
+    directory = Path(directory)
+    config = DnabertConfig.from_dict(_read_json(directory / "config.json"))
+    weights = _weights_file(directory)
+    # DNABERT-2 stores the encoder under "bert." next to an MLM head ("cls."); the pooler is unused.
+    state = {k.removeprefix("bert."): v for k, v in _read_state_dict(weights).items()}
+    state = {k: v for k, v in state.items() if not k.startswith(("pooler.", "cls."))}
+    model = _load_strict(lambda: DnabertS(config), state, weights)
+
+    tokenizer_path = directory / "tokenizer.json"
+    try:
+        tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    except Exception as e:
+        raise CheckpointError(f"{tokenizer_path}: cannot read tokenizer: {e}") from e
+    if tokenizer.get_vocab_size() > config.vocab_size:
+        raise CheckpointError(
+            f"{tokenizer_path}: {tokenizer.get_vocab_size()} tokens but the model embeds only "
+            f"{config.vocab_size}"
+        )
+    if absent := [t for t in ("[CLS]", "[SEP]", "[PAD]") if tokenizer.token_to_id(t) is None]:
+        raise CheckpointError(f"{tokenizer_path}: special tokens not in vocabulary: {absent}")
+    return model.eval(), config, tokenizer_path
+
+
+def load_esm2(path: str | Path) -> tuple[Esm2, Esm2Config]:
+    """ESM-2 from a fair-esm `.pt` file or a Hugging Face ESM directory."""
+    path = Path(path)
+    model, config = _load_hf_esm(path) if path.is_dir() else _load_fair_esm(path)
+    return model.eval(), config
+
+
+def _layer_count(state: StateDict) -> int:
+    indices = {int(m.group(1)) for k in state if (m := re.match(r"layers\.(\d+)\.", k))}
+    return max(indices) + 1 if indices else 0
+
+
+def _load_fair_esm(path: Path) -> tuple[Esm2, Esm2Config]:
+    data = _torch_load(path, [(_Namespace, "argparse.Namespace")])
+    if not isinstance(data, dict) or "model" not in data:
+        raise CheckpointError(f"{path}: not a fair-esm checkpoint (no 'model' entry)")
+    cfg = data.get("cfg")
+    args = cfg.get("model") if isinstance(cfg, dict) else data.get("args")
+    # Same prefixes fair-esm strips; its contact regression and LM head are not used here.
+    state = {
+        re.sub(r"^encoder\.(sentence_encoder\.)?", "", k): v
+        for k, v in _check_tensors(data["model"], path).items()
+    }
+    state = {k: v for k, v in state.items() if not k.startswith(("contact_head.", "lm_head."))}
+    if "embed_tokens.weight" not in state:
+        raise CheckpointError(f"{path}: missing keys: embed_tokens.weight")
+
+    # cfg["model"] is an argparse.Namespace in the releases; accept a plain dict as well.
+    arg = args.get if isinstance(args, dict) else lambda name: getattr(args, name, None)
+    num_layers = arg("encoder_layers") or _layer_count(state)
+    embed_dim = arg("encoder_embed_dim") or state["embed_tokens.weight"].shape[1]
+    heads = arg("encoder_attention_heads")
+    if heads is None:
+        try:
+            heads = infer_esm2_heads(num_layers, embed_dim)
+        except ValueError as e:
+            raise CheckpointError(f"{path}: no attention head count in the file and {e}") from e
+    config = Esm2Config(
+        num_layers=num_layers,
+        embed_dim=embed_dim,
+        attention_heads=heads,
+        token_dropout=arg("token_dropout") is not False,
+    )
+    model = _load_strict(lambda: Esm2(config), state, path)
+    return model, config
+
+
+# transformers EsmModel key (without "esm.") -> Esm2 key
+_HF_ESM_RENAMES = [
+    (r"embeddings\.word_embeddings\.", "embed_tokens."),
+    (r"encoder\.layer\.(\d+)\.attention\.self\.query\.", r"layers.\1.self_attn.q_proj."),
+    (r"encoder\.layer\.(\d+)\.attention\.self\.key\.", r"layers.\1.self_attn.k_proj."),
+    (r"encoder\.layer\.(\d+)\.attention\.self\.value\.", r"layers.\1.self_attn.v_proj."),
+    (
+        r"encoder\.layer\.(\d+)\.attention\.self\.rotary_embeddings\.inv_freq$",
+        r"layers.\1.self_attn.rot_emb.inv_freq",
+    ),
+    (r"encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"layers.\1.self_attn.out_proj."),
+    (r"encoder\.layer\.(\d+)\.attention\.LayerNorm\.", r"layers.\1.self_attn_layer_norm."),
+    (r"encoder\.layer\.(\d+)\.intermediate\.dense\.", r"layers.\1.fc1."),
+    (r"encoder\.layer\.(\d+)\.output\.dense\.", r"layers.\1.fc2."),
+    (r"encoder\.layer\.(\d+)\.LayerNorm\.", r"layers.\1.final_layer_norm."),
+    (r"encoder\.emb_layer_norm_after\.", "emb_layer_norm_after."),
+]
+
+
+# transformers >= 5 keeps one rotary frequency vector for all layers (older versions one per
+# layer); its save_pretrained writes it under the literal pattern key.
+_HF_SHARED_INV_FREQ = (
+    "rotary_embeddings.inv_freq",
+    "encoder.layer.*.attention.self.rotary_embeddings.inv_freq",
+)
+
+
+def _hf_esm_key(key: str) -> str:
+    # transformers >= 5 saves LayerNorm parameters under the legacy BERT names gamma/beta.
+    key = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", key)
+    key = re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", key)
+    for pattern, replacement in _HF_ESM_RENAMES:
+        renamed, n = re.subn("^" + pattern, replacement, key)
+        if n:
+            return renamed
+    return key  # left as is, so the strict check reports it under its own name
+
+
+def _load_hf_esm(directory: Path) -> tuple[Esm2, Esm2Config]:
+    config_path = directory / "config.json"
+    hf = _read_json(config_path)
+    if hf.get("position_embedding_type") != "rotary" or hf.get("emb_layer_norm_before"):
+        raise CheckpointError(
+            f"{config_path}: not an ESM-2 config (needs rotary positions, no emb_layer_norm_before)"
+        )
+    try:
+        config = Esm2Config(
+            num_layers=hf["num_hidden_layers"],
+            embed_dim=hf["hidden_size"],
+            attention_heads=hf["num_attention_heads"],
+            layer_norm_eps=hf["layer_norm_eps"],
+            token_dropout=hf.get("token_dropout", True),
+        )
+    except KeyError as e:
+        raise CheckpointError(f"{config_path}: missing {e}") from None
+    fixed = {
+        "vocab_size": len(PROTEIN_ALPHABET),
+        "intermediate_size": 4 * config.embed_dim,
+        "pad_token_id": PAD_IDX,
+        "mask_token_id": MASK_IDX,
+    }
+    if wrong := [f"{k}={hf[k]} (expected {v})" for k, v in fixed.items() if hf.get(k, v) != v]:
+        raise CheckpointError(f"{config_path}: unsupported values: {', '.join(wrong)}")
+
+    weights = _weights_file(directory)
+    state = {k.removeprefix("esm."): v for k, v in _read_state_dict(weights).items()}
+    unused = ("lm_head.", "contact_head.", "pooler.", "embeddings.position_ids")
+    state = {_hf_esm_key(k): v for k, v in state.items() if not k.startswith(unused)}
+    shared = [state.pop(k) for k in _HF_SHARED_INV_FREQ if k in state]
+    if shared:
+        for i in range(config.num_layers):
+            state.setdefault(f"layers.{i}.self_attn.rot_emb.inv_freq", shared[0])
+    model = _load_strict(lambda: Esm2(config), state, weights)
+    return model, config
+
+
+def _module_state(record: _PickledModule, path: Path, prefix: str = "") -> StateDict:
+    """The state dict a pickled nn.Module would give: parameters, persistent buffers, children."""
+    state = record.state
+    out: StateDict = {}
+    for name, param in state.get("_parameters", {}).items():
+        if param is not None:
+            out[prefix + name] = param.detach()
+    skip = state.get("_non_persistent_buffers_set", set())
+    for name, buf in state.get("_buffers", {}).items():
+        if buf is not None and name not in skip:
+            out[prefix + name] = buf
+    for name, child in state.get("_modules", {}).items():
+        if child is None:
+            continue
+        if not isinstance(child, _PickledModule):
+            raise CheckpointError(f"{path}: submodule {prefix}{name} is not a pickled module")
+        out.update(_module_state(child, path, f"{prefix}{name}."))
+    return out
+
+
+def load_classifier(path: str | Path) -> MLPClassifier:
+    """VirNucPro's MLP from a whole pickled module (300_model.pth), a state dict or safetensors."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        state = _read_state_dict(path)
+    else:
+        obj = _torch_load(path, [(_PickledModule, name) for name in _CLASSIFIER_MODULE_GLOBALS])
+        state = _check_tensors(
+            _module_state(obj, path) if isinstance(obj, _PickledModule) else obj, path
+        )
+    hidden, output = state.get("hidden_layer.weight"), state.get("output_layer.weight")
+    if hidden is None or output is None or hidden.ndim != 2 or output.ndim != 2:
+        raise CheckpointError(
+            f"{path}: needs 2-D hidden_layer.weight and output_layer.weight; keys: {_names(state)}"
+        )
+    input_dim, hidden_dim, num_class = hidden.shape[1], hidden.shape[0], output.shape[0]
+    model = _load_strict(lambda: MLPClassifier(input_dim, hidden_dim, num_class), state, path)
+    return model.eval()

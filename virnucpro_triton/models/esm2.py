@@ -1,0 +1,176 @@
+"""ESM-2 (fair-esm's `esm.model.esm2.ESM2`) as a short module with fair-esm's parameter names.
+
+Same math as fair-esm; attention runs through `F.scaled_dot_product_attention`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# fair-esm "ESM-1b" alphabet (also used by ESM-2).
+PROTEIN_ALPHABET: tuple[str, ...] = (
+    ("<cls>", "<pad>", "<eos>", "<unk>")
+    + tuple("LAGVSERTIDPKQNFYMHWCXBUZO.-")
+    + ("<null_1>", "<mask>")
+)
+TOKEN_TO_ID: dict[str, int] = {tok: i for i, tok in enumerate(PROTEIN_ALPHABET)}
+CLS_IDX = TOKEN_TO_ID["<cls>"]
+PAD_IDX = TOKEN_TO_ID["<pad>"]
+EOS_IDX = TOKEN_TO_ID["<eos>"]
+UNK_IDX = TOKEN_TO_ID["<unk>"]
+MASK_IDX = TOKEN_TO_ID["<mask>"]
+
+# name -> (layers, hidden, heads), DESIGN.md §4
+ESM2_SIZES: dict[str, tuple[int, int, int]] = {
+    "esm2_t6_8M_UR50D": (6, 320, 20),
+    "esm2_t12_35M_UR50D": (12, 480, 20),
+    "esm2_t30_150M_UR50D": (30, 640, 20),
+    "esm2_t33_650M_UR50D": (33, 1280, 20),
+    "esm2_t36_3B_UR50D": (36, 2560, 40),
+    "esm2_t48_15B_UR50D": (48, 5120, 40),
+}
+
+
+def infer_esm2_heads(num_layers: int, embed_dim: int) -> int:
+    """Attention heads of a released size; falls back on the width alone (each width is unique)."""
+    for layers, dim, heads in ESM2_SIZES.values():
+        if (layers, dim) == (num_layers, embed_dim):
+            return heads
+    for _, dim, heads in ESM2_SIZES.values():
+        if dim == embed_dim:
+            return heads
+    raise ValueError(f"no released ESM-2 size has {num_layers} layers of width {embed_dim}")
+
+
+def encode_protein(seq: str) -> list[int]:
+    """`<cls>` + one token per residue + `<eos>`; letters outside the alphabet become `<unk>`."""
+    return [CLS_IDX, *(TOKEN_TO_ID.get(c, UNK_IDX) for c in seq), EOS_IDX]
+
+
+def pad_batch(token_lists: list[list[int]], pad_id: int) -> torch.Tensor:
+    """Right-pad token id lists into a LongTensor [B, max_len] (right padding keeps positions)."""
+    width = max(len(t) for t in token_lists)
+    out = torch.full((len(token_lists), width), pad_id, dtype=torch.long)
+    for row, tokens in zip(out, token_lists, strict=True):
+        row[: len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+    return out
+
+
+@dataclass
+class Esm2Config:
+    num_layers: int
+    embed_dim: int
+    attention_heads: int
+    # fair-esm's ESM-2 layer norms are torch.nn.LayerNorm defaults (1e-5), as in HF configs.
+    layer_norm_eps: float = 1e-5
+    token_dropout: bool = True
+    vocab_size: int = len(PROTEIN_ALPHABET)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class RotaryEmbedding(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        # Overwritten by the checkpoint's values, which were rounded in training.
+        self.register_buffer("inv_freq", 1.0 / (10000 ** (torch.arange(0, dim, 2).float() / dim)))
+
+    def _apply(
+        self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True
+    ) -> RotaryEmbedding:
+        # Keep inv_freq in fp32 when the model is cast to bf16/fp16: rounded frequencies would
+        # shift the angles of far positions. Device moves still apply.
+        inv_freq = self.inv_freq
+        super()._apply(fn, recurse)
+        self.inv_freq = inv_freq.to(self.inv_freq.device, torch.float32)
+        return self
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.arange(q.shape[-2], device=q.device, dtype=torch.float32)
+        freqs = torch.outer(t, self.inv_freq.float())
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos, sin = emb.cos().to(q.dtype), emb.sin().to(q.dtype)
+        return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+
+class MultiheadAttention(nn.Module):
+    def __init__(self, embed_dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.q_proj = nn.Linear(embed_dim, embed_dim)
+        self.k_proj = nn.Linear(embed_dim, embed_dim)
+        self.v_proj = nn.Linear(embed_dim, embed_dim)
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+        self.rot_emb = RotaryEmbedding(self.head_dim)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        B, L, D = x.shape
+
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.view(B, L, self.num_heads, self.head_dim).transpose(1, 2)
+
+        # fair-esm scales queries before the rotation, so SDPA must not scale again.
+        q = heads(self.q_proj(x) * self.head_dim**-0.5)
+        q, k = self.rot_emb(q, heads(self.k_proj(x)))
+        out = F.scaled_dot_product_attention(q, k, heads(self.v_proj(x)), attn_mask=keep, scale=1.0)
+        return self.out_proj(out.transpose(1, 2).reshape(B, L, D))
+
+
+class TransformerLayer(nn.Module):
+    """Pre-LN block: attention then a 4x GELU feed-forward."""
+
+    def __init__(self, embed_dim: int, num_heads: int, eps: float):
+        super().__init__()
+        self.self_attn = MultiheadAttention(embed_dim, num_heads)
+        self.self_attn_layer_norm = nn.LayerNorm(embed_dim, eps=eps)
+        self.fc1 = nn.Linear(embed_dim, 4 * embed_dim)
+        self.fc2 = nn.Linear(4 * embed_dim, embed_dim)
+        self.final_layer_norm = nn.LayerNorm(embed_dim, eps=eps)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.self_attn_layer_norm(x), keep)
+        return x + self.fc2(F.gelu(self.fc1(self.final_layer_norm(x))))
+
+
+class Esm2(nn.Module):
+    def __init__(self, config: Esm2Config):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.embed_dim, padding_idx=PAD_IDX)
+        self.layers = nn.ModuleList(
+            TransformerLayer(config.embed_dim, config.attention_heads, config.layer_norm_eps)
+            for _ in range(config.num_layers)
+        )
+        self.emb_layer_norm_after = nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Final representation [B, L, D] (after emb_layer_norm_after); tokens right-padded."""
+        padding = tokens.eq(PAD_IDX)
+        x = self.embed_tokens(tokens)
+        if self.config.token_dropout:
+            # Training zeroed 15% * 80% of embeddings; eval rescales by that ratio, per sequence.
+            masked = tokens.eq(MASK_IDX)
+            x = x.masked_fill(masked.unsqueeze(-1), 0.0)
+            observed = masked.sum(-1).to(x.dtype) / (~padding).sum(-1)
+            x = x * (1 - 0.15 * 0.8) / (1 - observed)[:, None, None]
+        x = x * (1 - padding.unsqueeze(-1).type_as(x))
+        # SDPA boolean mask: True = may attend. [B, 1, 1, L] broadcasts over heads and queries.
+        keep = ~padding[:, None, None, :]
+        for layer in self.layers:
+            x = layer(x, keep)
+        return self.emb_layer_norm_after(x)
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Mean of the final representation over residues only (no <cls>, <eos>, padding), fp32."""
+        residue = ~(tokens.eq(CLS_IDX) | tokens.eq(EOS_IDX) | tokens.eq(PAD_IDX))
+        weights = residue.unsqueeze(-1).float()
+        return (self(tokens).float() * weights).sum(1) / weights.sum(1)
