@@ -1,0 +1,27 @@
+"""CPU smoke run of `make bench`: it completes and reports numbers (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from virnucpro_triton.bench import main
+
+
+def test_bench_smoke_run_reports_both_paths(tmp_path):
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(
+        main, ["--tiny", "--frames", "40", "--work-dir", str(tmp_path), "--json-out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert set(report["runs"]) == {"300", "500"}
+    for run in report["runs"].values():
+        assert run["frames"] >= 40
+        assert run["in_process"]["frames_per_s"] > 0 and run["served"]["frames_per_s"] > 0
+        assert (
+            run["served_over_in_process"]
+            == run["served"]["frames_per_s"] / run["in_process"]["frames_per_s"]
+        )
+        assert run["served"]["cold_start_s"] > 0

@@ -1,0 +1,284 @@
+"""`make bench`: the served pipeline against VirNucPro's in-process way, in one run.
+
+Builds the full-size architectures with random weights (speed does not depend on the values),
+writes them into a model repository, and on the same frames measures
+  (a) in-process: DNABERT-S + ESM-2 + classifier resident on the GPU, batches of 256 frames in
+      input order, padded, SDPA attention, bf16 — how the reference tools run;
+  (b) served: FASTA -> client -> embedded tritonserver -> pipeline -> result files;
+and reports frames/s, the ratio b/a, GPU memory peak, GPU busy % and an MFU estimate.
+`--tiny` runs the same on the demo-size models (the CPU smoke run in the tests).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import click
+import torch
+
+from virnucpro_triton import repository as repo
+from virnucpro_triton.client.predict import predict
+from virnucpro_triton.embedders import DnaEmbedder, ProteinEmbedder
+from virnucpro_triton.export.tiny import TINY_DNABERT, TINY_ESM2
+from virnucpro_triton.models.classifier import MLPClassifier
+from virnucpro_triton.models.dnabert_s import DnabertConfig, DnabertS, build_dna_bpe_tokenizer
+from virnucpro_triton.models.esm2 import ESM2_SIZES, PAD_IDX, Esm2, Esm2Config, pad_batch
+from virnucpro_triton.sequence import chunks, six_frames
+from virnucpro_triton.server import EmbeddedServer
+
+H100_BF16_DENSE_TFLOPS = 989.0  # spec sheet, SXM; DESIGN.md measured ~790 on a large matmul
+_STOPS = {"TAA", "TAG", "TGA"}
+_CODONS = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in _STOPS]
+
+
+def make_workload(path: Path, frames_wanted: int, chunk_size: int, seed: int = 0) -> list:
+    """Write a FASTA of ORF-rich and random contigs until its chunks yield `frames_wanted`
+    stop-free frames; return those frames in input order."""
+    rng = random.Random(seed)
+    frames = []
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        n = 0
+        while len(frames) < frames_wanted:
+            length = rng.randrange(chunk_size, 4 * chunk_size)
+            if n % 4 == 3:  # random DNA: mostly no stop-free frame, as in real metagenomes
+                seq = "".join(rng.choice("ACGT") for _ in range(length))
+            else:
+                seq = "".join(rng.choice(_CODONS) for _ in range(length // 3))
+            handle.write(f">contig_{n}\n{seq}\n")
+            for _, chunk in chunks(f"contig_{n}", seq, chunk_size):
+                frames.extend(f for f in six_frames(chunk) if f is not None)
+            n += 1
+    return frames
+
+
+def build_repository(repository: Path, tiny: bool, device: torch.device) -> dict:
+    """Random-weight models in bf16 (fp32 for --tiny on CPU), written as repository entries."""
+    dtype = "fp32" if tiny else "bf16"
+    dna_config = TINY_DNABERT if tiny else DnabertConfig()
+    esm_config = TINY_ESM2 if tiny else Esm2Config(*ESM2_SIZES["esm2_t36_3B_UR50D"])
+    with torch.device(device):
+        dnabert, esm2 = DnabertS(dna_config).eval(), Esm2(esm_config).eval()
+        features = dna_config.hidden_size + esm_config.embed_dim
+        classifier = MLPClassifier(features, 16 if tiny else 512).eval()
+    for kind, model, dim in [
+        (repo.DNABERT_S, dnabert, dna_config.hidden_size),
+        (repo.ESM2, esm2, esm_config.embed_dim),
+    ]:
+        config = repo.model_config(kind, *repo.embedder_tensors(dim), repo.EMBEDDER_MAX_BATCH)
+        repo.write_entry(repository, config, model, repo.architecture_of(kind, model, dtype))
+    tokenizer = repository / repo.DNABERT_S / "1" / repo.TOKENIZER
+    build_dna_bpe_tokenizer(dna_config.vocab_size).save(str(tokenizer))
+    for size in repo.CHUNK_SIZES:
+        name = repo.classifier_name(size)
+        config = repo.model_config(
+            name, *repo.classifier_tensors(features), repo.EMBEDDER_MAX_BATCH
+        )
+        repo.write_entry(
+            repository, config, classifier, repo.architecture_of("classifier", classifier, "fp32")
+        )
+    repo.write_entry(
+        repository,
+        repo.model_config(
+            repo.PIPELINE, repo.PIPELINE_INPUTS, repo.PIPELINE_OUTPUTS, repo.PIPELINE_MAX_BATCH
+        ),
+    )
+    half = repo.DTYPES[dtype]
+    return {
+        "dnabert": dnabert.to(half),
+        "esm2": esm2.to(half),
+        "classifier": classifier,
+        "tokenizer": tokenizer,
+        "params": sum(p.numel() for p in dnabert.parameters())
+        + sum(p.numel() for p in esm2.parameters()),
+    }
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def in_process(models: dict, frames: list, device: torch.device, batch: int = 256) -> dict:
+    """The reference tools' way: resident models, input-order padded batches, SDPA."""
+    dna = DnaEmbedder(models["dnabert"], models["tokenizer"], device)
+    protein = ProteinEmbedder(models["esm2"], device)
+    dna_tokens = dna.tokenize([f.nucleotide for f in frames])
+    protein_tokens = protein.tokenize([f.protein for f in frames])
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def run(count: int) -> None:
+        for i in range(0, count, batch):
+            ids = pad_batch(dna_tokens[i : i + batch], dna.pad_id).to(device)
+            a = models["dnabert"].embed(ids, ids != dna.pad_id)
+            b = models["esm2"].embed(pad_batch(protein_tokens[i : i + batch], PAD_IDX).to(device))
+            models["classifier"](torch.cat([a, b], dim=1)).cpu()
+
+    run(min(len(frames), 2 * batch))  # warm-up: kernels selected, memory pools filled
+    _sync(device)
+    start = time.perf_counter()
+    run(len(frames))
+    _sync(device)
+    seconds = time.perf_counter() - start
+    tokens = sum(map(len, dna_tokens)) + sum(map(len, protein_tokens))
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return {
+        "frames_per_s": len(frames) / seconds,
+        "seconds": seconds,
+        "tokens": tokens,
+        "gpu_peak_gib": peak,
+    }
+
+
+class GpuSampler:
+    """nvidia-smi readings every 200 ms while a measurement runs (busy %, memory used)."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, float]] = []
+        self._proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> GpuSampler:
+        try:
+            self._proc = subprocess.Popen(
+                [
+                    "nvidia-smi",
+                    "--query-gpu=utilization.gpu,memory.used",
+                    "--format=csv,noheader,nounits",
+                    "-lms",
+                    "200",
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+        except FileNotFoundError:
+            return self
+        threading.Thread(target=self._read, daemon=True).start()
+        return self
+
+    def _read(self) -> None:
+        for line in self._proc.stdout:
+            busy, used = line.split(",")[:2]
+            self.samples.append((float(busy), float(used) / 1024))
+
+    def __exit__(self, *_) -> None:
+        if self._proc:
+            self._proc.terminate()
+            self._proc.wait()
+
+    def summary(self) -> dict:
+        if not self.samples:
+            return {"gpu_busy_pct": None, "gpu_memory_peak_gib": None}
+        return {
+            "gpu_busy_pct": sum(s[0] for s in self.samples) / len(self.samples),
+            "gpu_memory_peak_gib": max(s[1] for s in self.samples),
+        }
+
+
+def served(
+    repository: Path,
+    fasta: Path,
+    frames: int,
+    chunk_size: int,
+    out: Path,
+    batch_chunks: int,
+    in_flight: int,
+) -> dict:
+    warmup = out / "warmup.fasta"  # a smaller workload of its own: first calls, memory pools
+    make_workload(warmup, min(frames, 2_000), chunk_size, seed=1)
+    start = time.perf_counter()
+    with EmbeddedServer(repository) as server:
+        ready = time.perf_counter() - start
+        predict(
+            warmup,
+            chunk_size,
+            out / "warmup",
+            server.grpc_url,
+            batch_chunks=batch_chunks,
+            max_in_flight=in_flight,
+            progress=False,
+        )
+        with GpuSampler() as gpu:
+            start = time.perf_counter()
+            summary = predict(
+                fasta,
+                chunk_size,
+                out / "run",
+                server.grpc_url,
+                batch_chunks=batch_chunks,
+                max_in_flight=in_flight,
+                progress=False,
+            )
+            seconds = time.perf_counter() - start
+    assert summary.frames == frames, (summary.frames, frames)
+    return {
+        "frames_per_s": frames / seconds,
+        "seconds": seconds,
+        "cold_start_s": ready,
+        **gpu.summary(),
+    }
+
+
+@click.command()
+@click.option("--tiny", is_flag=True, help="Demo-size models (CPU smoke run).")
+@click.option("--frames", type=int, default=20_000, show_default=True, help="Per chunk size.")
+@click.option("--batch-chunks", type=int, default=256, show_default=True)
+@click.option("--in-flight", type=int, default=16, show_default=True)
+@click.option("--work-dir", type=click.Path(path_type=Path), default=Path("build/bench"))
+@click.option("--json-out", type=click.Path(path_type=Path), default=Path("build/bench.json"))
+def main(
+    tiny: bool, frames: int, batch_chunks: int, in_flight: int, work_dir: Path, json_out: Path
+) -> None:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    models = build_repository(work_dir / "repository", tiny, device)
+    results = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "models": "tiny" if tiny else "DNABERT-S 117M + ESM-2 3B (random weights), bf16",
+        "frames_per_chunk_size": frames,
+        "batch_chunks": batch_chunks,
+        "in_flight": in_flight,
+        "runs": {},
+    }
+    for size in repo.CHUNK_SIZES:
+        fasta = work_dir / f"workload_{size}.fasta"
+        workload = make_workload(fasta, frames, size)
+        baseline = in_process(models, workload, device)
+        serve = served(
+            work_dir / "repository",
+            fasta,
+            len(workload),
+            size,
+            work_dir / f"out_{size}",
+            batch_chunks,
+            in_flight,
+        )
+        flops = 2 * models["params"] * baseline["tokens"]  # 2 FLOP per weight per token
+        tflops = flops / serve["seconds"] / 1e12
+        results["runs"][str(size)] = {
+            "frames": len(workload),
+            "in_process": baseline,
+            "served": serve,
+            "served_over_in_process": serve["frames_per_s"] / baseline["frames_per_s"],
+            "served_tflops": tflops,
+            "served_mfu_h100_bf16": tflops / H100_BF16_DENSE_TFLOPS if not tiny else None,
+        }
+        click.echo(
+            f"{size} bp: {len(workload)} frames | in-process "
+            f"{baseline['frames_per_s']:.0f}/s | served {serve['frames_per_s']:.0f}/s | "
+            f"ratio {serve['frames_per_s'] / baseline['frames_per_s']:.2f} | "
+            f"GPU busy {serve['gpu_busy_pct']} % | cold start {serve['cold_start_s']:.0f} s"
+        )
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(results, indent=2) + "\n")
+    click.echo(f"written {json_out}")
+
+
+if __name__ == "__main__":
+    main()
