@@ -187,6 +187,15 @@ def predict(
     show_default=True,
     help="Weights of the embedding models (classifiers stay fp32).",
 )
+@click.option(
+    "--format",
+    "format_",
+    type=click.Choice(["torch", "onnx"]),
+    default="torch",
+    show_default=True,
+    help="torch: weights served by the Python backend (runs here and in any Triton). "
+    "onnx: fp32 ONNX graphs for the onnxruntime backend of the NGC Triton container.",
+)
 @click.option("--tiny", is_flag=True, help="Tiny random-weight models for demos and tests.")
 def export(
     out: Path,
@@ -195,6 +204,7 @@ def export(
     classifier_300: Path | None,
     classifier_500: Path | None,
     dtype: str,
+    format_: str,
     tiny: bool,
 ) -> None:
     """Write verified model-repository entries from local checkpoints."""
@@ -204,6 +214,8 @@ def export(
     classifiers = {s: p for s, p in ((300, classifier_300), (500, classifier_500)) if p}
     if not tiny and not (dnabert_s or esm2 or classifiers):
         _fail("nothing to export: give --dnabert-s, --esm2, --classifier-300/500 or --tiny")
+    if format_ == "onnx" and dtype != "fp32":
+        _fail("--format onnx writes fp32 graphs only: leave --dtype at fp32")
     try:
         export_repository(
             out,
@@ -211,6 +223,7 @@ def export(
             esm2=esm2,
             classifiers=classifiers,
             dtype=dtype,
+            format=format_,
             tiny=tiny,
             report=click.echo,
         )
@@ -238,7 +251,7 @@ def demo(repository: Path, out_dir: Path, fasta: tuple[Path, ...]) -> None:
     from virnucpro_triton.server import EmbeddedServer, ServerError
 
     warning = (
-        "DEMO: the models have RANDOM weights; the verdicts below are meaningless. "
+        "DEMO: the models have RANDOM weights, so the verdicts are meaningless. "
         "Export real checkpoints with `virnucpro-triton export` for real results."
     )
     click.secho(warning, fg="yellow", err=True)

@@ -4,6 +4,10 @@ Used by the served `dnabert_s` and `esm2` models and by export's verification. S
 sorted by length and packed into batches under a token budget, so padding stays small; the
 models mask padding out of attention and pooling, so the result of a sequence does not depend
 on the batch it lands in.
+
+The model is the torch module, or a `GraphEmbedding`: the same model exported as an ONNX graph
+and run elsewhere (its Triton entry through BLS, or onnxruntime at export). Tokenization and
+batching are the same for both.
 """
 
 from __future__ import annotations
@@ -23,6 +27,32 @@ from virnucpro_triton.models.esm2 import PAD_IDX, Esm2, encode_protein, pad_batc
 MAX_DNA_LENGTH = 20_000
 MAX_PROTEIN_LENGTH = 4_000
 DNA_LETTERS = frozenset("ACGTNRYSWKMBDHV")  # IUPAC; the tokenizer maps rare ones to [UNK]
+
+
+# Runs an exported graph somewhere: named input arrays -> its (one requested) output array.
+GraphRun = Callable[[dict[str, np.ndarray]], np.ndarray]
+
+
+class GraphEmbedding:
+    """Stands in for a torch embedding model whose exported graph runs elsewhere.
+
+    `run` takes the graph's named INT64 inputs [B, L] and returns its output [B, dim] (fp32).
+    """
+
+    def __init__(self, run: GraphRun, input_names: Sequence[str], dim: int):
+        self.run = run
+        self.input_names = tuple(input_names)
+        self.dim = dim
+
+    def embed(self, *tensors: torch.Tensor) -> torch.Tensor:
+        """Same arguments as the torch model's `embed`, in the graph's input order."""
+        arrays = {
+            name: t.long().cpu().numpy() for name, t in zip(self.input_names, tensors, strict=True)
+        }
+        return torch.from_numpy(self.run(arrays))
+
+
+Model = torch.nn.Module | GraphEmbedding
 
 
 def _batches(lengths: Sequence[int], token_budget: int, max_rows: int) -> list[list[int]]:
@@ -49,7 +79,8 @@ class _Embedder:
     pad_id: int
     dim: int
 
-    def __init__(self, device: torch.device, token_budget: int, max_rows: int):
+    def __init__(self, model: Model, device: torch.device, token_budget: int, max_rows: int):
+        self.model = model.to(device).eval() if isinstance(model, torch.nn.Module) else model
         self.device = device
         self.token_budget = token_budget
         self.max_rows = max_rows
@@ -77,14 +108,13 @@ class DnaEmbedder(_Embedder):
 
     def __init__(
         self,
-        model: DnabertS,
+        model: DnabertS | GraphEmbedding,
         tokenizer_path: Path,
         device: torch.device,
         token_budget: int = 16_384,
         max_rows: int = 256,
     ):
-        super().__init__(device, token_budget, max_rows)
-        self.model = model.to(device).eval()
+        super().__init__(model, device, token_budget, max_rows)
         self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
@@ -92,7 +122,7 @@ class DnaEmbedder(_Embedder):
         if pad is None:
             raise ValueError(f"{tokenizer_path}: the tokenizer has no [PAD] token")
         self.pad_id = pad
-        self.dim = model.config.hidden_size
+        self.dim = model.dim if isinstance(model, GraphEmbedding) else model.config.hidden_size
 
     def tokenize(self, sequences: Sequence[str]) -> list[list[int]]:
         upper = [s.upper() for s in sequences]
@@ -108,11 +138,14 @@ class ProteinEmbedder(_Embedder):
     pad_id = PAD_IDX
 
     def __init__(
-        self, model: Esm2, device: torch.device, token_budget: int = 16_384, max_rows: int = 256
+        self,
+        model: Esm2 | GraphEmbedding,
+        device: torch.device,
+        token_budget: int = 16_384,
+        max_rows: int = 256,
     ):
-        super().__init__(device, token_budget, max_rows)
-        self.model = model.to(device).eval()
-        self.dim = model.config.embed_dim
+        super().__init__(model, device, token_budget, max_rows)
+        self.dim = model.dim if isinstance(model, GraphEmbedding) else model.config.embed_dim
 
     def tokenize(self, sequences: Sequence[str]) -> list[list[int]]:
         return [encode_protein(s.upper()) for s in sequences]

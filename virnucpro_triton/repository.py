@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,11 @@ def classifier_name(chunk_size: int) -> str:
     return f"classifier_{chunk_size}"
 
 
+def onnx_name(name: str) -> str:
+    """The ONNX compute entry behind the Python entry `name` of an ONNX-format repository."""
+    return f"{name}_onnx"
+
+
 # Largest number of rows one execute() sees. The pipeline's frames (6 per chunk) fan out to
 # the embedders in pieces of at most EMBEDDER_MAX_BATCH.
 PIPELINE_MAX_BATCH = 256
@@ -37,9 +43,14 @@ EMBEDDER_MAX_BATCH = 1024
 QUEUE_DELAY_US = 2000
 
 WEIGHTS = "weights.safetensors"
-ARCHITECTURE = "architecture.json"  # model kind, hyperparameters and dtype
+ARCHITECTURE = "architecture.json"  # model kind, hyperparameters, dtype and runtime
 TOKENIZER = "tokenizer.json"
 MODEL_PY = "model.py"
+ONNX_MODEL = "model.onnx"  # the file name Triton's onnxruntime backend loads
+ONNX_DATA = "model.onnx.data"  # its external weights, when they do not fit a 2 GB protobuf
+# Where the model of a Python entry runs: in the entry ("torch"), or in its ONNX compute entry
+# ("onnx"), which the Python entry calls through BLS.
+TORCH, ONNX = "torch", "onnx"
 SOURCE_ENTRIES = Path(__file__).resolve().parent.parent / "model_repository"
 
 
@@ -63,6 +74,17 @@ def classifier_tensors(input_dim: int) -> tuple[list[Tensor], list[Tensor]]:
     ]
 
 
+def onnx_embedder_tensors(kind: str, dim: int) -> tuple[list[Tensor], list[Tensor]]:
+    """The ONNX graph of an embedder: right-padded token ids [B, L] in, pooled embedding out.
+
+    DNABERT-S takes its attention mask as an input; ESM-2 derives it from the <pad> id.
+    """
+    inputs = [Tensor("INPUT_IDS", "TYPE_INT64", (-1,))]
+    if kind == DNABERT_S:
+        inputs.append(Tensor("ATTENTION_MASK", "TYPE_INT64", (-1,)))
+    return inputs, [Tensor("EMBEDDING", "TYPE_FP32", (dim,))]
+
+
 PIPELINE_INPUTS = [Tensor("DNA", "TYPE_STRING", (1,)), Tensor("CHUNK_SIZE", "TYPE_INT32", (1,))]
 PIPELINE_OUTPUTS = [
     # Per chunk and frame (F1 F2 F3 R1 R2 R3): P(others), P(virus); NaN where dropped.
@@ -72,6 +94,25 @@ PIPELINE_OUTPUTS = [
 ]
 
 
+def _config(
+    name: str, inputs: list[Tensor], outputs: list[Tensor], max_batch_size: int, **fields: Any
+) -> model_config_pb2.ModelConfig:
+    """A ModelConfig with dynamic batching, validated by the protobuf schema as it is built.
+
+    No instance kind is named: Triton then puts one instance on each visible GPU, or one on
+    the CPU where there is none, so the same repository serves on both.
+    """
+    spec = {
+        "name": name,
+        "max_batch_size": max_batch_size,
+        "input": [t.as_dict() for t in inputs],
+        "output": [t.as_dict() for t in outputs],
+        "dynamic_batching": {"max_queue_delay_microseconds": QUEUE_DELAY_US},
+        **fields,
+    }
+    return json_format.ParseDict(spec, model_config_pb2.ModelConfig())
+
+
 def model_config(
     name: str,
     inputs: list[Tensor],
@@ -79,21 +120,22 @@ def model_config(
     max_batch_size: int,
     parameters: dict[str, str] | None = None,
 ) -> model_config_pb2.ModelConfig:
-    """A Python-backend ModelConfig, validated by the protobuf schema as it is built.
+    """A Python-backend entry."""
+    return _config(
+        name,
+        inputs,
+        outputs,
+        max_batch_size,
+        backend="python",
+        parameters={k: {"string_value": v} for k, v in (parameters or {}).items()},
+    )
 
-    No instance kind is named: Triton then puts one instance on each visible GPU, or one on
-    the CPU where there is none, so the same repository serves on both.
-    """
-    spec = {
-        "name": name,
-        "backend": "python",
-        "max_batch_size": max_batch_size,
-        "input": [t.as_dict() for t in inputs],
-        "output": [t.as_dict() for t in outputs],
-        "dynamic_batching": {"max_queue_delay_microseconds": QUEUE_DELAY_US},
-        "parameters": {k: {"string_value": v} for k, v in (parameters or {}).items()},
-    }
-    return json_format.ParseDict(spec, model_config_pb2.ModelConfig())
+
+def onnx_model_config(
+    name: str, inputs: list[Tensor], outputs: list[Tensor], max_batch_size: int
+) -> model_config_pb2.ModelConfig:
+    """An entry served by the onnxruntime backend (NGC Triton containers) from 1/model.onnx."""
+    return _config(name, inputs, outputs, max_batch_size, platform="onnxruntime_onnx")
 
 
 def write_entry(
@@ -101,32 +143,41 @@ def write_entry(
     config: model_config_pb2.ModelConfig,
     model: torch.nn.Module | None = None,
     architecture: dict[str, Any] | None = None,
+    files: tuple[Path, ...] = (),
 ) -> Path:
-    """Write one entry: config.pbtxt, 1/model.py, and the weights when the model has any."""
+    """Write one entry: config.pbtxt, 1/model.py (Python backend), the weights when a model is
+    given, architecture.json when one is given, and copies of `files` into 1/."""
     entry = repository / config.name
     version = entry / "1"
     version.mkdir(parents=True, exist_ok=True)
     (entry / "config.pbtxt").write_text(text_format.MessageToString(config))
-    source = SOURCE_ENTRIES / config.name / "1" / MODEL_PY
-    target = version / MODEL_PY
-    if source.resolve() != target.resolve():
-        target.write_text(source.read_text())
+    if config.backend == "python":
+        source = SOURCE_ENTRIES / config.name / "1" / MODEL_PY
+        target = version / MODEL_PY
+        if source.resolve() != target.resolve():
+            target.write_text(source.read_text())
     if model is not None:
         dtype = DTYPES[architecture["dtype"]]
         state = {
-            k: (v.to(dtype) if v.is_floating_point() else v).detach().contiguous()
+            k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
             for k, v in model.state_dict().items()
         }
         save_file(state, str(version / WEIGHTS))
+    if architecture is not None:
         (version / ARCHITECTURE).write_text(json.dumps(architecture, indent=2) + "\n")
+    for path in files:
+        shutil.copyfile(path, version / path.name)
     return entry
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def architecture_of(kind: str, model: torch.nn.Module, dtype: str) -> dict[str, Any]:
-    """What `load_model` needs to rebuild `model`: its kind, hyperparameters and dtype."""
+def architecture_of(
+    kind: str, model: torch.nn.Module, dtype: str, runtime: str = TORCH
+) -> dict[str, Any]:
+    """What `load_model` needs to rebuild `model`: its kind, hyperparameters and dtype; and
+    where it runs (an ONNX-format Python entry keeps the description but no weights)."""
     if kind == "classifier":
         config = {
             "input_dim": model.hidden_layer.in_features,
@@ -134,11 +185,16 @@ def architecture_of(kind: str, model: torch.nn.Module, dtype: str) -> dict[str, 
         }
     else:
         config = dataclasses.asdict(model.config)
-    return {"kind": kind, "config": config, "dtype": dtype}
+    return {"kind": kind, "config": config, "dtype": dtype, "runtime": runtime}
 
 
 def read_architecture(version_dir: Path) -> dict[str, Any]:
     return json.loads((version_dir / ARCHITECTURE).read_text())
+
+
+def runtime_of(architecture: dict[str, Any]) -> str:
+    # Repositories written before ONNX export existed have no "runtime": they are torch.
+    return architecture.get("runtime", TORCH)
 
 
 def load_model(version_dir: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -148,6 +204,11 @@ def load_model(version_dir: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     from virnucpro_triton.models.esm2 import Esm2, Esm2Config
 
     architecture = read_architecture(version_dir)
+    if runtime_of(architecture) != TORCH:
+        raise ValueError(
+            f"{version_dir}: no torch weights here, the model runs in an ONNX entry "
+            f"({onnx_name(version_dir.parent.name)})"
+        )
     kind, config = architecture["kind"], architecture["config"]
     if kind == DNABERT_S:
         model: torch.nn.Module = DnabertS(DnabertConfig(**config))

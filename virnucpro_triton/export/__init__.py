@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from virnucpro_triton import checkpoints
@@ -18,7 +19,9 @@ from virnucpro_triton.export.repository_writer import (
 )
 from virnucpro_triton.export.tiny import tiny_models
 
-__all__ = ["VerificationError", "export_repository"]
+__all__ = ["FORMATS", "VerificationError", "export_repository"]
+
+FORMATS = ("torch", "onnx")
 
 
 def export_repository(
@@ -28,13 +31,20 @@ def export_repository(
     esm2: Path | None = None,
     classifiers: dict[int, Path] | None = None,
     dtype: str = "fp32",
+    format: str = "torch",
     tiny: bool = False,
     report: Callable[[str], None] = print,
 ) -> list[Check]:
     """Export what was given (any subset) into `out`, plus the pipeline entry.
 
     The classifiers stay in fp32 whatever `dtype` says: they are tiny and sit at the verdict.
+    `format` "onnx" writes ONNX compute entries behind the same Python entries (onnx_export.py);
+    it is fp32 only.
     """
+    if format not in FORMATS:
+        raise ValueError(f"unknown export format {format!r}; choose from {', '.join(FORMATS)}")
+    if format == "onnx" and dtype != "fp32":
+        raise ValueError(f"ONNX export writes fp32 graphs only, not {dtype}")
     checks: list[Check] = []
     with tempfile.TemporaryDirectory() as scratch:
         if tiny:
@@ -51,17 +61,32 @@ def export_repository(
                 for size, path in (classifiers or {}).items()
             }
         _check_feature_sizes(out, dna_model, esm_model, classifier_models)
+        write_dnabert_s, write_esm2, write_classifier = _writers(format, dtype)
         if dna_model is not None:
-            checks.append(export_dnabert_s(out, dna_model, tokenizer, dtype))
+            checks.append(write_dnabert_s(out, dna_model, tokenizer))
         if esm_model is not None:
-            checks.append(export_esm2(out, esm_model, dtype))
+            checks.append(write_esm2(out, esm_model))
         for size, model in sorted(classifier_models.items()):
-            checks.append(export_classifier(out, size, model, "fp32"))
+            checks.append(write_classifier(out, size, model))
     export_pipeline(out)
     for check in checks:
         report(f"verified {check.describe()}")
     report(f"model repository ready: {out}")
     return checks
+
+
+def _writers(format: str, dtype: str) -> tuple[Callable[..., Check], ...]:
+    """The DNABERT-S, ESM-2 and classifier entry writers of `format`."""
+    if format == "onnx":
+        # Imported here: onnx and onnxruntime are needed only for this format.
+        from virnucpro_triton.export import onnx_export
+
+        return onnx_export.export_dnabert_s, onnx_export.export_esm2, onnx_export.export_classifier
+    return (
+        partial(export_dnabert_s, dtype=dtype),
+        partial(export_esm2, dtype=dtype),
+        partial(export_classifier, dtype="fp32"),
+    )
 
 
 def _check_feature_sizes(out: Path, dna_model, esm_model, classifier_models) -> None:

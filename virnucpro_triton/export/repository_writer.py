@@ -3,7 +3,8 @@
 Every entry is written to a staging directory, loaded back exactly as the server will load
 it, run on a fixed probe batch and compared with the reference computation (the source model
 in fp32, one sequence at a time and unpadded, the way VirNucPro ran it). Only an entry within
-tolerance is moved into the repository.
+tolerance is moved into the repository. The ONNX format (onnx_export.py) reuses the probes, the
+references and `publish`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,15 +44,16 @@ class Check:
     max_abs: float
     min_cosine: float
     dtype: str
+    fp32_max_abs: float = field(default=FP32_MAX_ABS, compare=False)
 
     def passed(self) -> bool:
         if self.dtype == "fp32":
-            return self.max_abs <= FP32_MAX_ABS
+            return self.max_abs <= self.fp32_max_abs
         return self.min_cosine >= HALF_MIN_COSINE
 
     def describe(self) -> str:
         limit = (
-            f"max abs <= {FP32_MAX_ABS:g}"
+            f"max abs <= {self.fp32_max_abs:g}"
             if self.dtype == "fp32"
             else (f"cosine >= {HALF_MIN_COSINE}")
         )
@@ -61,20 +63,30 @@ class Check:
         )
 
 
-def _compare(entry: str, dtype: str, reference: np.ndarray, candidate: np.ndarray) -> Check:
+def compare(
+    entry: str,
+    dtype: str,
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    fp32_max_abs: float = FP32_MAX_ABS,
+) -> Check:
     ref = torch.from_numpy(reference).double()
     got = torch.from_numpy(candidate).double()
     cosine = torch.nn.functional.cosine_similarity(ref, got, dim=-1).min().item()
-    return Check(entry, (ref - got).abs().max().item(), cosine, dtype)
+    return Check(entry, (ref - got).abs().max().item(), cosine, dtype, fp32_max_abs)
 
 
-def _probe_frames() -> tuple[list[str], list[str]]:
+def probe_frames() -> tuple[list[str], list[str]]:
     frames = [f for chunk in _PROBE_DNA for f in six_frames(chunk) if f is not None]
     return _PROBE_DNA + [f.nucleotide for f in frames], _PROBE_PROTEIN + [f.protein for f in frames]
 
 
+def probe_features(input_dim: int) -> np.ndarray:
+    return np.random.default_rng(7).normal(size=(64, input_dim)).astype(np.float32)
+
+
 @torch.inference_mode()
-def _reference_dna(model: DnabertS, embedder: DnaEmbedder, sequences: list[str]) -> np.ndarray:
+def reference_dna(model: DnabertS, embedder: DnaEmbedder, sequences: list[str]) -> np.ndarray:
     fp32 = model.float()
     rows = []
     for ids in embedder.tokenize(sequences):
@@ -84,11 +96,32 @@ def _reference_dna(model: DnabertS, embedder: DnaEmbedder, sequences: list[str])
 
 
 @torch.inference_mode()
-def _reference_protein(model: Esm2, embedder: ProteinEmbedder, sequences: list[str]) -> np.ndarray:
+def reference_protein(model: Esm2, embedder: ProteinEmbedder, sequences: list[str]) -> np.ndarray:
     fp32 = model.float()
     return np.stack(
         [fp32.embed(torch.tensor([ids]))[0].numpy() for ids in embedder.tokenize(sequences)]
     )
+
+
+def publish(
+    repository: Path, write: Callable[[Path], list[Path]], verify: Callable[[Path], Check]
+) -> Check:
+    """Write entries into a staging directory, verify them there, then move them into place.
+
+    `write` returns the entry directories it made in the staging directory; `verify` gets
+    that directory. Nothing reaches `repository` unless the check passes.
+    """
+    repository.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=repository, prefix=".staging-") as staging:
+        entries = write(Path(staging))
+        check = verify(Path(staging))
+        if not check.passed():
+            raise VerificationError(f"refused to write {check.describe()}")
+        for entry in entries:
+            target = repository / entry.name
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.move(str(entry), target)
+    return check
 
 
 def _export(
@@ -98,22 +131,17 @@ def _export(
     kind: str,
     dtype: str,
     verify: Callable[[Path], Check],
-    extra_files: tuple[Path, ...] = (),
+    files: tuple[Path, ...] = (),
 ) -> Check:
-    """Write an entry into a staging directory, verify it there, then move it into place."""
-    repository.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=repository, prefix=".staging-") as staging:
-        entry = repo.write_entry(
-            Path(staging), config, model, repo.architecture_of(kind, model, dtype)
-        )
-        for path in extra_files:
-            shutil.copyfile(path, entry / "1" / path.name)
-        check = verify(entry / "1")
-        if not check.passed():
-            raise VerificationError(f"refused to write {check.describe()}")
-        target = repository / entry.name
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.move(str(entry), target)
+    """One torch-format entry; `verify` gets its staged version directory."""
+
+    def write(staging: Path) -> list[Path]:
+        architecture = repo.architecture_of(kind, model, dtype)
+        return [repo.write_entry(staging, config, model, architecture, files)]
+
+    check = publish(repository, write, lambda staging: verify(staging / config.name / "1"))
+    # An earlier ONNX export's compute entry is now orphaned, and unloadable without onnxruntime.
+    shutil.rmtree(repository / repo.onnx_name(config.name), ignore_errors=True)
     return check
 
 
@@ -124,8 +152,8 @@ def export_dnabert_s(repository: Path, model: DnabertS, tokenizer_json: Path, dt
         served = DnaEmbedder(
             repo.load_model(version)[0], version / repo.TOKENIZER, torch.device("cpu")
         )
-        dna, _ = _probe_frames()
-        return _compare(repo.DNABERT_S, dtype, _reference_dna(model, served, dna), served(dna))
+        dna, _ = probe_frames()
+        return compare(repo.DNABERT_S, dtype, reference_dna(model, served, dna), served(dna))
 
     config = repo.model_config(
         repo.DNABERT_S, *repo.embedder_tensors(model.config.hidden_size), repo.EMBEDDER_MAX_BATCH
@@ -138,10 +166,8 @@ def export_esm2(repository: Path, model: Esm2, dtype: str) -> Check:
 
     def verify(version: Path) -> Check:
         served = ProteinEmbedder(repo.load_model(version)[0], torch.device("cpu"))
-        _, protein = _probe_frames()
-        return _compare(
-            repo.ESM2, dtype, _reference_protein(model, served, protein), served(protein)
-        )
+        _, protein = probe_frames()
+        return compare(repo.ESM2, dtype, reference_protein(model, served, protein), served(protein))
 
     config = repo.model_config(
         repo.ESM2, *repo.embedder_tensors(model.config.embed_dim), repo.EMBEDDER_MAX_BATCH
@@ -153,7 +179,7 @@ def export_classifier(repository: Path, chunk_size: int, model: MLPClassifier, d
     model = model.float().eval()
     name = repo.classifier_name(chunk_size)
     input_dim = model.hidden_layer.in_features
-    probe = np.random.default_rng(7).normal(size=(64, input_dim)).astype(np.float32)
+    probe = probe_features(input_dim)
 
     def verify(version: Path) -> Check:
         served = repo.load_model(version)[0]
@@ -161,7 +187,7 @@ def export_classifier(repository: Path, chunk_size: int, model: MLPClassifier, d
             reference = model(torch.from_numpy(probe)).numpy()
             x = torch.from_numpy(probe).to(next(served.parameters()).dtype)
             candidate = served(x).float().numpy()
-        return _compare(name, dtype, reference, candidate)
+        return compare(name, dtype, reference, candidate)
 
     config = repo.model_config(name, *repo.classifier_tensors(input_dim), repo.EMBEDDER_MAX_BATCH)
     return _export(repository, config, model, "classifier", dtype, verify)

@@ -1,26 +1,48 @@
-"""Served `classifier_300` / `classifier_500`: VirNucPro's MLP, features in, P(class) out."""
+"""Served `classifier_300` / `classifier_500`: VirNucPro's MLP, features in, P(class) out.
+
+In an ONNX-format repository the MLP runs in the `classifier_N_onnx` entry, called through BLS.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
-from virnucpro_triton.repository import load_model
+from virnucpro_triton.repository import ONNX, load_model, onnx_name, read_architecture, runtime_of
 from virnucpro_triton.serving.common import device_of, error_response, log_loaded, version_dir
+from virnucpro_triton.serving.embedding import bls_run
+
+
+def _torch_classifier(args: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray]:
+    device = device_of(args)
+    model, _ = load_model(version_dir(args))
+    model.to(device)
+    dtype = next(model.parameters()).dtype
+
+    @torch.inference_mode()
+    def classify(features: np.ndarray) -> np.ndarray:
+        return model(torch.from_numpy(features).to(device, dtype)).float().cpu().numpy()
+
+    return classify
+
+
+def _onnx_classifier(args: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray]:
+    run = bls_run(onnx_name(args["model_name"]), "PROBABILITIES")
+    return lambda features: run({"FEATURES": features})
 
 
 class ClassifierModel:
     """Rows of concatenated DNABERT-S + ESM-2 features -> [P(others), P(virus)]."""
 
     def initialize(self, args: dict[str, Any]) -> None:
-        self.device = device_of(args)
-        self.model, architecture = load_model(version_dir(args))
-        self.model.to(self.device)
-        self.dtype = next(self.model.parameters()).dtype
-        log_loaded(args, f"classifier {architecture['dtype']}")
+        architecture = read_architecture(version_dir(args))
+        runtime = runtime_of(architecture)
+        self.classify = (_onnx_classifier if runtime == ONNX else _torch_classifier)(args)
+        log_loaded(args, f"classifier {architecture['dtype']} {runtime}")
 
     def execute(self, requests: list[Any]) -> list[Any]:
         responses = []
@@ -29,9 +51,7 @@ class ClassifierModel:
             if not np.isfinite(features).all():
                 responses.append(error_response("FEATURES holds NaN or infinite values"))
                 continue
-            with torch.inference_mode():
-                x = torch.from_numpy(features).to(self.device, self.dtype)
-                probabilities = self.model(x).float().cpu().numpy()
+            probabilities = self.classify(features)
             responses.append(
                 pb_utils.InferenceResponse([pb_utils.Tensor("PROBABILITIES", probabilities)])
             )
