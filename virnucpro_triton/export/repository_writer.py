@@ -34,6 +34,11 @@ FP32_MAX_ABS = 1e-5
 HALF_MIN_COSINE = 0.999
 
 
+def verify_device() -> torch.device:
+    """Where export runs its checks: a GPU when there is one (ESM-2 3B on a CPU takes long)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 class VerificationError(RuntimeError):
     """An entry that did not reproduce the reference; nothing was written for it."""
 
@@ -87,19 +92,23 @@ def probe_features(input_dim: int) -> np.ndarray:
 
 @torch.inference_mode()
 def reference_dna(model: DnabertS, embedder: DnaEmbedder, sequences: list[str]) -> np.ndarray:
-    fp32 = model.float()
+    """One sequence at a time, unpadded, fp32, on the model's device."""
+    device = next(model.parameters()).device
     rows = []
     for ids in embedder.tokenize(sequences):
-        t = torch.tensor([ids])
-        rows.append(fp32.embed(t, torch.ones_like(t, dtype=torch.bool))[0].numpy())
+        t = torch.tensor([ids], device=device)
+        rows.append(model.embed(t, torch.ones_like(t, dtype=torch.bool))[0].cpu().numpy())
     return np.stack(rows)
 
 
 @torch.inference_mode()
 def reference_protein(model: Esm2, embedder: ProteinEmbedder, sequences: list[str]) -> np.ndarray:
-    fp32 = model.float()
+    device = next(model.parameters()).device
     return np.stack(
-        [fp32.embed(torch.tensor([ids]))[0].numpy() for ids in embedder.tokenize(sequences)]
+        [
+            model.embed(torch.tensor([ids], device=device))[0].cpu().numpy()
+            for ids in embedder.tokenize(sequences)
+        ]
     )
 
 
@@ -149,9 +158,9 @@ def export_dnabert_s(repository: Path, model: DnabertS, tokenizer_json: Path, dt
     model = model.float().eval()
 
     def verify(version: Path) -> Check:
-        served = DnaEmbedder(
-            repo.load_model(version)[0], version / repo.TOKENIZER, torch.device("cpu")
-        )
+        device = verify_device()
+        model.to(device)
+        served = DnaEmbedder(repo.load_model(version)[0], version / repo.TOKENIZER, device)
         dna, _ = probe_frames()
         return compare(repo.DNABERT_S, dtype, reference_dna(model, served, dna), served(dna))
 
@@ -165,7 +174,9 @@ def export_esm2(repository: Path, model: Esm2, dtype: str) -> Check:
     model = model.float().eval()
 
     def verify(version: Path) -> Check:
-        served = ProteinEmbedder(repo.load_model(version)[0], torch.device("cpu"))
+        device = verify_device()
+        model.to(device)
+        served = ProteinEmbedder(repo.load_model(version)[0], device)
         _, protein = probe_frames()
         return compare(repo.ESM2, dtype, reference_protein(model, served, protein), served(protein))
 
