@@ -31,14 +31,27 @@ def test_peer_prediction_rows_are_reproduced_from_their_numbers():
 
 def test_verdicts_sort_like_pandas_groupby_and_break_ties_towards_virus(tmp_path):
     verdicts = ChunkVerdicts()
-    verdicts.add("s_chunk_10F1", 0.9, 0.1)
     verdicts.add("s_chunk_2R3", 0.5, 0.5)  # max P(virus) >= max P(others): True
+    verdicts.add("s_chunk_10F1", 0.9, 0.1)
     verdicts.add("s_chunk_10R2", 0.2, 0.8)  # chunk 10: max others 0.9 > max virus 0.8
     with open(tmp_path / "v.csv", "w") as handle:
         verdicts.write(handle)
     assert (tmp_path / "v.csv").read_text() == (
         "Modified_ID\tIs_Virus\ns_chunk_10\tFalse\ns_chunk_2\tTrue\n"
     )
+
+
+def test_verdicts_spilled_in_sorted_runs_merge_into_one_sorted_file(tmp_path):
+    verdicts = ChunkVerdicts(run_size=3)  # force several spilled runs
+    expected = []
+    for j in range(20, 0, -1):
+        for frame, (p_others, p_virus) in zip(["F1", "R2"], [(0.6, 0.4), (0.3, 0.7 - j % 2)]):
+            verdicts.add(f"seq_chunk_{j}{frame}", p_others, p_virus)
+        expected.append((f"seq_chunk_{j}", max(0.4, 0.7 - j % 2) >= 0.6))
+    with open(tmp_path / "v.csv", "w") as handle:
+        verdicts.write(handle)
+    rows = (tmp_path / "v.csv").read_text().splitlines()[1:]
+    assert rows == [f"{c}\t{v}" for c, v in sorted(expected)]
 
 
 def test_scores_print_as_numpy_float32():

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import heapq
 import os
+import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,21 +56,47 @@ class ChunkVerdicts:
 
     The original groups frame rows by the frame id minus its last two characters and calls a
     chunk viral when max P(virus) >= max P(others) over its frames; pandas' groupby sorts the
-    ids, so the rows come out in string order.
+    ids, so the rows come out in string order. Frames of a chunk arrive together (ids are unique
+    per run), so each verdict is final when the next chunk starts; verdicts are sorted in runs
+    spilled to temporary files and merged at the end, so memory stays flat on any input size.
     """
 
-    def __init__(self) -> None:
-        self._best: dict[str, tuple[float, float]] = {}
+    def __init__(self, run_size: int = 200_000) -> None:
+        self._run_size = run_size
+        self._chunk: list = []  # [chunk id, max P(others), max P(virus)] of the open chunk
+        self._pending: list[str] = []  # "id\tverdict\n" lines not yet spilled
+        self._runs: list[TextIO] = []
 
     def add(self, frame_id: str, p_others: float, p_virus: float) -> None:
         chunk_id = frame_id[:-2]
-        best = self._best.get(chunk_id)
-        self._best[chunk_id] = (
-            (p_others, p_virus) if best is None else (max(best[0], p_others), max(best[1], p_virus))
-        )
+        if self._chunk and self._chunk[0] == chunk_id:
+            self._chunk[1] = max(self._chunk[1], p_others)
+            self._chunk[2] = max(self._chunk[2], p_virus)
+            return
+        self._close_chunk()
+        self._chunk = [chunk_id, p_others, p_virus]
+
+    def _close_chunk(self) -> None:
+        if self._chunk:
+            chunk_id, p_others, p_virus = self._chunk
+            self._pending.append(f"{chunk_id}\t{p_virus >= p_others}\n")
+            self._chunk = []
+        if len(self._pending) >= self._run_size:
+            run = tempfile.TemporaryFile("w+")
+            run.writelines(sorted(self._pending, key=_chunk_key))
+            run.seek(0)
+            self._runs.append(run)
+            self._pending = []
 
     def write(self, handle: TextIO) -> None:
+        self._close_chunk()
         handle.write("Modified_ID\tIs_Virus\n")
-        for chunk_id in sorted(self._best):
-            p_others, p_virus = self._best[chunk_id]
-            handle.write(f"{chunk_id}\t{p_virus >= p_others}\n")
+        handle.writelines(
+            heapq.merge(*self._runs, sorted(self._pending, key=_chunk_key), key=_chunk_key)
+        )
+        for run in self._runs:
+            run.close()
+
+
+def _chunk_key(line: str) -> str:
+    return line[: line.index("\t")]
