@@ -233,13 +233,26 @@ def served(
 
 @click.command()
 @click.option("--tiny", is_flag=True, help="Demo-size models (CPU smoke run).")
+@click.option(
+    "--chunk-size",
+    "chunk_sizes",
+    type=click.Choice([str(s) for s in repo.CHUNK_SIZES]),
+    multiple=True,
+    help="Measure only these chunk sizes (default: all).",
+)
 @click.option("--frames", type=int, default=20_000, show_default=True, help="Per chunk size.")
 @click.option("--batch-chunks", type=int, default=256, show_default=True)
 @click.option("--in-flight", type=int, default=16, show_default=True)
 @click.option("--work-dir", type=click.Path(path_type=Path), default=Path("build/bench"))
 @click.option("--json-out", type=click.Path(path_type=Path), default=Path("build/bench.json"))
 def main(
-    tiny: bool, frames: int, batch_chunks: int, in_flight: int, work_dir: Path, json_out: Path
+    tiny: bool,
+    chunk_sizes: tuple[str, ...],
+    frames: int,
+    batch_chunks: int,
+    in_flight: int,
+    work_dir: Path,
+    json_out: Path,
 ) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -247,13 +260,14 @@ def main(
     models = build_repository(work_dir / "repository", tiny, device)
     results = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "gpus_visible": torch.cuda.device_count(),
         "models": "tiny" if tiny else "DNABERT-S 117M + ESM-2 3B (random weights), bf16",
         "frames_per_chunk_size": frames,
         "batch_chunks": batch_chunks,
         "in_flight": in_flight,
         "runs": {},
     }
-    for size in repo.CHUNK_SIZES:
+    for size in map(int, chunk_sizes or repo.CHUNK_SIZES):
         fasta = work_dir / f"workload_{size}.fasta"
         workload = make_workload(fasta, frames, size)
         baseline = in_process(models, workload, device)
