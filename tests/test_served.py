@@ -237,3 +237,28 @@ def test_unreachable_server_is_a_clear_error(mixed_fasta, tmp_path):
     assert result.returncode == 1
     assert "cannot reach a Triton server at 127.0.0.1:1" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_embed_cli_writes_rows_in_input_order_with_ids(server, tmp_path):
+    fasta = tmp_path / "proteins.fa"
+    fasta.write_text(">p1 first\nMKV\n>p2\nMKTAYIAKQRQ\n>p1\nW\n")
+    result = subprocess.run(
+        [
+            *CLI,
+            "embed",
+            str(fasta),
+            "--model",
+            "esm2",
+            "-o",
+            str(tmp_path / "e.npy"),
+            "--url",
+            server.grpc_url,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    vectors = np.load(tmp_path / "e.npy")
+    assert vectors.shape == (3, 32) and vectors.dtype == np.float32
+    assert (tmp_path / "e.ids.txt").read_text() == "p1\np2\np1#2\n"
+    assert not np.allclose(vectors[0], vectors[1])

@@ -126,6 +126,14 @@ def serve(
 @click.option(
     "--progress/--no-progress", default=None, help="Progress bar (default: on a terminal)."
 )
+@click.option(
+    "--retry-seconds",
+    type=click.FloatRange(min=0),
+    default=120,  # connection.RETRY_SECONDS, not imported here to keep the CLI quick to start
+    show_default=True,
+    help="How long a request is sent again while the server is unreachable, restarting or "
+    "overloaded (0: fail at once).",
+)
 def predict(
     fasta: Path,
     chunk_size: str,
@@ -135,6 +143,7 @@ def predict(
     batch_chunks: int,
     max_in_flight: int,
     progress: bool | None,
+    retry_seconds: float,
 ) -> None:
     """Classify FASTA (plain or gzip) and write VirNucPro's result files into OUT_DIR."""
     from virnucpro_triton.client.connection import ClientError
@@ -154,10 +163,47 @@ def predict(
                 batch_chunks=batch_chunks,
                 max_in_flight=max_in_flight,
                 progress=progress,
+                retry_seconds=retry_seconds,
             )
     except (FastaError, ClientError, ServerError, OSError) as error:
         _fail(str(error))
     click.echo(f"{summary.describe()}\nresults: {out_dir}/")
+
+
+@main.command()
+@click.argument("fasta", type=click.Path(path_type=Path))
+@click.option(
+    "--model",
+    type=click.Choice(["dnabert_s", "esm2"]),
+    required=True,
+    help="dnabert_s embeds DNA records (768-d), esm2 protein records (2560-d for the 3B model).",
+)
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Output .npy (float32, one row per record, input order); ids go to OUT.ids.txt.",
+)
+@click.option("--url", help="gRPC HOST:PORT of a running server (default: an embedded server).")
+@click.option(
+    "--repository", type=click.Path(path_type=Path), default=DEFAULT_REPOSITORY, show_default=True
+)
+def embed(fasta: Path, model: str, out: Path, url: str | None, repository: Path) -> None:
+    """Pooled DNABERT-S or ESM-2 embedding of every record, through the server."""
+    from virnucpro_triton.client.connection import ClientError
+    from virnucpro_triton.client.embed import embed as run
+    from virnucpro_triton.client.embed import ids_path
+    from virnucpro_triton.fasta import FastaError
+    from virnucpro_triton.server import EmbeddedServer, ServerError
+
+    try:
+        server = EmbeddedServer(repository) if url is None else nullcontext()
+        with server:
+            count, dim = run(fasta, model, out, url or server.grpc_url)
+    except (FastaError, ClientError, ServerError, OSError) as error:
+        _fail(str(error))
+    click.echo(f"{count} x {dim} embeddings -> {out} (ids: {ids_path(out)})")
 
 
 @main.command()

@@ -100,8 +100,9 @@ def read_fasta(path: Path | str, alphabet: str = "dna") -> Iterator[Record]:
                 count += 1
                 yield record
     except UnicodeDecodeError as error:
+        # error.start counts from the decoder's 8 KiB buffer, not the file: name the line instead.
         raise FastaError(
-            f"{path}: not a text FASTA file ({error.reason} at byte {error.start})"
+            f"{path}:{_undecodable_line(path)}: not a text FASTA file ({error.reason})"
         ) from None
     except (EOFError, OSError) as error:  # truncated or corrupt gzip, unreadable file
         raise FastaError(f"{path}: cannot be read: {error}") from None
@@ -117,6 +118,19 @@ def _check(path: Path, record: Record, alphabet: str) -> None:
     if bad:
         line = _line_of(path, record.line, bad.group())
         raise FastaError(f"{path}:{line}: record {record.id!r}: {bad.group()!r} is not {expected}")
+
+
+def _undecodable_line(path: Path) -> int:
+    """Line of the first byte that is not UTF-8; only read again when reporting an error."""
+    with open(path, "rb") as raw:
+        gzipped = raw.read(2) == b"\x1f\x8b"
+    with gzip.open(path, "rb") if gzipped else open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return 1
 
 
 def _line_of(path: Path, header_line: int, char: str) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from virnucpro_triton.client.connection import Connection, in_order, text_column
+from virnucpro_triton.client.connection import RETRY_SECONDS, Connection, in_order, text_column
 from virnucpro_triton.client.records import unique_ids
 from virnucpro_triton.fasta import read_fasta
 from virnucpro_triton.repository import DNABERT_S, ESM2
@@ -24,12 +24,19 @@ def ids_path(out: Path) -> Path:
 
 
 def embed(
-    fasta: Path, model: str, out: Path, url: str, *, batch_size: int = 32, max_in_flight: int = 4
+    fasta: Path,
+    model: str,
+    out: Path,
+    url: str,
+    *,
+    batch_size: int = 32,
+    max_in_flight: int = 4,
+    retry_seconds: float = RETRY_SECONDS,
 ) -> tuple[int, int]:
     """Write the embeddings; return (records, dimension)."""
     alphabet = ALPHABET[model]
     count = sum(1 for _ in read_fasta(fasta, alphabet))  # sizes the .npy and checks the input
-    connection = Connection(url, model)
+    connection = Connection(url, model, retry_seconds=retry_seconds)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.partial")
     partial_ids = ids_path(partial)

@@ -16,7 +16,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from virnucpro_triton.client.connection import ClientError, Connection, in_order, text_column
+from virnucpro_triton.client.connection import (
+    RETRY_SECONDS,
+    ClientError,
+    Connection,
+    in_order,
+    text_column,
+)
 from virnucpro_triton.client.outputs import (
     PREDICTIONS,
     SUMMARY,
@@ -105,14 +111,16 @@ def predict(
     batch_chunks: int = 64,
     max_in_flight: int = 4,
     progress: bool | None = None,
+    retry_seconds: float = RETRY_SECONDS,
 ) -> RunSummary:
     if chunk_size not in CHUNK_SIZES:
         raise ClientError(f"chunk size must be one of {CHUNK_SIZES}, not {chunk_size}")
     if progress is None:
         progress = sys.stderr.isatty()
-    # Counting first gives the progress bar its total and reports bad input before any work.
-    total = _count_chunks(fasta, chunk_size) if progress else None
-    connection = Connection(url, PIPELINE)
+    # Reading the whole input first reports bad input before any server work or output file
+    # (a bad record at the end of a large file would waste the run), and sizes the progress bar.
+    total = _count_chunks(fasta, chunk_size)
+    connection = Connection(url, PIPELINE, retry_seconds=retry_seconds)
     verdicts = ChunkVerdicts()
     counts = dict(records=0, chunks=0, frames=0, chunks_virus=0, chunks_without_frame=0)
 

@@ -1,0 +1,138 @@
+"""Server faults during a run, against real tritonservers (no mocks): restarts are ridden out,
+a server that stays away ends the run with a clear error and no output files."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from virnucpro_triton.client.connection import ClientError, Connection, is_transient, text_column
+from virnucpro_triton.client.outputs import PREDICTIONS, SUMMARY, VERDICTS
+from virnucpro_triton.client.predict import predict
+from virnucpro_triton.repository import PIPELINE
+from virnucpro_triton.server import EmbeddedServer
+
+# One request in flight: the server then batches exactly one request at a time, so the
+# results are byte-identical between runs (batches mixed from several requests differ in the
+# last float32 digit: padding changes the shapes the matrix products run in).
+SETTINGS = dict(batch_chunks=4, max_in_flight=1, progress=False)
+STOPS = {"TAA", "TAG", "TGA"}
+CODONS = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in STOPS]
+
+
+@pytest.fixture(scope="module")
+def contigs(tmp_path_factory) -> Path:
+    """~300 chunks of 300 bp with a stop-free first frame: ~10 s of requests on 2 CPU cores."""
+    rng = random.Random(7)
+    path = tmp_path_factory.mktemp("faults") / "contigs.fa"
+    with open(path, "w") as handle:
+        for i in range(90):
+            sequence = "".join(rng.choices(CODONS, k=rng.randrange(100, 500)))
+            handle.write(f">contig_{i}\n{sequence}\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def fixed_server(tiny_repository, tmp_path_factory) -> Iterator[EmbeddedServer]:
+    """A server the tests stop and start again: every start binds the same ports."""
+    log = tmp_path_factory.mktemp("fixed_server") / "tritonserver.log"
+    with EmbeddedServer(tiny_repository, log_path=log) as running:
+        yield running
+
+
+def served(server: EmbeddedServer) -> int:
+    """Pipeline requests this server process answered successfully."""
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        stats = client.get_inference_statistics(PIPELINE, as_json=True)
+    return int(stats["model_stats"][0]["inference_stats"]["success"].get("count", 0))
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_run_survives_a_server_restart(server, fixed_server, contigs, tmp_path):
+    reference, out = tmp_path / "reference", tmp_path / "out"
+    before = served(fixed_server)
+    with ThreadPoolExecutor(2) as pool:
+        # The uninterrupted run, against the session's server, goes on meanwhile.
+        uninterrupted = pool.submit(predict, contigs, 300, reference, server.grpc_url, **SETTINGS)
+        run = pool.submit(predict, contigs, 300, out, fixed_server.grpc_url, **SETTINGS)
+        wait_for(lambda: served(fixed_server) >= before + 10)  # mid-run, not before it began
+        fixed_server.stop()  # graceful: in-flight requests finish, new ones are refused
+        assert not run.done(), run.exception()
+        time.sleep(2)
+        fixed_server.start()  # a new tritonserver process on the same ports
+        run.result(timeout=120)
+        uninterrupted.result()
+    assert served(fixed_server) > 0  # the run went on against the new process
+    for name in [PREDICTIONS, VERDICTS, SUMMARY]:
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+    assert sorted(p.name for p in out.iterdir()) == sorted([PREDICTIONS, VERDICTS, SUMMARY])
+
+
+def test_server_that_stays_away_ends_the_run_within_the_retry_window(
+    fixed_server, contigs, tmp_path
+):
+    out = tmp_path / "out"
+    before = served(fixed_server)
+    with ThreadPoolExecutor(1) as pool:
+        settings = {**SETTINGS, "max_in_flight": 4}  # several requests retrying at once
+        run = pool.submit(
+            predict, contigs, 300, out, fixed_server.grpc_url, retry_seconds=4, **settings
+        )
+        wait_for(lambda: served(fixed_server) >= before + 5)
+        stopped = time.monotonic()
+        fixed_server.stop(timeout=0)  # killed: it never comes back
+        with pytest.raises(ClientError) as error:
+            run.result(timeout=60)
+        waited = time.monotonic() - stopped
+    assert 4 <= waited < 4 + 5, (waited, error.value)
+    message = str(error.value)
+    assert "\n" not in message
+    assert f"gave up on the Triton server at {fixed_server.grpc_url}" in message
+    assert "--retry-seconds 4" in message
+    assert list(out.iterdir()) == []  # no complete-looking or partial file left behind
+
+
+def test_a_bad_request_fails_at_once_without_retries(server):
+    connection = Connection(server.grpc_url, PIPELINE, retry_seconds=60)
+    try:
+        start = time.monotonic()
+        inputs = {"DNA": text_column(["AC!GT"]), "CHUNK_SIZE": np.full((1, 1), 300, np.int32)}
+        future = connection.submit(inputs, ["PROBABILITIES"])
+        with pytest.raises(ClientError, match=r"refused a 'virnucpro' request: .*'!'"):
+            future.result(timeout=30)
+        assert time.monotonic() - start < 5
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "transient"),
+    [  # as seen from a server shutting down, restarting, overloaded, or refusing bad input
+        ("UNAVAILABLE", "failed to connect to all addresses", True),
+        ("UNAVAILABLE", "Server is stopping, scheduler for model has stopped", True),
+        ("NOT_FOUND", "Request for unknown model: 'virnucpro' has no available versions", True),
+        ("DEADLINE_EXCEEDED", "Deadline Exceeded", True),
+        ("INTERNAL", "Failed to process the request(s): Stub process is not healthy.", True),
+        ("INTERNAL", "esm2: Exceeds maximum queue size", True),
+        ("INTERNAL", "esm2: Model esm2 - Error when running inference: Server not ready", True),
+        ("INVALID_ARGUMENT", "DNA row 0: '!' is not a nucleotide code", False),
+        ("INTERNAL", "internal error: ValueError: boom", False),
+    ],
+)
+def test_only_an_absent_or_busy_server_is_retried(status, message, transient):
+    error = InferenceServerException(message, f"StatusCode.{status}")
+    assert is_transient(error) is transient
