@@ -1,9 +1,10 @@
 """`virnucpro-triton predict`: stream a FASTA file through the served pipeline.
 
 Records are read one at a time, cut into chunks and sent in batches with a bounded number of
-requests in flight; results are consumed in input order and written as they arrive, so memory
-does not grow with the input (only the per-chunk verdicts, which VirNucPro's format sorts, are
-kept until the end).
+requests in flight; results are consumed in input order and written as they arrive. Memory
+does not grow with the sequence data: the per-chunk verdicts, which VirNucPro's format sorts,
+spill to sorted temporary runs; only the set of record ids (to keep duplicates apart) grows,
+by one short string per record.
 """
 
 from __future__ import annotations
