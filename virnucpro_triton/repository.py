@@ -41,6 +41,15 @@ PIPELINE_MAX_BATCH = 256
 EMBEDDER_MAX_BATCH = 1024
 # Requests wait this long for others to join their batch: short, the CPU path is compute-bound.
 QUEUE_DELAY_US = 2000
+# Overload is answered "busy" (UNAVAILABLE: "Exceeds maximum queue size") at once instead of
+# queueing without bound. Clients queue far less: `predict` keeps <= 64 requests in flight (4 by
+# default), and a pipeline instance (one per GPU) adds at most 16 x 2 BLS requests to each other
+# entry's queue (serving/pipeline.py), so 8 GPUs' fit. A full pipeline queue holds at most
+# 256 requests x 256 chunks x 500 bytes.
+# A request still queued after the client's own wait (Connection's 600 s) has nobody waiting
+# for it any more: it is rejected too.
+MAX_QUEUE_SIZE = 256
+QUEUE_TIMEOUT_US = 600_000_000
 
 WEIGHTS = "weights.safetensors"
 ARCHITECTURE = "architecture.json"  # model kind, hyperparameters, dtype and runtime
@@ -120,8 +129,8 @@ def model_config(
     max_batch_size: int,
     parameters: dict[str, str] | None = None,
 ) -> model_config_pb2.ModelConfig:
-    """A Python-backend entry."""
-    return _config(
+    """A Python-backend entry, with a bounded queue (clients and BLS calls all enter here)."""
+    config = _config(
         name,
         inputs,
         outputs,
@@ -129,6 +138,11 @@ def model_config(
         backend="python",
         parameters={k: {"string_value": v} for k, v in (parameters or {}).items()},
     )
+    policy = config.dynamic_batching.default_queue_policy
+    policy.max_queue_size = MAX_QUEUE_SIZE
+    policy.timeout_action = model_config_pb2.ModelQueuePolicy.REJECT
+    policy.default_timeout_microseconds = QUEUE_TIMEOUT_US
+    return config
 
 
 def onnx_model_config(

@@ -10,11 +10,18 @@ from typing import Any
 
 import numpy as np
 import torch
-import triton_python_backend_utils as pb_utils
 
 from virnucpro_triton.repository import ONNX, load_model, onnx_name, read_architecture, runtime_of
-from virnucpro_triton.serving.common import device_of, error_response, log_loaded, version_dir
-from virnucpro_triton.serving.embedding import bls_run
+from virnucpro_triton.serving.common import (
+    BadRequest,
+    answer,
+    bls_run,
+    device_of,
+    input_array,
+    log_loaded,
+    try_each,
+    version_dir,
+)
 
 
 def _torch_classifier(args: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray]:
@@ -44,15 +51,11 @@ class ClassifierModel:
         self.classify = (_onnx_classifier if runtime == ONNX else _torch_classifier)(args)
         log_loaded(args, f"classifier {architecture['dtype']} {runtime}")
 
+    def _classify(self, request: Any) -> dict[str, np.ndarray]:
+        features = input_array(request, "FEATURES")
+        if not np.isfinite(features).all():
+            raise BadRequest("FEATURES holds NaN or infinite values")
+        return {"PROBABILITIES": self.classify(features)}
+
     def execute(self, requests: list[Any]) -> list[Any]:
-        responses = []
-        for request in requests:
-            features = pb_utils.get_input_tensor_by_name(request, "FEATURES").as_numpy()
-            if not np.isfinite(features).all():
-                responses.append(error_response("FEATURES holds NaN or infinite values"))
-                continue
-            probabilities = self.classify(features)
-            responses.append(
-                pb_utils.InferenceResponse([pb_utils.Tensor("PROBABILITIES", probabilities)])
-            )
-        return responses
+        return [answer(result) for result in try_each(requests, self._classify)]

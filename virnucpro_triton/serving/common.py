@@ -1,17 +1,30 @@
-"""What every served model needs from the Python backend: device, files, request decoding."""
+"""What every served model needs from the Python backend: device, files, request decoding,
+error answers and calls to other served models (BLS)."""
 
 from __future__ import annotations
 
+import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
+T = TypeVar("T")
+R = TypeVar("R")
+
 
 class BadRequest(ValueError):
     """A request that this model answers with an error; other requests are unaffected."""
+
+
+class ModelError(RuntimeError):
+    """Another served model answered a BLS request with an error (e.g. its queue is full).
+
+    Its status code does not survive BLS (it arrives as INTERNAL); its message does.
+    """
 
 
 def device_of(args: dict[str, Any]) -> torch.device:
@@ -40,8 +53,55 @@ def input_strings(request: Any, name: str) -> list[str]:
         raise BadRequest(f"{name} must hold ASCII text") from None
 
 
-def error_response(message: str) -> Any:
-    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
+def try_each(items: list[T], function: Callable[[T], R]) -> list[R | Exception]:
+    """`function` of each item, or the exception it raised: a failure stays with its own item."""
+    results: list[R | Exception] = []
+    for item in items:
+        try:
+            results.append(function(item))
+        except Exception as error:
+            results.append(error)
+    return results
+
+
+def answer(result: dict[str, np.ndarray] | BaseException) -> Any:
+    """The response to one request: its named outputs, or the error that replaced them."""
+    if isinstance(result, BaseException):
+        return error_response(result)
+    return pb_utils.InferenceResponse([pb_utils.Tensor(k, v) for k, v in result.items()])
+
+
+def error_response(error: BaseException) -> Any:
+    """The error answer to one request. A BadRequest or another model's error is said as it is;
+    anything else is a bug of ours, logged with its traceback for the operator."""
+    bad = isinstance(error, BadRequest)
+    message = str(error)
+    if not (bad or isinstance(error, ModelError)):
+        pb_utils.Logger.log_error("".join(traceback.format_exception(error)))
+        message = f"internal error: {type(error).__name__}: {error}"
+    code = pb_utils.TritonError.INVALID_ARG if bad else pb_utils.TritonError.INTERNAL
+    return pb_utils.InferenceResponse([], error=pb_utils.TritonError(message, code))
+
+
+def bls_request(model: str, inputs: dict[str, np.ndarray], output: str) -> Any:
+    return pb_utils.InferenceRequest(
+        model_name=model,
+        inputs=[pb_utils.Tensor(name, array) for name, array in inputs.items()],
+        requested_output_names=[output],
+        # A GPU onnxruntime instance may answer in GPU memory, which as_numpy() cannot read.
+        preferred_memory=pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0),
+    )
+
+
+def bls_output(model: str, response: Any, output: str) -> np.ndarray:
+    if response.has_error():
+        raise ModelError(f"{model}: {response.error().message()}")
+    return pb_utils.get_output_tensor_by_name(response, output).as_numpy()
+
+
+def bls_run(model: str, output: str) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    """Named input arrays -> one output array of another served model (blocking BLS call)."""
+    return lambda inputs: bls_output(model, bls_request(model, inputs, output).exec(), output)
 
 
 def log_loaded(args: dict[str, Any], what: str) -> None:

@@ -11,15 +11,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import triton_python_backend_utils as pb_utils
 
-from virnucpro_triton.embedders import (
-    CHECKS,
-    DnaEmbedder,
-    GraphEmbedding,
-    GraphRun,
-    ProteinEmbedder,
-)
+from virnucpro_triton.embedders import CHECKS, DnaEmbedder, GraphEmbedding, ProteinEmbedder
 from virnucpro_triton.repository import (
     DNABERT_S,
     ONNX,
@@ -32,31 +25,14 @@ from virnucpro_triton.repository import (
 )
 from virnucpro_triton.serving.common import (
     BadRequest,
+    answer,
+    bls_run,
     device_of,
-    error_response,
     input_strings,
     log_loaded,
+    try_each,
     version_dir,
 )
-
-
-def bls_run(model_name: str, output_name: str) -> GraphRun:
-    """Named input arrays -> one output array of another served model (blocking BLS call)."""
-
-    def run(inputs: dict[str, np.ndarray]) -> np.ndarray:
-        request = pb_utils.InferenceRequest(
-            model_name=model_name,
-            inputs=[pb_utils.Tensor(name, array) for name, array in inputs.items()],
-            requested_output_names=[output_name],
-            # A GPU onnxruntime instance may answer in GPU memory, which as_numpy() cannot read.
-            preferred_memory=pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0),
-        )
-        response = request.exec()
-        if response.has_error():
-            raise RuntimeError(f"{model_name}: {response.error().message()}")
-        return pb_utils.get_output_tensor_by_name(response, output_name).as_numpy()
-
-    return run
 
 
 def _onnx_graph(name: str, kind: str, dim: int) -> GraphEmbedding:
@@ -66,7 +42,7 @@ def _onnx_graph(name: str, kind: str, dim: int) -> GraphEmbedding:
 
 
 class EmbeddingModel:
-    """Loads the entry's weights once; each execute() embeds all its requests together."""
+    """Loads the entry's weights once; each request's sequences are embedded together."""
 
     def initialize(self, args: dict[str, Any]) -> None:
         directory = version_dir(args)
@@ -85,30 +61,17 @@ class EmbeddingModel:
         else:
             self.embed = ProteinEmbedder(model, device)
             self.check = CHECKS["protein"]
-        self.max_batch = config["max_batch_size"]
         log_loaded(args, f"{kind} {architecture['dtype']} {runtime}")
 
+    def _embed(self, request: Any) -> dict[str, np.ndarray]:
+        batch = input_strings(request, "SEQUENCE")
+        for row, sequence in enumerate(batch):
+            problem = self.check(sequence)
+            if problem:
+                raise BadRequest(f"SEQUENCE row {row}: {problem}")
+        return {"EMBEDDING": self.embed(batch)}
+
     def execute(self, requests: list[Any]) -> list[Any]:
-        sequences: list[str] = []
-        spans: list[tuple[int, int] | str] = []  # each request's rows, or why it was refused
-        for request in requests:
-            try:
-                batch = input_strings(request, "SEQUENCE")
-                for row, sequence in enumerate(batch):
-                    problem = self.check(sequence)
-                    if problem:
-                        raise BadRequest(f"SEQUENCE row {row}: {problem}")
-            except BadRequest as error:
-                spans.append(str(error))
-                continue
-            spans.append((len(sequences), len(sequences) + len(batch)))
-            sequences.extend(batch)
-        embeddings = self.embed(sequences)
-        return [
-            error_response(span)
-            if isinstance(span, str)
-            else pb_utils.InferenceResponse(
-                [pb_utils.Tensor("EMBEDDING", embeddings[slice(*span)])]
-            )
-            for span in spans
-        ]
+        # Each request is embedded alone: how its rows are padded and batched, and so their
+        # last bits, then depend on the request only, never on what else is in flight.
+        return [answer(result) for result in try_each(requests, self._embed)]
