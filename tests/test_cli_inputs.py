@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from reference import same_table
 
 from virnucpro_triton.client.outputs import PREDICTIONS, SUMMARY, VERDICTS
 
@@ -120,23 +121,6 @@ def assert_succeeded(run: Run) -> None:
         [run.input.name, "cwd", "out"]
     )
     assert list((run.input.parent / "cwd").iterdir()) == []
-
-
-def same_table(a: bytes, b: bytes) -> bool:
-    """Equal cell by cell; numbers within 1e-6, since runs sharing the server are batched (and
-    padded) differently, which moves fp32 results in their last digit."""
-    rows_a = [line.split("\t") for line in a.decode().splitlines()]
-    rows_b = [line.split("\t") for line in b.decode().splitlines()]
-    if [len(r) for r in rows_a] != [len(r) for r in rows_b]:
-        return False
-    for x, y in zip((c for r in rows_a for c in r), (c for r in rows_b for c in r)):
-        try:
-            if abs(float(x) - float(y)) > 1e-6:
-                return False
-        except ValueError:
-            if x != y:
-                return False
-    return True
 
 
 @pytest.mark.parametrize("name", [n for n in SAME_AS_REFERENCE if n != "reference.fa"])

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import numpy as np
 import torch
 
 from virnucpro_triton.embedders import CHECKS, DnaEmbedder, GraphEmbedding, ProteinEmbedder
@@ -42,7 +41,7 @@ def _onnx_graph(name: str, kind: str, dim: int) -> GraphEmbedding:
 
 
 class EmbeddingModel:
-    """Loads the entry's weights once; each request's sequences are embedded together."""
+    """Loads the entry's weights once; each execute() embeds all its requests together."""
 
     def initialize(self, args: dict[str, Any]) -> None:
         directory = version_dir(args)
@@ -63,15 +62,28 @@ class EmbeddingModel:
             self.check = CHECKS["protein"]
         log_loaded(args, f"{kind} {architecture['dtype']} {runtime}")
 
-    def _embed(self, request: Any) -> dict[str, np.ndarray]:
+    def _sequences(self, request: Any) -> list[str]:
         batch = input_strings(request, "SEQUENCE")
         for row, sequence in enumerate(batch):
             problem = self.check(sequence)
             if problem:
                 raise BadRequest(f"SEQUENCE row {row}: {problem}")
-        return {"EMBEDDING": self.embed(batch)}
+        return batch
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        # Each request is embedded alone: how its rows are padded and batched, and so their
-        # last bits, then depend on the request only, never on what else is in flight.
-        return [answer(result) for result in try_each(requests, self._embed)]
+        # Rows of all valid requests are embedded together (length-bucketed across requests);
+        # padding is masked, so a row's result moves at most in its last float32 bits.
+        parsed = try_each(requests, self._sequences)
+        valid = [batch for batch in parsed if not isinstance(batch, Exception)]
+        try:
+            embeddings = self.embed([s for batch in valid for s in batch])
+        except Exception as error:  # a compute failure fails the requests that shared it
+            return [answer(b if isinstance(b, Exception) else error) for b in parsed]
+        results, start = [], 0
+        for batch in parsed:
+            if isinstance(batch, Exception):
+                results.append(answer(batch))
+            else:
+                results.append(answer({"EMBEDDING": embeddings[start : start + len(batch)]}))
+                start += len(batch)
+        return results
