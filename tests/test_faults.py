@@ -3,18 +3,17 @@ a server that stays away ends the run with a clear error and no output files."""
 
 from __future__ import annotations
 
-import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
-import tritonclient.grpc as grpcclient
+from servers import served, wait_for
 from tritonclient.utils import InferenceServerException
 
 from virnucpro_triton.client.connection import ClientError, Connection, is_transient, text_column
+from virnucpro_triton.client.journal import NAME as JOURNAL
 from virnucpro_triton.client.outputs import PREDICTIONS, SUMMARY, VERDICTS
 from virnucpro_triton.client.predict import predict
 from virnucpro_triton.repository import PIPELINE
@@ -24,20 +23,6 @@ from virnucpro_triton.server import EmbeddedServer
 # results are byte-identical between runs (batches mixed from several requests differ in the
 # last float32 digit: padding changes the shapes the matrix products run in).
 SETTINGS = dict(batch_chunks=4, max_in_flight=1, progress=False)
-STOPS = {"TAA", "TAG", "TGA"}
-CODONS = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in STOPS]
-
-
-@pytest.fixture(scope="module")
-def contigs(tmp_path_factory) -> Path:
-    """~300 chunks of 300 bp with a stop-free first frame: ~10 s of requests on 2 CPU cores."""
-    rng = random.Random(7)
-    path = tmp_path_factory.mktemp("faults") / "contigs.fa"
-    with open(path, "w") as handle:
-        for i in range(90):
-            sequence = "".join(rng.choices(CODONS, k=rng.randrange(100, 500)))
-            handle.write(f">contig_{i}\n{sequence}\n")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -46,20 +31,6 @@ def fixed_server(tiny_repository, tmp_path_factory) -> Iterator[EmbeddedServer]:
     log = tmp_path_factory.mktemp("fixed_server") / "tritonserver.log"
     with EmbeddedServer(tiny_repository, log_path=log) as running:
         yield running
-
-
-def served(server: EmbeddedServer) -> int:
-    """Pipeline requests this server process answered successfully."""
-    with grpcclient.InferenceServerClient(server.grpc_url) as client:
-        stats = client.get_inference_statistics(PIPELINE, as_json=True)
-    return int(stats["model_stats"][0]["inference_stats"]["success"].get("count", 0))
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
 
 
 def test_run_survives_a_server_restart(server, fixed_server, contigs, tmp_path):
@@ -103,7 +74,8 @@ def test_server_that_stays_away_ends_the_run_within_the_retry_window(
     assert "\n" not in message
     assert f"gave up on the Triton server at {fixed_server.grpc_url}" in message
     assert "--retry-seconds 4" in message
-    assert list(out.iterdir()) == []  # no complete-looking or partial file left behind
+    # No complete-looking or partial result file; the journal stays for --resume.
+    assert [p.name for p in out.iterdir()] == [JOURNAL]
 
 
 def test_a_bad_request_fails_at_once_without_retries(server):

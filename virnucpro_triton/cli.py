@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import sys
-from contextlib import nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -17,6 +18,11 @@ _chunk_size = click.option(
     required=True,
     help="Chunk length in bp; must match the classifier (300_model.pth or 500_model.pth).",
 )
+
+
+def _log_to_stderr() -> None:
+    """The client's warnings (a server out of rotation) as one-liners on stderr."""
+    logging.basicConfig(format="virnucpro-triton: %(message)s", level=logging.WARNING)
 
 
 def _fail(message: str) -> None:
@@ -97,18 +103,77 @@ def serve(
         _fail(f"the server exited with status {code}; see {server.log_path}")
 
 
+def _server_options(command):
+    """--url (repeatable), --urls-file, --repository, --retry-seconds, --max-message-mb."""
+    options = [
+        click.option(
+            "--url",
+            "urls",
+            multiple=True,
+            help="gRPC address HOST:PORT of a running server; repeat it to spread the work over "
+            "several. Without any, an embedded server is started on --repository for this run.",
+        ),
+        click.option(
+            "--urls-file",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="A file of HOST:PORT addresses, one per line (# starts a comment).",
+        ),
+        click.option(
+            "--repository",
+            type=click.Path(path_type=Path),
+            default=DEFAULT_REPOSITORY,
+            show_default=True,
+        ),
+        click.option(
+            "--retry-seconds",
+            type=click.FloatRange(min=0),
+            default=120,  # connection.RETRY_SECONDS, not imported to keep the CLI quick to start
+            show_default=True,
+            help="How long a request is sent again while no server can answer it (unreachable, "
+            "restarting, overloaded); 0: fail at once.",
+        ),
+        click.option(
+            "--max-message-mb",
+            type=click.IntRange(1, 2047),
+            default=64,
+            show_default=True,
+            help="gRPC message size limit, both ways.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _addresses(urls: tuple[str, ...], urls_file: Path | None) -> list[str]:
+    addresses = list(urls)
+    if urls_file:
+        for line in urls_file.read_text().splitlines():
+            address = line.split("#", 1)[0].strip()
+            if address:
+                addresses.append(address)
+        if not addresses:
+            _fail(f"{urls_file}: no server address in it")
+    return addresses
+
+
+@contextmanager
+def _servers(addresses: list[str], repository: Path):
+    """The given servers, or an embedded one on `repository` for the length of the run."""
+    if addresses:
+        yield addresses
+        return
+    from virnucpro_triton.server import EmbeddedServer
+
+    with EmbeddedServer(repository) as server:
+        yield [server.grpc_url]
+
+
 @main.command()
 @click.argument("fasta", type=click.Path(path_type=Path))
 @_chunk_size
 @click.option("-o", "--out-dir", type=click.Path(path_type=Path), required=True)
-@click.option(
-    "--url",
-    help="gRPC address HOST:PORT of a running server. Without it an embedded "
-    "server is started on --repository for this run.",
-)
-@click.option(
-    "--repository", type=click.Path(path_type=Path), default=DEFAULT_REPOSITORY, show_default=True
-)
+@_server_options
 @click.option(
     "--batch-chunks",
     type=click.IntRange(1, 256),
@@ -118,56 +183,60 @@ def serve(
 )
 @click.option(
     "--max-in-flight",
-    type=click.IntRange(1, 64),
-    default=4,
-    show_default=True,
-    help="Requests awaiting an answer at any time.",
+    type=click.IntRange(1, 256),
+    help="Requests awaiting an answer at any time [default: 4 per server].",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Go on from where a stopped run into the same OUT_DIR stopped (same input, same "
+    "chunk size); answers already received are not asked again.",
 )
 @click.option(
     "--progress/--no-progress", default=None, help="Progress bar (default: on a terminal)."
-)
-@click.option(
-    "--retry-seconds",
-    type=click.FloatRange(min=0),
-    default=120,  # connection.RETRY_SECONDS, not imported here to keep the CLI quick to start
-    show_default=True,
-    help="How long a request is sent again while the server is unreachable, restarting or "
-    "overloaded (0: fail at once).",
 )
 def predict(
     fasta: Path,
     chunk_size: str,
     out_dir: Path,
-    url: str | None,
+    urls: tuple[str, ...],
+    urls_file: Path | None,
     repository: Path,
-    batch_chunks: int,
-    max_in_flight: int,
-    progress: bool | None,
     retry_seconds: float,
+    max_message_mb: int,
+    batch_chunks: int,
+    max_in_flight: int | None,
+    resume: bool,
+    progress: bool | None,
 ) -> None:
     """Classify FASTA (plain or gzip) and write VirNucPro's result files into OUT_DIR."""
     from virnucpro_triton.client.connection import ClientError
+    from virnucpro_triton.client.journal import NAME as JOURNAL
     from virnucpro_triton.client.predict import predict as run
     from virnucpro_triton.fasta import FastaError, read_fasta
-    from virnucpro_triton.server import EmbeddedServer, ServerError
+    from virnucpro_triton.server import ServerError
 
+    _log_to_stderr()
+    addresses = _addresses(urls, urls_file)
     try:
         next(iter(read_fasta(fasta)))  # refuse a missing or non-FASTA file before starting a server
-        server = EmbeddedServer(repository) if url is None else nullcontext()
-        with server:
+        with _servers(addresses, repository) as servers:
             summary = run(
                 fasta,
                 int(chunk_size),
                 out_dir,
-                url or server.grpc_url,
+                servers,
                 batch_chunks=batch_chunks,
                 max_in_flight=max_in_flight,
                 progress=progress,
                 retry_seconds=retry_seconds,
+                max_message_mb=max_message_mb,
+                resume=resume,
             )
     except (FastaError, ClientError, ServerError, OSError) as error:
-        _fail(str(error))
-    click.echo(f"{summary.describe()}\nresults: {out_dir}/")
+        resumable = (out_dir / JOURNAL).exists() and not isinstance(error, FastaError)
+        _fail(f"{error}{'; --resume goes on from here' if resumable else ''}")
+    click.echo(f"{summary.report()}\nresults: {out_dir}/")
 
 
 @main.command()
@@ -185,22 +254,36 @@ def predict(
     required=True,
     help="Output .npy (float32, one row per record, input order); ids go to OUT.ids.txt.",
 )
-@click.option("--url", help="gRPC HOST:PORT of a running server (default: an embedded server).")
-@click.option(
-    "--repository", type=click.Path(path_type=Path), default=DEFAULT_REPOSITORY, show_default=True
-)
-def embed(fasta: Path, model: str, out: Path, url: str | None, repository: Path) -> None:
+@_server_options
+def embed(
+    fasta: Path,
+    model: str,
+    out: Path,
+    urls: tuple[str, ...],
+    urls_file: Path | None,
+    repository: Path,
+    retry_seconds: float,
+    max_message_mb: int,
+) -> None:
     """Pooled DNABERT-S or ESM-2 embedding of every record, through the server."""
     from virnucpro_triton.client.connection import ClientError
     from virnucpro_triton.client.embed import embed as run
     from virnucpro_triton.client.embed import ids_path
     from virnucpro_triton.fasta import FastaError
-    from virnucpro_triton.server import EmbeddedServer, ServerError
+    from virnucpro_triton.server import ServerError
 
+    _log_to_stderr()
+    addresses = _addresses(urls, urls_file)
     try:
-        server = EmbeddedServer(repository) if url is None else nullcontext()
-        with server:
-            count, dim = run(fasta, model, out, url or server.grpc_url)
+        with _servers(addresses, repository) as servers:
+            count, dim = run(
+                fasta,
+                model,
+                out,
+                servers,
+                retry_seconds=retry_seconds,
+                max_message_mb=max_message_mb,
+            )
     except (FastaError, ClientError, ServerError, OSError) as error:
         _fail(str(error))
     click.echo(f"{count} x {dim} embeddings -> {out} (ids: {ids_path(out)})")

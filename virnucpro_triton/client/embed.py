@@ -6,12 +6,20 @@ line, duplicates renamed as in `predict`). Both files appear only when the run s
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from virnucpro_triton.client.connection import RETRY_SECONDS, Connection, in_order, text_column
+from virnucpro_triton.client.connection import (
+    MAX_MESSAGE_MB,
+    RETRY_SECONDS,
+    Connection,
+    in_order,
+    text_column,
+)
 from virnucpro_triton.client.records import unique_ids
 from virnucpro_triton.fasta import read_fasta
 from virnucpro_triton.repository import DNABERT_S, ESM2
@@ -27,34 +35,40 @@ def embed(
     fasta: Path,
     model: str,
     out: Path,
-    url: str,
+    urls: str | Sequence[str],
     *,
     batch_size: int = 32,
     max_in_flight: int = 4,
     retry_seconds: float = RETRY_SECONDS,
+    max_message_mb: int = MAX_MESSAGE_MB,
 ) -> tuple[int, int]:
     """Write the embeddings; return (records, dimension)."""
     alphabet = ALPHABET[model]
     count = sum(1 for _ in read_fasta(fasta, alphabet))  # sizes the .npy and checks the input
-    connection = Connection(url, model, retry_seconds=retry_seconds)
+    connection = Connection(urls, model, retry_seconds=retry_seconds, max_message_mb=max_message_mb)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.partial")
     partial_ids = ids_path(partial)
     matrix = None
+
+    async def write_all(id_file) -> np.ndarray:
+        nonlocal matrix
+        row = 0
+        jobs = _jobs(unique_ids(read_fasta(fasta, alphabet)), batch_size, connection)
+        async for ids, result in in_order(jobs, max_in_flight):
+            vectors = result["EMBEDDING"]
+            if matrix is None:
+                matrix = np.lib.format.open_memmap(
+                    partial, mode="w+", dtype=np.float32, shape=(count, vectors.shape[1])
+                )
+            matrix[row : row + len(ids)] = vectors
+            row += len(ids)
+            id_file.writelines(f"{i}\n" for i in ids)
+        return vectors
+
     try:
-        records = unique_ids(read_fasta(fasta, alphabet))
-        jobs = _jobs(records, batch_size, connection)
         with open(partial_ids, "w") as id_file:
-            row = 0
-            for ids, result in in_order(jobs, max_in_flight):
-                vectors = result["EMBEDDING"]
-                if matrix is None:
-                    matrix = np.lib.format.open_memmap(
-                        partial, mode="w+", dtype=np.float32, shape=(count, vectors.shape[1])
-                    )
-                matrix[row : row + len(ids)] = vectors
-                row += len(ids)
-                id_file.writelines(f"{i}\n" for i in ids)
+            vectors = asyncio.run(write_all(id_file))
         matrix.flush()
         os.replace(partial, out)
         os.replace(partial_ids, ids_path(out))

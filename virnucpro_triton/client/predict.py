@@ -1,29 +1,26 @@
-"""`virnucpro-triton predict`: stream a FASTA file through the served pipeline.
+"""`virnucpro-triton predict`: stream a FASTA file through the served pipeline into result files.
 
-Records are read one at a time, cut into chunks and sent in batches with a bounded number of
-requests in flight; results are consumed in input order and written as they arrive. Memory
-does not grow with the sequence data: the per-chunk verdicts, which VirNucPro's format sorts,
-spill to sorted temporary runs; only the set of record ids (to keep duplicates apart) grows,
-by one short string per record.
+Built on the library API (`classify.Classifier`): records are read one at a time and answered in
+input order; results are written as they arrive. Memory does not grow with the sequence data:
+the per-chunk verdicts, which VirNucPro's format sorts, spill to sorted temporary runs; only the
+set of record ids (to keep duplicates apart) grows, by one short string per record.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from virnucpro_triton.client.connection import (
-    RETRY_SECONDS,
-    ClientError,
-    Connection,
-    in_order,
-    text_column,
-)
+from virnucpro_triton.client import journal as journals
+from virnucpro_triton.client.classify import Classifier, SequenceResult
+from virnucpro_triton.client.connection import MAX_MESSAGE_MB, RETRY_SECONDS, EndpointStats
 from virnucpro_triton.client.outputs import (
     PREDICTIONS,
     SUMMARY,
@@ -33,35 +30,11 @@ from virnucpro_triton.client.outputs import (
     prediction_row,
     score,
 )
-from virnucpro_triton.client.records import InputRecord, unique_ids
+from virnucpro_triton.client.records import unique_ids
 from virnucpro_triton.fasta import read_fasta
-from virnucpro_triton.repository import CHUNK_SIZES, PIPELINE
-from virnucpro_triton.sequence import FRAME_NAMES, chunk_starts, chunks
+from virnucpro_triton.sequence import chunk_starts
 
 SUMMARY_HEADER = "id\tlength\tchunks\tchunks_without_frame\tchunks_virus\tmax_p_virus\n"
-
-
-@dataclass
-class _RecordState:
-    record: InputRecord
-    chunks: int
-    done: int = 0
-    without_frame: int = 0
-    virus: int = 0
-    max_p_virus: float = float("-inf")
-
-    def summary_row(self) -> str:
-        best = score(self.max_p_virus) if self.max_p_virus >= 0 else "NA"
-        return (
-            f"{self.record.id}\t{len(self.record.sequence)}\t{self.chunks}\t"
-            f"{self.without_frame}\t{self.virus}\t{best}\n"
-        )
-
-
-@dataclass
-class _Batch:
-    entries: list[tuple[_RecordState, str | None]] = field(default_factory=list)  # chunk id
-    sequences: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -72,6 +45,13 @@ class RunSummary:
     chunks_virus: int
     chunks_without_frame: int
     out_dir: Path
+    seconds: float = 0.0
+    resumed_chunks: int = 0  # answered from the journal of an earlier, stopped run
+    endpoints: tuple[EndpointStats, ...] = ()
+
+    @property
+    def retries(self) -> int:
+        return sum(e.failed for e in self.endpoints)
 
     def describe(self) -> str:
         return (
@@ -80,23 +60,48 @@ class RunSummary:
             "without a stop-free frame"
         )
 
+    def report(self) -> str:
+        """The run's final log: throughput, retries and what each server answered."""
+        rate = self.frames / self.seconds if self.seconds else 0.0
+        resumed = f", {self.resumed_chunks} chunks from the stopped run" * bool(self.resumed_chunks)
+        lines = [
+            self.describe(),
+            f"{self.seconds:.1f} s, {rate:.1f} frames/s, {self.retries} requests retried{resumed}",
+        ]
+        lines += [
+            f"  {e.url}: {e.answered} requests answered, {e.failed} failed attempts, "
+            f"{e.outages} times out of rotation"
+            for e in self.endpoints
+        ]
+        return "\n".join(lines)
 
-def _batches(
-    records: Iterator[InputRecord], chunk_size: int, batch_chunks: int
-) -> Iterator[_Batch]:
-    batch = _Batch()
-    for record in records:
-        state = _RecordState(record, len(chunk_starts(len(record.sequence), chunk_size)))
-        if state.chunks == 0:  # empty sequence: no request, but a summary row in its place
-            batch.entries.append((state, None))
-        for chunk_id, chunk in chunks(record.id, record.sequence, chunk_size):
-            batch.entries.append((state, chunk_id))
-            batch.sequences.append(chunk)
-            if len(batch.sequences) == batch_chunks:
-                yield batch
-                batch = _Batch()
-    if batch.entries:
-        yield batch
+
+@dataclass(frozen=True)
+class SequenceCounts:
+    """One row of sequence_summary.tsv."""
+
+    chunks: int
+    without_frame: int
+    virus: int  # chunks VirNucPro calls viral
+    max_p_virus: float | None  # None: no chunk kept a frame
+
+    @classmethod
+    def of(cls, result: SequenceResult) -> SequenceCounts:
+        maxima = result.chunk_maxima()
+        with_frame = maxima[~np.isnan(maxima[:, 0])]
+        return cls(
+            chunks=len(maxima),
+            without_frame=len(maxima) - len(with_frame),
+            virus=int((with_frame[:, 1] >= with_frame[:, 0]).sum()),
+            max_p_virus=float(with_frame[:, 1].max()) if len(with_frame) else None,
+        )
+
+    def row(self, result: SequenceResult) -> str:
+        best = "NA" if self.max_p_virus is None else score(self.max_p_virus)
+        return (
+            f"{result.id}\t{result.length}\t{self.chunks}\t{self.without_frame}\t"
+            f"{self.virus}\t{best}\n"
+        )
 
 
 def _count_chunks(fasta: Path, chunk_size: int) -> int:
@@ -107,67 +112,74 @@ def predict(
     fasta: Path,
     chunk_size: int,
     out_dir: Path,
-    url: str,
+    urls: str | Sequence[str],
     *,
     batch_chunks: int = 64,
-    max_in_flight: int = 4,
+    max_in_flight: int | None = None,
     progress: bool | None = None,
     retry_seconds: float = RETRY_SECONDS,
+    max_message_mb: int = MAX_MESSAGE_MB,
+    resume: bool = False,
 ) -> RunSummary:
-    if chunk_size not in CHUNK_SIZES:
-        raise ClientError(f"chunk size must be one of {CHUNK_SIZES}, not {chunk_size}")
+    """Classify `fasta` into VirNucPro's result files in `out_dir`.
+
+    Answers are journaled in `out_dir` as they come; `resume` continues a stopped run of the
+    same input from its journal. The journal goes when the result files are complete.
+    """
     if progress is None:
         progress = sys.stderr.isatty()
+    started = time.monotonic()
     # Reading the whole input first reports bad input before any server work or output file
     # (a bad record at the end of a large file would waste the run), and sizes the progress bar.
     total = _count_chunks(fasta, chunk_size)
-    connection = Connection(url, PIPELINE, retry_seconds=retry_seconds)
-    verdicts = ChunkVerdicts()
+    classifier = Classifier(
+        urls,
+        chunk_size,
+        batch_chunks=batch_chunks,
+        max_in_flight=max_in_flight,
+        retry_seconds=retry_seconds,
+        max_message_mb=max_message_mb,
+    )
+    run = journals.fingerprint(fasta, chunk_size)
+    journal = journals.Journal(out_dir / journals.NAME, run, resume=resume)
+    resumed = journal.recorded
     counts = dict(records=0, chunks=0, frames=0, chunks_virus=0, chunks_without_frame=0)
+    verdicts = ChunkVerdicts()
 
-    def request(batch: _Batch):
-        if not batch.sequences:  # only records without chunks: nothing to ask the server
-            return None
-        sizes = np.full((len(batch.sequences), 1), chunk_size, np.int32)
-        inputs = {"DNA": text_column(batch.sequences), "CHUNK_SIZE": sizes}
-        return lambda: connection.submit(inputs, ["PROBABILITIES", "FRAME_KEPT"])
+    def write(out, result: SequenceResult) -> None:
+        for frame_id, p_others, p_virus in result.frames():
+            out[PREDICTIONS].write(prediction_row(frame_id, p_others, p_virus))
+            verdicts.add(frame_id, p_others, p_virus)
+            counts["frames"] += 1
+        sequence = SequenceCounts.of(result)
+        out[SUMMARY].write(sequence.row(result))
+        counts["records"] += 1
+        counts["chunks"] += sequence.chunks
+        counts["chunks_without_frame"] += sequence.without_frame
+        counts["chunks_virus"] += sequence.virus
 
-    def write(out, batch: _Batch, result) -> None:
-        row = 0
-        for state, chunk_id in batch.entries:
-            if chunk_id is not None:
-                best = [-1.0, -1.0]
-                for f, name in enumerate(FRAME_NAMES):
-                    if result["FRAME_KEPT"][row, f]:
-                        p_others, p_virus = (float(p) for p in result["PROBABILITIES"][row, f])
-                        out[PREDICTIONS].write(prediction_row(chunk_id + name, p_others, p_virus))
-                        verdicts.add(chunk_id + name, p_others, p_virus)
-                        best = [max(best[0], p_others), max(best[1], p_virus)]
-                        counts["frames"] += 1
-                state.done += 1
-                row += 1
-                if best[0] < 0:
-                    state.without_frame += 1
-                elif best[1] >= best[0]:
-                    state.virus += 1
-                state.max_p_virus = max(state.max_p_virus, best[1])
-            if state.done == state.chunks:
-                out[SUMMARY].write(state.summary_row())
-                counts["records"] += 1
-                counts["chunks"] += state.chunks
-                counts["chunks_virus"] += state.virus
-                counts["chunks_without_frame"] += state.without_frame
+    async def run_all(out, bar) -> None:
+        pairs = ((r.id, r.sequence) for r in unique_ids(read_fasta(fasta)))
+        async for result in classifier.classify(pairs, journal=journal, on_batch=bar.update):
+            write(out, result)
 
-    batches = _batches(unique_ids(read_fasta(fasta)), chunk_size, batch_chunks)
     with tqdm(total=total, unit="chunk", disable=not progress, desc="classifying") as bar:
         try:
             with atomic_files(out_dir, (PREDICTIONS, VERDICTS, SUMMARY)) as out:
                 out[PREDICTIONS].write("Sequence_ID\tPrediction\tscore1\tscore2\n")
                 out[SUMMARY].write(SUMMARY_HEADER)
-                for batch, result in in_order(((b, request(b)) for b in batches), max_in_flight):
-                    write(out, batch, result)
-                    bar.update(len(batch.sequences))
+                asyncio.run(run_all(out, bar))
                 verdicts.write(out[VERDICTS])
+        except BaseException:
+            journal.close()  # kept: --resume goes on from it
+            raise
         finally:
-            connection.close()
-    return RunSummary(out_dir=out_dir, **counts)
+            classifier.close()
+    journal.remove()
+    return RunSummary(
+        out_dir=out_dir,
+        seconds=time.monotonic() - started,
+        resumed_chunks=resumed,
+        endpoints=tuple(classifier.stats),
+        **counts,
+    )

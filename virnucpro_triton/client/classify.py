@@ -1,0 +1,191 @@
+"""The library API: classify (id, sequence) pairs through the served pipeline, asynchronously.
+
+    async with Classifier(["gpu1:8001", "gpu2:8001"], chunk_size=300) as classifier:
+        async for result in classifier.classify(pairs):  # any iterable or async iterable
+            print(result.id, result.chunk_verdicts())
+
+Sequences are cut into chunks as VirNucPro does, chunks of consecutive sequences are sent in
+batches with a bounded number of requests in flight (spread over the endpoints, retried while a
+server is away), and one `SequenceResult` per input sequence comes back, in input order. The
+`predict` command is this plus the result files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from virnucpro_triton.client.connection import (
+    MAX_MESSAGE_MB,
+    RETRY_SECONDS,
+    ClientError,
+    Connection,
+    EndpointStats,
+    _aiter,
+    in_order,
+    text_column,
+)
+from virnucpro_triton.client.journal import Journal
+from virnucpro_triton.repository import CHUNK_SIZES, PIPELINE
+from virnucpro_triton.sequence import FRAME_NAMES, chunk_starts, first_invalid
+
+IN_FLIGHT_PER_SERVER = 4
+
+
+@dataclass(frozen=True)
+class SequenceResult:
+    """The pipeline's answer for one input sequence, chunk by chunk."""
+
+    index: int  # position in the input, from 0
+    id: str
+    length: int
+    probabilities: np.ndarray  # [chunks, 6, 2] float32: P(others), P(virus) per frame; NaN dropped
+    kept: np.ndarray  # [chunks, 6] bool: frame had no stop codon and was classified
+
+    @property
+    def chunk_ids(self) -> list[str]:
+        return [f"{self.id}_chunk_{j}" for j in range(1, len(self.kept) + 1)]
+
+    def frames(self) -> Iterable[tuple[str, float, float]]:
+        """(frame id, P(others), P(virus)) of every kept frame, in VirNucPro's order."""
+        for chunk_id, kept, probabilities in zip(self.chunk_ids, self.kept, self.probabilities):
+            for name, keep, (p_others, p_virus) in zip(FRAME_NAMES, kept, probabilities):
+                if keep:
+                    yield chunk_id + name, float(p_others), float(p_virus)
+
+    def chunk_maxima(self) -> np.ndarray:
+        """[chunks, 2]: max P(others), max P(virus) over each chunk's kept frames (NaN: none)."""
+        best = np.full((len(self.kept), 2), np.nan, np.float32)
+        has_frame = self.kept.any(axis=1)
+        masked = np.where(self.kept[:, :, None], self.probabilities, -np.inf)
+        best[has_frame] = masked[has_frame].max(axis=1)
+        return best
+
+    def chunk_verdicts(self) -> list[bool | None]:
+        """VirNucPro's rule per chunk: viral when max P(virus) >= max P(others); None: no frame."""
+        return [None if np.isnan(o) else bool(v >= o) for o, v in self.chunk_maxima()]
+
+
+@dataclass
+class _Pending:
+    result: SequenceResult
+    answered: int = 0
+
+
+@dataclass
+class _Batch:
+    rows: list[tuple[_Pending, int]] = field(default_factory=list)  # (sequence, chunk index)
+    chunks: list[str] = field(default_factory=list)
+    closes: list[_Pending] = field(default_factory=list)  # sequences complete after this batch
+    from_journal: bool = False
+
+
+class Classifier:
+    """Async client of the `virnucpro` pipeline on one or more Triton servers."""
+
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        chunk_size: int,
+        *,
+        batch_chunks: int = 64,
+        max_in_flight: int | None = None,
+        retry_seconds: float = RETRY_SECONDS,
+        max_message_mb: int = MAX_MESSAGE_MB,
+    ):
+        if chunk_size not in CHUNK_SIZES:
+            raise ClientError(f"chunk size must be one of {CHUNK_SIZES}, not {chunk_size}")
+        self.chunk_size = chunk_size
+        self.batch_chunks = batch_chunks
+        self.connection = Connection(
+            urls, PIPELINE, retry_seconds=retry_seconds, max_message_mb=max_message_mb
+        )
+        self.max_in_flight = max_in_flight or IN_FLIGHT_PER_SERVER * len(self.connection.urls)
+
+    @property
+    def stats(self) -> list[EndpointStats]:
+        return self.connection.stats
+
+    def close(self) -> None:
+        self.connection.close()
+
+    async def __aenter__(self) -> Classifier:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.close()
+
+    async def classify(
+        self,
+        sequences: Iterable[tuple[str, str]] | AsyncIterable[tuple[str, str]],
+        *,
+        journal: Journal | None = None,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> AsyncIterator[SequenceResult]:
+        """One result per (id, sequence), in input order.
+
+        With a `journal`, the chunks it already holds are answered from it and every new answer
+        is added to it, so that a run stopped at any point can go on where it stopped.
+        `on_batch(chunks)` is called as each batch is answered, for progress bars.
+        """
+        batches = self._batches(sequences, journal.recorded if journal else 0)
+        jobs = ((batch, self._request(batch)) async for batch in batches)
+        async for batch, answer in in_order(jobs, self.max_in_flight):
+            if batch.from_journal:
+                probabilities, kept = journal.take(len(batch.chunks))
+            elif batch.chunks:
+                probabilities, kept = answer["PROBABILITIES"], answer["FRAME_KEPT"]
+                if journal:
+                    journal.append(probabilities, kept)
+            for row, (pending, chunk) in enumerate(batch.rows):
+                pending.result.probabilities[chunk] = probabilities[row]
+                pending.result.kept[chunk] = kept[row]
+            for pending in batch.closes:
+                yield pending.result
+            if on_batch:
+                on_batch(len(batch.chunks))
+
+    async def _batches(self, sequences, journaled: int) -> AsyncIterator[_Batch]:
+        """Batches of consecutive chunks; a batch never straddles the end of the journal."""
+        batch, position = _Batch(), 0
+        async for index, (name, sequence) in _enumerate(sequences):
+            bad = first_invalid(sequence)
+            if bad:
+                message = f"sequence {index} ({name!r}): {bad[0]!r} is not a nucleotide code"
+                raise ClientError(message)
+            starts = chunk_starts(len(sequence), self.chunk_size)
+            result = SequenceResult(
+                index,
+                name,
+                len(sequence),
+                np.full((len(starts), 6, 2), np.nan, np.float32),
+                np.zeros((len(starts), 6), bool),
+            )
+            pending = _Pending(result)
+            for chunk, start in enumerate(starts):
+                batch.rows.append((pending, chunk))
+                batch.chunks.append(sequence[start : start + self.chunk_size])
+                position += 1
+                if len(batch.chunks) == self.batch_chunks or position == journaled:
+                    batch.from_journal = position <= journaled
+                    yield batch
+                    batch = _Batch()
+            batch.closes.append(pending)  # done when the batch holding its last chunk is
+        if batch.rows or batch.closes:
+            yield batch
+
+    def _request(self, batch: _Batch):
+        if batch.from_journal or not batch.chunks:
+            return None
+        sizes = np.full((len(batch.chunks), 1), self.chunk_size, np.int32)
+        inputs = {"DNA": text_column(batch.chunks), "CHUNK_SIZE": sizes}
+        return lambda: self.connection.submit(inputs, ["PROBABILITIES", "FRAME_KEPT"])
+
+
+async def _enumerate(items):
+    index = 0
+    async for item in _aiter(items):
+        yield index, item
+        index += 1

@@ -1,0 +1,124 @@
+"""A run's answers so far, on disk, so that `predict --resume` goes on where a run stopped.
+
+The journal holds the pipeline's answers for the first N chunks of the input, in input order,
+appended one batch at a time: a header line (what run it belongs to), then blocks of
+(chunk count, CRC-32, PROBABILITIES rows, FRAME_KEPT rows). A run killed mid-write leaves a
+torn last block, which is dropped on resume. The result files are always written whole from
+the journal plus the new answers, so no chunk is lost or written twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from virnucpro_triton.client.connection import ClientError
+
+NAME = ".predict-journal"
+_MAGIC = b"virnucpro-triton journal 1\n"
+_BLOCK = struct.Struct("<II")  # chunks in the block, CRC-32 of its payload
+_ROW_BYTES = 6 * 2 * 4 + 6  # float32 probabilities [6, 2] + bool kept [6]
+_SAMPLE = 1 << 20
+
+
+def fingerprint(fasta: Path, chunk_size: int) -> dict:
+    """What must not change between a run and its resumption: the input and the chunk size."""
+    stat = fasta.stat()
+    digest = hashlib.sha256()
+    with open(fasta, "rb") as handle:  # head and tail: cheap on any size, catches edits
+        digest.update(handle.read(_SAMPLE))
+        handle.seek(max(stat.st_size - _SAMPLE, 0))
+        digest.update(handle.read(_SAMPLE))
+    return {
+        "input": str(fasta.resolve()),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "sha256_head_tail": digest.hexdigest(),
+        "chunk_size": chunk_size,
+    }
+
+
+class Journal:
+    def __init__(self, path: Path, run: dict, *, resume: bool):
+        """Open the journal at `path` for the run `run` (a fingerprint); with `resume`, keep the
+        answers of an earlier run of the same input, else start empty."""
+        self.path = path
+        self.recorded = 0  # chunks whose answers the journal holds
+        if resume and path.exists():
+            self._reopen(run)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._handle = open(path, "wb")
+            self._handle.write(_MAGIC + json.dumps(run, sort_keys=True).encode() + b"\n")
+            self._handle.flush()
+            self._data_start = self._handle.tell()
+        self._reader = open(path, "rb")
+        self._reader.seek(self._data_start)
+        self._buffer = (np.empty((0, 6, 2), np.float32), np.empty((0, 6), bool))
+
+    def _reopen(self, run: dict) -> None:
+        with open(self.path, "rb") as handle:
+            magic, header = handle.readline(), handle.readline()
+            try:
+                earlier = json.loads(header) if magic == _MAGIC else None
+            except ValueError:
+                earlier = None
+            if earlier is None:
+                raise ClientError(f"--resume: {self.path} is not a journal of this program")
+            if earlier != run:
+                changed = sorted(k for k in run if earlier.get(k) != run[k])
+                raise ClientError(
+                    f"--resume: the unfinished run in {self.path.parent} was made with another "
+                    f"input or settings (changed: {', '.join(changed)}); run without --resume "
+                    "to start again"
+                )
+            self._data_start = end = handle.tell()
+            while True:  # keep whole, intact blocks; a torn tail is where the run was killed
+                head = handle.read(_BLOCK.size)
+                if len(head) < _BLOCK.size:
+                    break
+                count, crc = _BLOCK.unpack(head)
+                payload = handle.read(count * _ROW_BYTES)
+                if len(payload) < count * _ROW_BYTES or zlib.crc32(payload) != crc:
+                    break
+                self.recorded += count
+                end = handle.tell()
+        self._handle = open(self.path, "r+b")
+        self._handle.truncate(end)
+        self._handle.seek(end)
+
+    def append(self, probabilities: np.ndarray, kept: np.ndarray) -> None:
+        """Add the answers of the next chunks; on disk (the OS's cache) when this returns."""
+        payload = (
+            np.ascontiguousarray(probabilities, np.float32).tobytes()
+            + np.ascontiguousarray(kept, bool).tobytes()
+        )
+        self._handle.write(_BLOCK.pack(len(kept), zlib.crc32(payload)) + payload)
+        self._handle.flush()
+
+    def take(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The next `n` recorded answers, in order (the journal is read once, front to back)."""
+        probabilities, kept = self._buffer
+        while len(kept) < n:
+            count, _ = _BLOCK.unpack(self._reader.read(_BLOCK.size))
+            raw = self._reader.read(count * _ROW_BYTES)
+            split = count * 6 * 2 * 4
+            probabilities = np.concatenate(
+                [probabilities, np.frombuffer(raw[:split], np.float32).reshape(count, 6, 2)]
+            )
+            kept = np.concatenate([kept, np.frombuffer(raw[split:], bool).reshape(count, 6)])
+        self._buffer = probabilities[n:], kept[n:]
+        return probabilities[:n], kept[:n]
+
+    def close(self) -> None:
+        self._handle.close()
+        self._reader.close()
+
+    def remove(self) -> None:
+        self.close()
+        self.path.unlink(missing_ok=True)
