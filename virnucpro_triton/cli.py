@@ -134,6 +134,36 @@ def serve(
     help="How long a request is sent again while the server is unreachable, restarting or "
     "overloaded (0: fail at once).",
 )
+@click.option(
+    "--format",
+    "frame_format",
+    type=click.Choice(["tsv", "parquet", "jsonl"]),
+    default="tsv",
+    show_default=True,
+    help="Per-frame table: tsv is VirNucPro's prediction_results.txt; parquet and jsonl "
+    "(prediction_results.parquet/.jsonl) hold the same rows with the ids in columns.",
+)
+@click.option(
+    "--viral-above",
+    type=click.FloatRange(-1, 1),
+    default=0.3,
+    show_default=True,
+    help="Weighted score above which a sequence is called viral.",
+)
+@click.option(
+    "--nonviral-below",
+    type=click.FloatRange(-1, 1),
+    default=-0.3,
+    show_default=True,
+    help="Weighted score below which a sequence is called nonviral.",
+)
+@click.option(
+    "--min-chunks",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="Sequences with fewer chunks having a stop-free frame are flagged low-confidence.",
+)
 def predict(
     fasta: Path,
     chunk_size: str,
@@ -144,13 +174,22 @@ def predict(
     max_in_flight: int,
     progress: bool | None,
     retry_seconds: float,
+    frame_format: str,
+    viral_above: float,
+    nonviral_below: float,
+    min_chunks: int,
 ) -> None:
     """Classify FASTA (plain or gzip) and write VirNucPro's result files into OUT_DIR."""
     from virnucpro_triton.client.connection import ClientError
+    from virnucpro_triton.client.evidence import Thresholds
     from virnucpro_triton.client.predict import predict as run
     from virnucpro_triton.fasta import FastaError, read_fasta
     from virnucpro_triton.server import EmbeddedServer, ServerError
 
+    try:
+        thresholds = Thresholds(viral_above, nonviral_below, min_chunks)
+    except ValueError as error:
+        _fail(str(error))
     try:
         next(iter(read_fasta(fasta)))  # refuse a missing or non-FASTA file before starting a server
         server = EmbeddedServer(repository) if url is None else nullcontext()
@@ -164,6 +203,8 @@ def predict(
                 max_in_flight=max_in_flight,
                 progress=progress,
                 retry_seconds=retry_seconds,
+                thresholds=thresholds,
+                frame_format=frame_format,
             )
     except (FastaError, ClientError, ServerError, OSError) as error:
         _fail(str(error))

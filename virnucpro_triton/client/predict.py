@@ -10,13 +10,16 @@ by one short string per record.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from virnucpro_triton.client import frame_table, run_info
 from virnucpro_triton.client.connection import (
     RETRY_SECONDS,
     ClientError,
@@ -24,21 +27,22 @@ from virnucpro_triton.client.connection import (
     in_order,
     text_column,
 )
-from virnucpro_triton.client.outputs import (
-    PREDICTIONS,
-    SUMMARY,
-    VERDICTS,
-    ChunkVerdicts,
-    atomic_files,
-    prediction_row,
-    score,
+from virnucpro_triton.client.evidence import (
+    COLUMNS,
+    DEFAULT_THRESHOLDS,
+    VERDICT_NAMES,
+    Evidence,
+    Thresholds,
 )
+from virnucpro_triton.client.frame_table import FrameRow, FrameTable
+from virnucpro_triton.client.outputs import SUMMARY, VERDICTS, ChunkVerdicts, atomic_files, score
 from virnucpro_triton.client.records import InputRecord, unique_ids
 from virnucpro_triton.fasta import read_fasta
 from virnucpro_triton.repository import CHUNK_SIZES, PIPELINE
 from virnucpro_triton.sequence import FRAME_NAMES, chunk_starts, chunks
 
-SUMMARY_HEADER = "id\tlength\tchunks\tchunks_without_frame\tchunks_virus\tmax_p_virus\n"
+SUMMARY_COLUMNS = ("id", "length", "chunks", "chunks_without_frame", "chunks_virus", "max_p_virus")
+SUMMARY_HEADER = "\t".join((*SUMMARY_COLUMNS, *COLUMNS)) + "\n"
 
 
 @dataclass
@@ -49,12 +53,13 @@ class _RecordState:
     without_frame: int = 0
     virus: int = 0
     max_p_virus: float = float("-inf")
+    evidence: Evidence = field(default_factory=Evidence)
 
-    def summary_row(self) -> str:
+    def summary_row(self, thresholds: Thresholds) -> str:
         best = score(self.max_p_virus) if self.max_p_virus >= 0 else "NA"
         return (
             f"{self.record.id}\t{len(self.record.sequence)}\t{self.chunks}\t"
-            f"{self.without_frame}\t{self.virus}\t{best}\n"
+            f"{self.without_frame}\t{self.virus}\t{best}\t{self.evidence.columns(thresholds)}\n"
         )
 
 
@@ -72,12 +77,14 @@ class RunSummary:
     chunks_virus: int
     chunks_without_frame: int
     out_dir: Path
+    verdicts: dict[str, int] = field(default_factory=dict)  # sequences per weighted verdict
 
     def describe(self) -> str:
+        sequences = ", ".join(f"{n} {verdict}" for verdict, n in self.verdicts.items())
         return (
             f"{self.records} records, {self.chunks} chunks, {self.frames} frames classified; "
             f"{self.chunks_virus} chunks called virus, {self.chunks_without_frame} chunks "
-            "without a stop-free frame"
+            f"without a stop-free frame; sequences: {sequences}"
         )
 
 
@@ -113,9 +120,16 @@ def predict(
     max_in_flight: int = 4,
     progress: bool | None = None,
     retry_seconds: float = RETRY_SECONDS,
+    thresholds: Thresholds = DEFAULT_THRESHOLDS,
+    frame_format: str = "tsv",
 ) -> RunSummary:
+    """`frame_format` (tsv, parquet, jsonl) is that of the per-frame table; `thresholds` those
+    of the weighted verdicts in sequence_summary.tsv."""
     if chunk_size not in CHUNK_SIZES:
         raise ClientError(f"chunk size must be one of {CHUNK_SIZES}, not {chunk_size}")
+    if frame_format not in frame_table.FORMATS:
+        raise ClientError(f"format must be one of {frame_table.FORMATS}, not {frame_format}")
+    started, start = datetime.now(timezone.utc).isoformat(timespec="seconds"), time.monotonic()
     if progress is None:
         progress = sys.stderr.isatty()
     # Reading the whole input first reports bad input before any server work or output file
@@ -124,6 +138,7 @@ def predict(
     connection = Connection(url, PIPELINE, retry_seconds=retry_seconds)
     verdicts = ChunkVerdicts()
     counts = dict(records=0, chunks=0, frames=0, chunks_virus=0, chunks_without_frame=0)
+    sequence_verdicts = dict.fromkeys(VERDICT_NAMES, 0)
 
     def request(batch: _Batch):
         if not batch.sequences:  # only records without chunks: nothing to ask the server
@@ -132,7 +147,7 @@ def predict(
         inputs = {"DNA": text_column(batch.sequences), "CHUNK_SIZE": sizes}
         return lambda: connection.submit(inputs, ["PROBABILITIES", "FRAME_KEPT"])
 
-    def write(out, batch: _Batch, result) -> None:
+    def write(out, table: FrameTable, batch: _Batch, result) -> None:
         row = 0
         for state, chunk_id in batch.entries:
             if chunk_id is not None:
@@ -140,7 +155,7 @@ def predict(
                 for f, name in enumerate(FRAME_NAMES):
                     if result["FRAME_KEPT"][row, f]:
                         p_others, p_virus = (float(p) for p in result["PROBABILITIES"][row, f])
-                        out[PREDICTIONS].write(prediction_row(chunk_id + name, p_others, p_virus))
+                        table.write(FrameRow(state.record.id, chunk_id, name, p_others, p_virus))
                         verdicts.add(chunk_id + name, p_others, p_virus)
                         best = [max(best[0], p_others), max(best[1], p_virus)]
                         counts["frames"] += 1
@@ -150,24 +165,50 @@ def predict(
                     state.without_frame += 1
                 elif best[1] >= best[0]:
                     state.virus += 1
+                if best[0] >= 0:
+                    state.evidence.add(*best)
                 state.max_p_virus = max(state.max_p_virus, best[1])
             if state.done == state.chunks:
-                out[SUMMARY].write(state.summary_row())
+                out[SUMMARY].write(state.summary_row(thresholds))
+                sequence_verdicts[state.evidence.verdict(thresholds)] += 1
                 counts["records"] += 1
                 counts["chunks"] += state.chunks
                 counts["chunks_virus"] += state.virus
                 counts["chunks_without_frame"] += state.without_frame
 
+    settings = dict(
+        input=str(fasta),
+        chunk_size=chunk_size,
+        url=url,
+        batch_chunks=batch_chunks,
+        max_in_flight=max_in_flight,
+        retry_seconds=retry_seconds,
+        format=frame_format,
+        viral_above=thresholds.viral_above,
+        nonviral_below=thresholds.nonviral_below,
+        min_chunks=thresholds.min_chunks,
+    )
+    frames_file = frame_table.FILES[frame_format]
+    names = (frames_file, VERDICTS, SUMMARY, run_info.RUN_INFO)
     batches = _batches(unique_ids(read_fasta(fasta)), chunk_size, batch_chunks)
     with tqdm(total=total, unit="chunk", disable=not progress, desc="classifying") as bar:
         try:
-            with atomic_files(out_dir, (PREDICTIONS, VERDICTS, SUMMARY)) as out:
-                out[PREDICTIONS].write("Sequence_ID\tPrediction\tscore1\tscore2\n")
+            with (
+                atomic_files(out_dir, names, binary=frame_table.BINARY) as out,
+                FrameTable(frame_format, out[frames_file]) as table,
+            ):
                 out[SUMMARY].write(SUMMARY_HEADER)
                 for batch, result in in_order(((b, request(b)) for b in batches), max_in_flight):
-                    write(out, batch, result)
+                    write(out, table, batch, result)
                     bar.update(len(batch.sequences))
                 verdicts.write(out[VERDICTS])
+                run_info.write(
+                    out[run_info.RUN_INFO],
+                    settings=settings,
+                    counts={**counts, "verdicts": sequence_verdicts},
+                    started=started,
+                    seconds=time.monotonic() - start,
+                )
         finally:
             connection.close()
-    return RunSummary(out_dir=out_dir, **counts)
+    return RunSummary(out_dir=out_dir, verdicts=sequence_verdicts, **counts)
