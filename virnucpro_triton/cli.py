@@ -11,6 +11,7 @@ import click
 from virnucpro_triton.repository import CHUNK_SIZES
 
 DEFAULT_REPOSITORY = Path("model_repository")
+REPORT_TOP = 20  # report.TOP, not imported here to keep the CLI quick to start
 _chunk_size = click.option(
     "--chunk-size",
     type=click.Choice([str(s) for s in CHUNK_SIZES]),
@@ -164,6 +165,9 @@ def serve(
     show_default=True,
     help="Sequences with fewer chunks having a stop-free frame are flagged low-confidence.",
 )
+@click.option(
+    "--report", "with_report", is_flag=True, help="Also write report.html (see `report`)."
+)
 def predict(
     fasta: Path,
     chunk_size: str,
@@ -178,6 +182,7 @@ def predict(
     viral_above: float,
     nonviral_below: float,
     min_chunks: int,
+    with_report: bool,
 ) -> None:
     """Classify FASTA (plain or gzip) and write VirNucPro's result files into OUT_DIR."""
     from virnucpro_triton.client.connection import ClientError
@@ -209,6 +214,32 @@ def predict(
     except (FastaError, ClientError, ServerError, OSError) as error:
         _fail(str(error))
     click.echo(f"{summary.describe()}\nresults: {out_dir}/")
+    if with_report:
+        _write_report(out_dir, REPORT_TOP)
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--top",
+    type=click.IntRange(0, 1000),
+    default=REPORT_TOP,
+    show_default=True,
+    help="Sequences drawn chunk by chunk: those with the highest weighted score.",
+)
+def report(out_dir: Path, top: int) -> None:
+    """Write OUT_DIR/report.html about a `predict` run: verdicts, P(virus), tracks, throughput."""
+    _write_report(out_dir, top)
+
+
+def _write_report(out_dir: Path, top: int) -> None:
+    from virnucpro_triton.client.report import ReportError, write_report
+
+    try:
+        path = write_report(out_dir, top)
+    except (ReportError, OSError) as error:
+        _fail(str(error))
+    click.echo(f"report: {path}")
 
 
 @main.command()
