@@ -21,6 +21,7 @@ import pytest
 from reference import same_table
 
 from virnucpro_triton.client.outputs import PREDICTIONS, SUMMARY, VERDICTS
+from virnucpro_triton.client.run_info import RUN_INFO
 
 CLI = str(Path(sys.executable).parent / "virnucpro-triton")
 OUTPUTS = [PREDICTIONS, VERDICTS, SUMMARY]
@@ -116,7 +117,7 @@ def runs(server, tmp_path_factory) -> dict[str, Run]:
 
 def assert_succeeded(run: Run) -> None:
     assert run.returncode == 0, run.stderr
-    assert sorted(p.name for p in run.out.iterdir()) == sorted(OUTPUTS)
+    assert sorted(p.name for p in run.out.iterdir()) == sorted([*OUTPUTS, RUN_INFO])
     assert sorted(p.name for p in run.input.parent.iterdir()) == sorted(
         [run.input.name, "cwd", "out"]
     )

@@ -22,6 +22,7 @@ from virnucpro_triton.client.classify import Classifier
 from virnucpro_triton.client.connection import ClientError
 from virnucpro_triton.client.outputs import PREDICTIONS, SUMMARY, VERDICTS
 from virnucpro_triton.client.predict import predict
+from virnucpro_triton.client.run_info import RUN_INFO
 from virnucpro_triton.fasta import read_fasta
 from virnucpro_triton.server import EmbeddedServer
 
@@ -123,7 +124,7 @@ def test_a_killed_client_resumes_without_losing_or_repeating_a_chunk(
     assert endpoint.answered == -(-(summary.chunks - recorded.recorded) // 4)  # only the rest
     for name in RESULTS:
         assert (out / name).read_bytes() == (reference / name).read_bytes(), name
-    assert sorted(p.name for p in out.iterdir()) == sorted(RESULTS)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*RESULTS, RUN_INFO])
 
 
 def test_resume_refuses_a_journal_of_another_input(server, contigs, tmp_path):
@@ -169,7 +170,7 @@ def test_library_api_yields_one_result_per_sequence_in_input_order(server, mixed
     assert [(r.index, r.id, r.length) for r in results] == [
         (i, name, len(sequence)) for i, (name, sequence) in enumerate(records)
     ]
-    frames = {frame_id: (p_o, p_v) for r in results for frame_id, p_o, p_v in r.frames()}
+    frames = {c + f: (p_o, p_v) for r in results for c, f, p_o, p_v in r.frames()}
     assert frames.keys() == expected.keys()
     for frame_id, (p_others, p_virus) in frames.items():
         assert np.allclose((p_others, p_virus), expected[frame_id][1:], atol=1e-6)

@@ -12,6 +12,7 @@ import click
 from virnucpro_triton.repository import CHUNK_SIZES
 
 DEFAULT_REPOSITORY = Path("model_repository")
+REPORT_TOP = 20  # report.TOP, not imported here to keep the CLI quick to start
 _chunk_size = click.option(
     "--chunk-size",
     type=click.Choice([str(s) for s in CHUNK_SIZES]),
@@ -195,6 +196,39 @@ def _servers(addresses: list[str], repository: Path):
 @click.option(
     "--progress/--no-progress", default=None, help="Progress bar (default: on a terminal)."
 )
+@click.option(
+    "--format",
+    "frame_format",
+    type=click.Choice(["tsv", "parquet", "jsonl"]),
+    default="tsv",
+    show_default=True,
+    help="Per-frame table: tsv is VirNucPro's prediction_results.txt; parquet and jsonl "
+    "(prediction_results.parquet/.jsonl) hold the same rows with the ids in columns.",
+)
+@click.option(
+    "--viral-above",
+    type=click.FloatRange(-1, 1),
+    default=0.3,
+    show_default=True,
+    help="Weighted score above which a sequence is called viral.",
+)
+@click.option(
+    "--nonviral-below",
+    type=click.FloatRange(-1, 1),
+    default=-0.3,
+    show_default=True,
+    help="Weighted score below which a sequence is called nonviral.",
+)
+@click.option(
+    "--min-chunks",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="Sequences with fewer chunks having a stop-free frame are flagged low-confidence.",
+)
+@click.option(
+    "--report", "with_report", is_flag=True, help="Also write report.html (see `report`)."
+)
 def predict(
     fasta: Path,
     chunk_size: str,
@@ -208,9 +242,15 @@ def predict(
     max_in_flight: int | None,
     resume: bool,
     progress: bool | None,
+    frame_format: str,
+    viral_above: float,
+    nonviral_below: float,
+    min_chunks: int,
+    with_report: bool,
 ) -> None:
     """Classify FASTA (plain or gzip) and write VirNucPro's result files into OUT_DIR."""
     from virnucpro_triton.client.connection import ClientError
+    from virnucpro_triton.client.evidence import Thresholds
     from virnucpro_triton.client.journal import NAME as JOURNAL
     from virnucpro_triton.client.predict import predict as run
     from virnucpro_triton.fasta import FastaError, read_fasta
@@ -218,6 +258,10 @@ def predict(
 
     _log_to_stderr()
     addresses = _addresses(urls, urls_file)
+    try:
+        thresholds = Thresholds(viral_above, nonviral_below, min_chunks)
+    except ValueError as error:
+        _fail(str(error))
     try:
         next(iter(read_fasta(fasta)))  # refuse a missing or non-FASTA file before starting a server
         with _servers(addresses, repository) as servers:
@@ -232,11 +276,39 @@ def predict(
                 retry_seconds=retry_seconds,
                 max_message_mb=max_message_mb,
                 resume=resume,
+                thresholds=thresholds,
+                frame_format=frame_format,
             )
     except (FastaError, ClientError, ServerError, OSError) as error:
         resumable = (out_dir / JOURNAL).exists() and not isinstance(error, FastaError)
         _fail(f"{error}{'; --resume goes on from here' if resumable else ''}")
     click.echo(f"{summary.report()}\nresults: {out_dir}/")
+    if with_report:
+        _write_report(out_dir, REPORT_TOP)
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--top",
+    type=click.IntRange(0, 1000),
+    default=REPORT_TOP,
+    show_default=True,
+    help="Sequences drawn chunk by chunk: those with the highest weighted score.",
+)
+def report(out_dir: Path, top: int) -> None:
+    """Write OUT_DIR/report.html about a `predict` run: verdicts, P(virus), tracks, throughput."""
+    _write_report(out_dir, top)
+
+
+def _write_report(out_dir: Path, top: int) -> None:
+    from virnucpro_triton.client.report import ReportError, write_report
+
+    try:
+        path = write_report(out_dir, top)
+    except (ReportError, OSError) as error:
+        _fail(str(error))
+    click.echo(f"report: {path}")
 
 
 @main.command()

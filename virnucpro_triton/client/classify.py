@@ -48,12 +48,13 @@ class SequenceResult:
     def chunk_ids(self) -> list[str]:
         return [f"{self.id}_chunk_{j}" for j in range(1, len(self.kept) + 1)]
 
-    def frames(self) -> Iterable[tuple[str, float, float]]:
-        """(frame id, P(others), P(virus)) of every kept frame, in VirNucPro's order."""
+    def frames(self) -> Iterable[tuple[str, str, float, float]]:
+        """(chunk id, frame name, P(others), P(virus)) of every kept frame, in VirNucPro's
+        order; the frame's id is chunk id + frame name."""
         for chunk_id, kept, probabilities in zip(self.chunk_ids, self.kept, self.probabilities):
             for name, keep, (p_others, p_virus) in zip(FRAME_NAMES, kept, probabilities):
                 if keep:
-                    yield chunk_id + name, float(p_others), float(p_virus)
+                    yield chunk_id, name, float(p_others), float(p_virus)
 
     def chunk_maxima(self) -> np.ndarray:
         """[chunks, 2]: max P(others), max P(virus) over each chunk's kept frames (NaN: none)."""

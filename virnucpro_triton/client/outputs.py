@@ -5,10 +5,10 @@ from __future__ import annotations
 import heapq
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TextIO
+from typing import IO, TextIO
 
 import numpy as np
 
@@ -19,14 +19,20 @@ LABELS = ("others", "virus")  # classifier classes 0 and 1
 
 
 @contextmanager
-def atomic_files(directory: Path, names: Iterable[str]) -> Iterator[dict[str, TextIO]]:
+def atomic_files(
+    directory: Path, names: Iterable[str], binary: Collection[str] = ()
+) -> Iterator[dict[str, IO]]:
     """Open `names` for writing as temporary files; rename them into place only on success.
 
     A run that fails leaves no file that looks complete (and keeps an older complete set).
+    Names in `binary` are opened in binary mode, the others as text.
     """
     directory.mkdir(parents=True, exist_ok=True)
     temps = {name: directory / f".{name}.partial" for name in names}
-    handles = {name: open(temp, "w", newline="\n") for name, temp in temps.items()}
+    handles = {
+        name: open(temp, "wb") if name in binary else open(temp, "w", newline="\n")
+        for name, temp in temps.items()
+    }
     try:
         yield handles
     except BaseException:
@@ -46,8 +52,13 @@ def score(value: float) -> str:
     return str(np.float32(value))
 
 
+def prediction(p_others: float, p_virus: float) -> str:
+    """A frame's label as VirNucPro prints it: a tie is `others`."""
+    return LABELS[1] if p_virus > p_others else LABELS[0]
+
+
 def prediction_row(frame_id: str, p_others: float, p_virus: float) -> str:
-    label = LABELS[1] if p_virus > p_others else LABELS[0]
+    label = prediction(p_others, p_virus)
     return f"{frame_id}\t{label}\t{score(p_others)}\t{score(p_virus)}\n"
 
 

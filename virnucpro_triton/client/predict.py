@@ -12,29 +12,37 @@ import asyncio
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from virnucpro_triton.client import frame_table, run_info
 from virnucpro_triton.client import journal as journals
 from virnucpro_triton.client.classify import Classifier, SequenceResult
-from virnucpro_triton.client.connection import MAX_MESSAGE_MB, RETRY_SECONDS, EndpointStats
-from virnucpro_triton.client.outputs import (
-    PREDICTIONS,
-    SUMMARY,
-    VERDICTS,
-    ChunkVerdicts,
-    atomic_files,
-    prediction_row,
-    score,
+from virnucpro_triton.client.connection import (
+    MAX_MESSAGE_MB,
+    RETRY_SECONDS,
+    ClientError,
+    EndpointStats,
 )
+from virnucpro_triton.client.evidence import (
+    COLUMNS,
+    DEFAULT_THRESHOLDS,
+    VERDICT_NAMES,
+    Evidence,
+    Thresholds,
+)
+from virnucpro_triton.client.frame_table import FrameRow, FrameTable
+from virnucpro_triton.client.outputs import SUMMARY, VERDICTS, ChunkVerdicts, atomic_files, score
 from virnucpro_triton.client.records import unique_ids
 from virnucpro_triton.fasta import read_fasta
 from virnucpro_triton.sequence import chunk_starts
 
-SUMMARY_HEADER = "id\tlength\tchunks\tchunks_without_frame\tchunks_virus\tmax_p_virus\n"
+SUMMARY_COLUMNS = ("id", "length", "chunks", "chunks_without_frame", "chunks_virus", "max_p_virus")
+SUMMARY_HEADER = "\t".join((*SUMMARY_COLUMNS, *COLUMNS)) + "\n"
 
 
 @dataclass(frozen=True)
@@ -48,16 +56,18 @@ class RunSummary:
     seconds: float = 0.0
     resumed_chunks: int = 0  # answered from the journal of an earlier, stopped run
     endpoints: tuple[EndpointStats, ...] = ()
+    verdicts: dict[str, int] = field(default_factory=dict)  # sequences per weighted verdict
 
     @property
     def retries(self) -> int:
         return sum(e.failed for e in self.endpoints)
 
     def describe(self) -> str:
+        sequences = ", ".join(f"{n} {verdict}" for verdict, n in self.verdicts.items())
         return (
             f"{self.records} records, {self.chunks} chunks, {self.frames} frames classified; "
             f"{self.chunks_virus} chunks called virus, {self.chunks_without_frame} chunks "
-            "without a stop-free frame"
+            f"without a stop-free frame; sequences: {sequences}"
         )
 
     def report(self) -> str:
@@ -84,23 +94,28 @@ class SequenceCounts:
     without_frame: int
     virus: int  # chunks VirNucPro calls viral
     max_p_virus: float | None  # None: no chunk kept a frame
+    evidence: Evidence  # the weighted-evidence verdict
 
     @classmethod
     def of(cls, result: SequenceResult) -> SequenceCounts:
         maxima = result.chunk_maxima()
         with_frame = maxima[~np.isnan(maxima[:, 0])]
+        evidence = Evidence()
+        for p_others, p_virus in with_frame.tolist():
+            evidence.add(p_others, p_virus)
         return cls(
             chunks=len(maxima),
             without_frame=len(maxima) - len(with_frame),
             virus=int((with_frame[:, 1] >= with_frame[:, 0]).sum()),
             max_p_virus=float(with_frame[:, 1].max()) if len(with_frame) else None,
+            evidence=evidence,
         )
 
-    def row(self, result: SequenceResult) -> str:
+    def row(self, result: SequenceResult, thresholds: Thresholds) -> str:
         best = "NA" if self.max_p_virus is None else score(self.max_p_virus)
         return (
             f"{result.id}\t{result.length}\t{self.chunks}\t{self.without_frame}\t"
-            f"{self.virus}\t{best}\n"
+            f"{self.virus}\t{best}\t{self.evidence.columns(thresholds)}\n"
         )
 
 
@@ -120,14 +135,21 @@ def predict(
     retry_seconds: float = RETRY_SECONDS,
     max_message_mb: int = MAX_MESSAGE_MB,
     resume: bool = False,
+    thresholds: Thresholds = DEFAULT_THRESHOLDS,
+    frame_format: str = "tsv",
 ) -> RunSummary:
     """Classify `fasta` into VirNucPro's result files in `out_dir`.
 
-    Answers are journaled in `out_dir` as they come; `resume` continues a stopped run of the
-    same input from its journal. The journal goes when the result files are complete.
+    `frame_format` (tsv, parquet, jsonl) is that of the per-frame table; `thresholds` those of
+    the weighted verdicts in sequence_summary.tsv. Answers are journaled in `out_dir` as they
+    come; `resume` continues a stopped run of the same input from its journal. The journal goes
+    when the result files are complete.
     """
+    if frame_format not in frame_table.FORMATS:
+        raise ClientError(f"format must be one of {frame_table.FORMATS}, not {frame_format}")
     if progress is None:
         progress = sys.stderr.isatty()
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     started = time.monotonic()
     # Reading the whole input first reports bad input before any server work or output file
     # (a bad record at the end of a large file would waste the run), and sizes the progress bar.
@@ -145,31 +167,57 @@ def predict(
     resumed = journal.recorded
     counts = dict(records=0, chunks=0, frames=0, chunks_virus=0, chunks_without_frame=0)
     verdicts = ChunkVerdicts()
+    sequence_verdicts = dict.fromkeys(VERDICT_NAMES, 0)
 
-    def write(out, result: SequenceResult) -> None:
-        for frame_id, p_others, p_virus in result.frames():
-            out[PREDICTIONS].write(prediction_row(frame_id, p_others, p_virus))
-            verdicts.add(frame_id, p_others, p_virus)
+    def write(out, table: FrameTable, result: SequenceResult) -> None:
+        for chunk_id, frame, p_others, p_virus in result.frames():
+            table.write(FrameRow(result.id, chunk_id, frame, p_others, p_virus))
+            verdicts.add(chunk_id + frame, p_others, p_virus)
             counts["frames"] += 1
         sequence = SequenceCounts.of(result)
-        out[SUMMARY].write(sequence.row(result))
+        out[SUMMARY].write(sequence.row(result, thresholds))
+        sequence_verdicts[sequence.evidence.verdict(thresholds)] += 1
         counts["records"] += 1
         counts["chunks"] += sequence.chunks
         counts["chunks_without_frame"] += sequence.without_frame
         counts["chunks_virus"] += sequence.virus
 
-    async def run_all(out, bar) -> None:
+    async def run_all(out, table: FrameTable, bar) -> None:
         pairs = ((r.id, r.sequence) for r in unique_ids(read_fasta(fasta)))
         async for result in classifier.classify(pairs, journal=journal, on_batch=bar.update):
-            write(out, result)
+            write(out, table, result)
 
+    settings = dict(
+        input=str(fasta),
+        chunk_size=chunk_size,
+        urls=classifier.connection.urls,
+        batch_chunks=batch_chunks,
+        max_in_flight=classifier.max_in_flight,
+        retry_seconds=retry_seconds,
+        format=frame_format,
+        viral_above=thresholds.viral_above,
+        nonviral_below=thresholds.nonviral_below,
+        min_chunks=thresholds.min_chunks,
+    )
+    frames_file = frame_table.FILES[frame_format]
+    names = (frames_file, VERDICTS, SUMMARY, run_info.RUN_INFO)
     with tqdm(total=total, unit="chunk", disable=not progress, desc="classifying") as bar:
         try:
-            with atomic_files(out_dir, (PREDICTIONS, VERDICTS, SUMMARY)) as out:
-                out[PREDICTIONS].write("Sequence_ID\tPrediction\tscore1\tscore2\n")
+            with (
+                atomic_files(out_dir, names, binary=frame_table.BINARY) as out,
+                FrameTable(frame_format, out[frames_file]) as table,
+            ):
                 out[SUMMARY].write(SUMMARY_HEADER)
-                asyncio.run(run_all(out, bar))
+                asyncio.run(run_all(out, table, bar))
                 verdicts.write(out[VERDICTS])
+                run_info.write(
+                    out[run_info.RUN_INFO],
+                    settings=settings,
+                    counts={**counts, "verdicts": sequence_verdicts, "resumed_chunks": resumed},
+                    endpoints=[asdict(e) for e in classifier.stats],
+                    started=started_at,
+                    seconds=time.monotonic() - started,
+                )
         except BaseException:
             journal.close()  # kept: --resume goes on from it
             raise
@@ -181,5 +229,6 @@ def predict(
         seconds=time.monotonic() - started,
         resumed_chunks=resumed,
         endpoints=tuple(classifier.stats),
+        verdicts=sequence_verdicts,
         **counts,
     )

@@ -1,0 +1,135 @@
+"""The per-frame table in TSV (VirNucPro's), Parquet and JSON Lines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from virnucpro_triton.client import frame_table
+from virnucpro_triton.client.frame_table import FILES, FrameRow, FrameTable, read_frames
+from virnucpro_triton.client.outputs import atomic_files, prediction_row, score
+from virnucpro_triton.client.predict import predict
+
+ROWS = [
+    FrameRow("s1", "s1_chunk_1", "F1", 0.002076708, 0.9979233),
+    FrameRow("s1", "s1_chunk_1", "R3", 0.5, 0.5),  # a tie is `others`, as in VirNucPro
+    FrameRow('odd"id\\é', 'odd"id\\é_chunk_2', "F2", 0.9999999, 1e-07),
+    FrameRow("a_chunk_3", "a_chunk_3_chunk_10", "R1", 0.25, 0.75),  # "_chunk_" inside the id
+]
+
+
+def write(tmp_path: Path, format: str, rows=ROWS) -> Path:
+    name = FILES[format]
+    with (
+        atomic_files(tmp_path, [name], binary=frame_table.BINARY) as out,
+        FrameTable(format, out[name]) as table,
+    ):
+        for row in rows:
+            table.write(row)
+    return tmp_path / name
+
+
+def tsv_cells(path: Path) -> list[list[str]]:
+    return [line.split("\t") for line in path.read_text().splitlines()[1:]]
+
+
+def parquet_cells(path: Path) -> list[list[str]]:
+    """Rows as the TSV prints them, from the Parquet file read by pyarrow alone."""
+    return [
+        [r["chunk_id"] + r["frame"], r["prediction"], score(r["p_others"]), score(r["p_virus"])]
+        for r in pq.read_table(path).to_pylist()
+    ]
+
+
+def jsonl_cells(path: Path) -> list[list[str]]:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return [
+        [r["chunk_id"] + r["frame"], r["prediction"], score(r["p_others"]), score(r["p_virus"])]
+        for r in rows
+    ]
+
+
+def test_tsv_is_virnucpros_text(tmp_path):
+    expected = "Sequence_ID\tPrediction\tscore1\tscore2\n" + "".join(
+        prediction_row(r.chunk_id + r.frame, r.p_others, r.p_virus) for r in ROWS
+    )
+    assert write(tmp_path, "tsv").read_text() == expected
+
+
+def test_parquet_and_jsonl_hold_the_tsv_rows(tmp_path):
+    tsv = tsv_cells(write(tmp_path / "tsv", "tsv"))
+    assert parquet_cells(write(tmp_path / "parquet", "parquet")) == tsv
+    assert jsonl_cells(write(tmp_path / "jsonl", "jsonl")) == tsv
+    schema = pq.read_schema(tmp_path / "parquet" / FILES["parquet"])
+    assert schema.names == ["id", "chunk_id", "frame", "p_others", "p_virus", "prediction"]
+    assert str(schema.field("p_virus").type) == "float"  # float32, as the classifier gives
+
+
+@pytest.mark.parametrize("format", frame_table.FORMATS)
+def test_every_format_reads_back_the_same_rows(tmp_path, format):
+    as_float32 = [r._replace(p_others=score(r.p_others), p_virus=score(r.p_virus)) for r in ROWS]
+    back = [
+        r._replace(p_others=score(r.p_others), p_virus=score(r.p_virus))
+        for r in read_frames(write(tmp_path, format))
+    ]
+    assert back == as_float32
+
+
+def test_parquet_goes_out_in_row_groups(tmp_path, monkeypatch):
+    monkeypatch.setattr(frame_table, "ROW_GROUP", 4)
+    rows = [FrameRow("s", f"s_chunk_{i}", "F1", 0.25, 0.75) for i in range(1, 11)]
+    path = write(tmp_path, "parquet", rows)
+    assert pq.ParquetFile(path).num_row_groups == 3
+    assert [r.chunk_id for r in read_frames(path)] == [r.chunk_id for r in rows]
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("format", frame_table.FORMATS)
+def test_failed_write_leaves_no_table(tmp_path, format):
+    name = FILES[format]
+    with pytest.raises(RuntimeError):
+        with (
+            atomic_files(tmp_path, [name], binary=frame_table.BINARY) as out,
+            FrameTable(format, out[name]) as table,
+        ):
+            table.write(ROWS[0])
+            raise RuntimeError("server went away")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_served_run_writes_the_same_numbers_in_every_format(server, mixed_fasta, tmp_path):
+    # One request (every chunk in one batch, nothing else in flight) gives the same numbers run
+    # after run, so the three runs must agree exactly.
+    tables = {}
+    for format in frame_table.FORMATS:
+        out = tmp_path / format
+        predict(
+            mixed_fasta,
+            300,
+            out,
+            server.grpc_url,
+            batch_chunks=256,
+            max_in_flight=1,
+            progress=False,
+            frame_format=format,
+        )
+        assert sorted(p.name for p in out.iterdir()) == sorted(
+            [
+                FILES[format],
+                "prediction_results_highestscore.csv",
+                "sequence_summary.tsv",
+                "run.json",
+            ]
+        )
+        tables[format] = out / FILES[format]
+    tsv = tsv_cells(tables["tsv"])
+    assert len(tsv) > 10
+    assert parquet_cells(tables["parquet"]) == tsv
+    assert jsonl_cells(tables["jsonl"]) == tsv
+    ids = {r["id"] for r in pq.read_table(tables["parquet"]).to_pylist()}
+    assert ids == {"long_contig", "lower", "with_N", "orfs"}
+    for name in ["prediction_results_highestscore.csv", "sequence_summary.tsv"]:
+        assert (tmp_path / "parquet" / name).read_bytes() == (tmp_path / "tsv" / name).read_bytes()

@@ -1,0 +1,322 @@
+"""Weighted verdicts in a real run, run.json, and the HTML report made from a run's outputs.
+
+Chromium is not part of the project's installs (nor CI's), so the page is checked as a browser
+would need it: HTML that parses with every tag closed, nothing loaded from elsewhere, and images
+that decode to pictures with something drawn on them.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import math
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+from collections import defaultdict
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from reference import MIXED, read_rows
+
+from virnucpro_triton.client import frame_table
+from virnucpro_triton.client.evidence import DEFAULT_THRESHOLDS
+from virnucpro_triton.client.outputs import PREDICTIONS, SUMMARY
+from virnucpro_triton.client.predict import predict
+from virnucpro_triton.client.report import REPORT, write_report
+
+CLI = str(Path(sys.executable).parent / "virnucpro-triton")
+TOP = 3
+STOPS = {"TAA", "TAG", "TGA"}
+CODONS = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in STOPS]
+
+
+@pytest.fixture(scope="module")
+def fasta(tmp_path_factory) -> Path:
+    rng = random.Random(5)
+    contigs = "".join(
+        f">contig_{i}\n{''.join(rng.choices(CODONS, k=rng.randint(50, 900)))}\n" for i in range(12)
+    )
+    path = tmp_path_factory.mktemp("report_input") / "in.fa"
+    path.write_text(MIXED + contigs)
+    return path
+
+
+def run_and_report(server, fasta: Path, out: Path, format: str) -> Path:
+    # One request per run (all chunks in one batch, nothing else in flight): identical numbers
+    # run after run, so reports from the three formats can be compared exactly.
+    predict(
+        fasta,
+        300,
+        out,
+        server.grpc_url,
+        batch_chunks=256,
+        max_in_flight=1,
+        progress=False,
+        frame_format=format,
+    )
+    write_report(out, top=TOP)
+    return out
+
+
+@pytest.fixture(scope="module")
+def run(server, fasta, tmp_path_factory) -> Path:
+    return run_and_report(server, fasta, tmp_path_factory.mktemp("report_run"), "tsv")
+
+
+def summary_rows(out: Path) -> list[dict[str, str]]:
+    with open(out / SUMMARY, newline="") as handle:
+        return list(csv.DictReader(handle, delimiter="\t"))
+
+
+class Page(HTMLParser):
+    """Parses a page, checking that every element is closed in order."""
+
+    VOID = {"meta", "img", "br", "hr", "link", "input", "source"}
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.open: list[str] = []
+        self.tags: set[str] = set()
+        self.urls: list[str] = []  # every attribute that loads something
+        self.tables: list[list[list[str]]] = []  # table -> row -> cell text (th and td)
+        self._cell: list[str] | None = None
+        self.feed(text)
+        self.close()
+        assert self.open == [], f"unclosed: {self.open}"
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.add(tag)
+        self.urls += [v for k, v in attrs if k in {"src", "href", "srcset", "data", "poster"}]
+        if tag not in self.VOID:
+            self.open.append(tag)
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        assert self.open and self.open.pop() == tag, f"</{tag}> closes {self.open[-1:]}"
+        if tag in ("td", "th"):
+            self.tables[-1][-1].append("".join(self._cell))
+            self._cell = None
+
+    def table(self, first_header: str) -> list[list[str]]:
+        """The rows (header row left out) of the table whose first header cell is given."""
+        (rows,) = [t[1:] for t in self.tables if t and t[0][:1] == [first_header]]
+        return rows
+
+    def cells(self) -> list[str]:
+        return [c for t in self.tables for row in t for c in row]
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+    def images(self) -> list[Image.Image]:
+        prefix = "data:image/png;base64,"
+        return [Image.open(io.BytesIO(base64.b64decode(u[len(prefix) :]))) for u in self.urls]
+
+
+def test_summary_verdicts_follow_the_frames_of_the_run(run):
+    frames = read_rows(run)  # frame id -> (label, P(others), P(virus))
+    chunks: dict[str, dict[str, list[float]]] = defaultdict(dict)
+    for frame_id, (_, p_others, p_virus) in frames.items():
+        chunk = chunks[frame_id[:-2].rpartition("_chunk_")[0]].setdefault(frame_id[:-2], [0, 0])
+        chunk[0], chunk[1] = max(chunk[0], p_others), max(chunk[1], p_virus)
+    rows = summary_rows(run)
+    assert list(rows[0]) == [
+        "id",
+        "length",
+        "chunks",
+        "chunks_without_frame",
+        "chunks_virus",
+        "max_p_virus",
+        "weighted_score",
+        "verdict",
+        "low_confidence",
+    ]
+    for row in rows:
+        deltas = [p_virus - p_others for p_others, p_virus in chunks[row["id"]].values()]
+        assert int(row["chunks"]) - int(row["chunks_without_frame"]) == len(deltas), row
+        assert row["low_confidence"] == str(len(deltas) < 5)
+        if not deltas:
+            assert (row["weighted_score"], row["verdict"]) == ("NA", "no_frames"), row
+            continue
+        weights = [math.sqrt(abs(d)) for d in deltas]
+        expected = sum(d * w for d, w in zip(deltas, weights)) / sum(weights)
+        assert float(row["weighted_score"]) == pytest.approx(expected, abs=1e-6), row
+        assert row["verdict"] == DEFAULT_THRESHOLDS.verdict(float(row["weighted_score"]))
+    by_id = {r["id"]: r for r in rows}
+    assert by_id["tiny"]["verdict"] == by_id["empty"]["verdict"] == "no_frames"
+    assert by_id["tiny"]["chunks_without_frame"] == "1"
+
+
+def test_run_json_holds_settings_counts_and_throughput(run):
+    info = json.loads((run / "run.json").read_text())
+    assert info["settings"] == {
+        **info["settings"],
+        "chunk_size": 300,
+        "format": "tsv",
+        "batch_chunks": 256,
+        "max_in_flight": 1,
+        "viral_above": 0.3,
+        "nonviral_below": -0.3,
+        "min_chunks": 5,
+    }
+    rows = summary_rows(run)
+    counts = info["counts"]
+    assert counts["records"] == len(rows) == 18
+    assert counts["frames"] == len(read_rows(run))
+    assert counts["chunks"] == sum(int(r["chunks"]) for r in rows)
+    tally = {v: sum(r["verdict"] == v for r in rows) for v in counts["verdicts"]}
+    assert counts["verdicts"] == tally and sum(tally.values()) == len(rows)
+    assert info["wall_seconds"] > 0
+    assert info["frames_per_second"] == pytest.approx(
+        counts["frames"] / info["wall_seconds"], rel=0.01
+    )
+    assert info["versions"]["virnucpro-triton"] and info["versions"]["python"]
+
+
+def test_report_is_self_contained_html(run):
+    text = (run / REPORT).read_text()
+    assert text.startswith("<!DOCTYPE html>")
+    page = Page(text)
+    assert {"html", "head", "body", "title", "table", "img"} <= page.tags
+    assert not page.tags & {"script", "link", "iframe", "object", "embed"}
+    assert "url(" not in text.split("</style>")[0]  # no stylesheet loads anything
+    assert page.urls and all(u.startswith("data:image/png;base64,") for u in page.urls)
+    assert len(page.urls) == 3 + TOP  # verdicts, two histograms, one track per top sequence
+
+
+def test_report_images_are_pictures_with_something_drawn(run):
+    for image in Page((run / REPORT).read_text()).images():
+        image.load()
+        assert image.format == "PNG" and image.width >= 400 and image.height >= 150
+        gray = np.asarray(image.convert("L"))
+        assert (gray < 200).mean() > 0.01, "blank picture"  # axes, labels, bars, lines
+
+
+def test_report_states_verdicts_throughput_and_top_sequences(run):
+    info = json.loads((run / "run.json").read_text())
+    page = Page((run / REPORT).read_text())
+    verdicts = dict(page.table("verdict"))
+    for verdict, n in info["counts"]["verdicts"].items():
+        assert verdicts[verdict] == f"{n:,}"
+    assert f"{info['frames_per_second']:,.1f}" in page.cells()
+    assert f"{info['chunks_per_second']:,.1f}" in page.cells()
+    rows = [r for r in summary_rows(run) if r["weighted_score"] != "NA"]
+    ranked = sorted(
+        enumerate(rows),
+        key=lambda ir: (float(ir[1]["weighted_score"]), float(ir[1]["max_p_virus"]), -ir[0]),
+        reverse=True,
+    )
+    expected = [r["id"] for _, r in ranked[:TOP]]
+    assert [row[1] for row in page.table("#")] == expected
+
+
+@pytest.mark.parametrize("format", ["parquet", "jsonl"])
+def test_report_from_any_table_format_draws_the_same(server, fasta, run, tmp_path, format):
+    other = run_and_report(server, fasta, tmp_path, format)
+    assert not (other / PREDICTIONS).exists()
+    pictures = Page((other / REPORT).read_text()).urls
+    assert pictures == Page((run / REPORT).read_text()).urls
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [CLI, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NO_COLOR": "1"},
+        timeout=300,
+    )
+
+
+def test_predict_report_flag_and_thresholds(server, fasta, tmp_path):
+    out = tmp_path / "out"
+    result = cli(
+        "predict", str(fasta), "--chunk-size", "300", "-o", str(out), "--url", server.grpc_url,
+        "--format", "jsonl", "--viral-above", "0.1", "--nonviral-below", "-0.2",
+        "--min-chunks", "2", "--report", "--no-progress",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"report: {out / REPORT}" in result.stdout
+    assert re.search(
+        r"sequences: \d+ viral, \d+ nonviral, \d+ uncertain, 2 no_frames", result.stdout
+    )
+    settings = json.loads((out / "run.json").read_text())["settings"]
+    assert (settings["viral_above"], settings["nonviral_below"], settings["min_chunks"]) == (
+        0.1,
+        -0.2,
+        2,
+    )
+    assert (out / frame_table.FILES["jsonl"]).exists() and (out / REPORT).exists()
+    for row in summary_rows(out):
+        if row["weighted_score"] != "NA":
+            score = float(row["weighted_score"])
+            assert row["verdict"] == (
+                "viral" if score > 0.1 else "nonviral" if score < -0.2 else "uncertain"
+            )
+        assert row["low_confidence"] == str(
+            int(row["chunks"]) - int(row["chunks_without_frame"]) < 2
+        )
+
+
+def test_predict_refuses_crossed_thresholds(fasta, tmp_path):
+    result = cli(
+        "predict", str(fasta), "--chunk-size", "300", "-o", str(tmp_path / "out"),
+        "--url", "127.0.0.1:1", "--viral-above", "-0.5", "--nonviral-below", "0.5",
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "virnucpro-triton: error: the viral threshold (-0.5) must be above the non-viral one (0.5)"
+    ]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("missing", "message"),
+    [
+        ("run.json", "run.json: no such file"),
+        (SUMMARY, f"{SUMMARY}: no such file"),
+        (PREDICTIONS, f"{PREDICTIONS}: no such file"),
+        ("broken run.json", "run.json: not JSON"),
+        ("broken summary", f"{SUMMARY}:3: not a summary row"),
+    ],
+)
+def test_report_on_incomplete_output_is_a_one_line_error(run, tmp_path, missing, message):
+    out = tmp_path / "out"
+    shutil.copytree(run, out)
+    (out / REPORT).unlink()
+    if missing == "broken run.json":
+        (out / "run.json").write_text("{")
+    elif missing == "broken summary":
+        lines = (out / SUMMARY).read_text().splitlines(keepends=True)
+        (out / SUMMARY).write_text(lines[0] + lines[1] + "cut\t12\n")
+    else:
+        (out / missing).unlink()
+    result = cli("report", str(out))
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"virnucpro-triton: error: {out}/{message}" in result.stderr
+    assert not (out / REPORT).exists()
+
+
+def test_report_command_with_top(run, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(run, out)
+    result = cli("report", str(out), "--top", "1")
+    assert result.returncode == 0, result.stderr
+    assert len(Page((out / REPORT).read_text()).urls) == 3 + 1

@@ -1,0 +1,312 @@
+"""`virnucpro-triton report OUT_DIR`: one self-contained HTML page about a `predict` run.
+
+It reads run.json, sequence_summary.tsv and the per-frame table (any of its formats), each in
+one streaming pass: memory holds histograms, the top sequences and their chunk tracks, never a
+whole table, so a report of a huge run fits where the run did. The top sequences are those with
+the highest weighted score (ties: higher max P(virus), then input order); sequences without a
+kept frame have no score and are never among them. Plots are PNG from matplotlib's Agg backend,
+embedded as base64 data: URIs, so the page loads nothing from anywhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import heapq
+import html
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from virnucpro_triton.client import frame_table, run_info
+from virnucpro_triton.client.evidence import VERDICT_NAMES
+from virnucpro_triton.client.outputs import SUMMARY, atomic_files
+from virnucpro_triton.sequence import chunk_starts
+
+REPORT = "report.html"
+TOP = 20
+P_BINS = 50  # histogram bins of P(virus) over [0, 1]
+SCORE_BINS = 40  # histogram bins of the weighted score over [-1, 1]
+COLORS = {"viral": "#c0392b", "nonviral": "#2471a3", "uncertain": "#b7950b", "no_frames": "#7f8c8d"}
+
+
+_NUMBERS = ("weighted_score", "max_p_virus")  # summary columns read as numbers ("NA": NaN)
+# What the report reads from run.json.
+_RUN_INFO_KEYS = {
+    "settings": ("format", "chunk_size", "viral_above", "nonviral_below", "min_chunks"),
+    "counts": ("records", "verdicts"),
+}
+
+
+class ReportError(RuntimeError):
+    """An output directory the report cannot be made from; the message is for the user."""
+
+
+@dataclass
+class _Sequence:
+    """One row of sequence_summary.tsv and, for the top ones, its chunks' P(virus)."""
+
+    index: int  # row in the summary, i.e. input order
+    cells: dict[str, str]
+    score: float  # NaN for NA
+    max_p_virus: float
+    chunk_max: dict[int, float] = field(default_factory=dict)  # chunk number -> max P(virus)
+    frames: list[tuple[int, float]] = field(default_factory=list)  # (chunk number, P(virus))
+
+    @property
+    def rank_key(self) -> tuple[float, float, int]:
+        return (self.score, self.max_p_virus, -self.index)
+
+
+def write_report(out_dir: Path, top: int = TOP) -> Path:
+    """Write OUT_DIR/report.html (atomically) and return its path."""
+    info = _run_info(out_dir)
+    summary, frames = out_dir / SUMMARY, out_dir / frame_table.FILES[info["settings"]["format"]]
+    for path in (summary, frames):
+        _require(path)
+    best, scores, low_confidence = _read_summary(summary, top)
+    p_virus = _read_frames(frames, {s.cells["id"]: s for s in best})
+    page = _page(info, scores, p_virus, low_confidence, best)
+    with atomic_files(out_dir, [REPORT]) as out:
+        out[REPORT].write(page)
+    return out_dir / REPORT
+
+
+def _require(path: Path) -> None:
+    if not path.is_file():
+        raise ReportError(f"{path}: no such file (not the output of a finished `predict` run?)")
+
+
+def _run_info(out_dir: Path) -> dict:
+    path = out_dir / run_info.RUN_INFO
+    _require(path)
+    try:
+        info = run_info.read(out_dir)
+    except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError is a ValueError
+        raise ReportError(f"{path}: not JSON ({error})") from None
+    missing = [
+        f"{part}.{key}"
+        for part, keys in _RUN_INFO_KEYS.items()
+        for key in keys
+        if not isinstance(info, dict) or key not in (info.get(part) or {})
+    ]
+    if missing:
+        raise ReportError(f"{path}: not a run.json of this version of `predict`: no {missing[0]}")
+    if info["settings"]["format"] not in frame_table.FORMATS:
+        raise ReportError(f"{path}: unknown per-frame table format {info['settings']['format']!r}")
+    return info
+
+
+def _read_summary(path: Path, top: int) -> tuple[list[_Sequence], np.ndarray, int]:
+    """The `top` best-scored sequences, the histogram of scores, the low-confidence count."""
+    scores = np.zeros(SCORE_BINS, np.int64)
+    low_confidence = 0
+
+    def scored() -> Iterator[_Sequence]:
+        nonlocal low_confidence
+        with open(path) as handle:
+            header = next(handle, "").rstrip("\n").split("\t")
+            if "weighted_score" not in header:
+                raise ReportError(f"{path}: no weighted_score column (from an older `predict`?)")
+            for index, line in enumerate(handle):
+                cells = dict(zip(header, line.rstrip("\n").split("\t")))
+                try:
+                    score, max_p = (float(cells[c].replace("NA", "nan")) for c in _NUMBERS)
+                    low_confidence += cells["low_confidence"] == "True"
+                except (KeyError, ValueError):
+                    raise ReportError(f"{path}:{index + 2}: not a summary row") from None
+                if not np.isnan(score):
+                    scores[min(int((score + 1) / 2 * SCORE_BINS), SCORE_BINS - 1)] += 1
+                    yield _Sequence(index, cells, score, max_p)
+
+    best = heapq.nlargest(top, scored(), key=lambda s: s.rank_key)  # holds `top` at a time
+    return best, scores, low_confidence
+
+
+def _read_frames(path: Path, tracked: dict[str, _Sequence]) -> np.ndarray:
+    """The histogram of P(virus) over all frames; fills in the tracks of `tracked` sequences."""
+    counts = np.zeros(P_BINS, np.int64)
+    try:
+        for row in frame_table.read_frames(path):
+            counts[min(int(row.p_virus * P_BINS), P_BINS - 1)] += 1
+            sequence = tracked.get(row.id)
+            if sequence is not None:
+                chunk = int(row.chunk_id.rpartition("_chunk_")[2])
+                sequence.frames.append((chunk, row.p_virus))
+                sequence.chunk_max[chunk] = max(sequence.chunk_max.get(chunk, 0.0), row.p_virus)
+    except (KeyError, ValueError, TypeError) as error:  # pyarrow's ArrowInvalid is a ValueError
+        raise ReportError(f"{path}: not a per-frame table written by `predict` ({error})") from None
+    return counts
+
+
+def _png(figure: Figure) -> str:
+    """An <img> holding the figure as an embedded PNG."""
+    buffer = io.BytesIO()
+    FigureCanvasAgg(figure).print_png(buffer)
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return f'<img alt="" src="data:image/png;base64,{data}">'
+
+
+def _verdict_plot(verdicts: dict[str, int]) -> str:
+    figure = Figure(figsize=(5.5, 2.8), dpi=100, layout="constrained")
+    ax = figure.add_subplot()
+    bars = ax.bar(VERDICT_NAMES, [verdicts.get(v, 0) for v in VERDICT_NAMES])
+    for bar, name in zip(bars, VERDICT_NAMES):
+        bar.set_color(COLORS[name])
+    ax.bar_label(bars)
+    ax.set_ylabel("sequences")
+    ax.set_title("Weighted-evidence verdicts")
+    ax.margins(y=0.15)
+    return _png(figure)
+
+
+def _histogram(counts: np.ndarray, low: float, xlabel: str, title: str, lines=()) -> str:
+    figure = Figure(figsize=(5.5, 2.8), dpi=100, layout="constrained")
+    ax = figure.add_subplot()
+    edges = np.linspace(low, 1.0, len(counts) + 1)
+    ax.stairs(counts, edges, fill=True, color="#5d6d7e")
+    for x in lines:
+        ax.axvline(x, color="#c0392b", linestyle="--", linewidth=1)
+    ax.set_xlim(low, 1.0)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("count")
+    ax.set_title(title)
+    return _png(figure)
+
+
+def _track(sequence: _Sequence, chunk_size: int) -> str:
+    """max P(virus) of each chunk over its span of the sequence; frames as dots; grey: no frame."""
+    length = int(sequence.cells["length"])
+    starts = chunk_starts(length, chunk_size)
+    figure = Figure(figsize=(9, 1.9), dpi=100, layout="constrained")
+    ax = figure.add_subplot()
+    for number, start in enumerate(starts, start=1):
+        end = min(start + chunk_size, length)
+        if number in sequence.chunk_max:
+            p = sequence.chunk_max[number]
+            color = COLORS["viral"] if p >= 0.5 else COLORS["nonviral"]
+            ax.hlines(p, start, end, colors=color, linewidth=2.5)
+        else:
+            ax.axvspan(start, end, color="#d5d8dc", linewidth=0)
+    if sequence.frames:
+        chunks, values = zip(*sequence.frames)
+        middles = [starts[c - 1] + min(chunk_size, length - starts[c - 1]) / 2 for c in chunks]
+        ax.scatter(middles, values, s=9, color="#1c2833", alpha=0.6, linewidths=0, zorder=3)
+    ax.axhline(0.5, color="#7f8c8d", linestyle=":", linewidth=1)
+    ax.set_xlim(0, length)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylabel("P(virus)")
+    ax.set_xlabel("position (bp)")
+    ax.set_title(
+        f"{sequence.cells['id'][:90]}: score {sequence.cells['weighted_score']} "
+        f"({sequence.cells['verdict']})",
+        loc="left",
+        fontsize=10,
+        parse_math=False,  # ids may hold '$'
+    )
+    return _png(figure)
+
+
+def _table(rows: list[tuple], header: tuple[str, ...] | None = None) -> str:
+    cells = "".join(f"<th>{html.escape(str(h))}</th>" for h in header) if header else ""
+    head = f"<tr>{cells}</tr>" if header else ""
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows
+    )
+    return f"<table>{head}{body}</table>"
+
+
+_STYLE = """
+body { font-family: sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem;
+       color: #1c2833; }
+h1 { font-size: 1.5rem; } h2 { font-size: 1.2rem; margin-top: 2rem; }
+table { border-collapse: collapse; margin: 0.5rem 0; font-size: 0.9rem; }
+td, th { border: 1px solid #d5d8dc; padding: 0.2rem 0.5rem; text-align: left; }
+td:not(:first-child) { font-variant-numeric: tabular-nums; }
+img { max-width: 100%; display: block; margin: 0.5rem 0; }
+.note { color: #566573; font-size: 0.9rem; }
+"""
+
+
+# Columns of sequence_summary.tsv shown for the top sequences.
+_TOP_COLUMNS = (
+    "id",
+    "length",
+    "chunks",
+    "chunks_without_frame",
+    "max_p_virus",
+    "weighted_score",
+    "verdict",
+    "low_confidence",
+)
+
+
+def _number(value: float | None, digits: int = 1) -> str:
+    return "—" if value is None else f"{value:,.{digits}f}"
+
+
+def _page(
+    info: dict, scores: np.ndarray, p_virus: np.ndarray, low_confidence: int, best: list
+) -> str:
+    settings, counts = info["settings"], info["counts"]
+    verdicts = counts["verdicts"]
+    above, below = settings["viral_above"], settings["nonviral_below"]
+    rule = (
+        "Per chunk δ = max P(virus) − max P(others) over its stop-free frames; sequence score "
+        f"Σ δ·√|δ| / Σ √|δ|: <b>viral</b> above {above:g}, <b>nonviral</b> below {below:g}, "
+        "<b>uncertain</b> in between; <b>no_frames</b>: no chunk with a stop-free frame. "
+        f"Low confidence: fewer than {settings['min_chunks']} chunks with a stop-free frame."
+    )
+    throughput = [
+        ("wall time (s)", _number(info.get("wall_seconds"), 2)),
+        ("chunks per second", _number(info.get("chunks_per_second"))),
+        ("frames per second", _number(info.get("frames_per_second"))),
+    ]
+    count_rows = [
+        (name.replace("_", " "), f"{n:,}") for name, n in counts.items() if name != "verdicts"
+    ]
+    verdict_rows = [(v, f"{verdicts.get(v, 0):,}") for v in VERDICT_NAMES]
+    verdict_rows.append(("low confidence", f"{low_confidence:,}"))
+    top_rows = [(rank, *(s.cells[c] for c in _TOP_COLUMNS)) for rank, s in enumerate(best, start=1)]
+    top_table = _table(top_rows, ("#", *_TOP_COLUMNS))
+    tracks = "".join(_track(s, settings["chunk_size"]) for s in best)
+    title = f"VirNucPro report: {settings.get('input', '')}"
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{html.escape(title)}</title>
+<style>{_STYLE}</style>
+</head>
+<body>
+<h1>{html.escape(title)}</h1>
+<p class="note">Started {html.escape(str(info.get("started", "?")))}, chunk size
+{html.escape(str(settings["chunk_size"]))} bp, {counts["records"]:,} sequences.</p>
+
+<h2>Verdicts</h2>
+<p class="note">{rule}</p>
+{_table(verdict_rows, ("verdict", "sequences"))}
+{_verdict_plot(verdicts)}
+
+<h2>Distributions</h2>
+{_histogram(p_virus, 0.0, "P(virus)", "P(virus) of every stop-free frame")}
+{_histogram(scores, -1.0, "weighted score", "Weighted score per sequence", (below, above))}
+
+<h2>Top {len(best)} sequences by weighted score</h2>
+<p class="note">Bars: max P(virus) of each chunk over the bases it covers (red ≥ 0.5);
+dots: single frames; grey: chunk without a stop-free frame.</p>
+{top_table if best else "<p>None: no sequence has a stop-free frame, or --top is 0.</p>"}
+{tracks}
+
+<h2>Run</h2>
+{_table(throughput)}
+{_table(count_rows)}
+{_table([(k, v) for k, v in settings.items()], ("setting", "value"))}
+{_table([(k, v) for k, v in info.get("versions", {}).items()], ("software", "version"))}
+</body>
+</html>
+"""
