@@ -12,6 +12,7 @@ and reports frames/s, the ratio b/a, GPU memory peak, GPU busy % and an MFU esti
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import threading
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import click
 import torch
+import tritonclient.grpc as grpcclient
 
 from virnucpro_triton import repository as repo
 from virnucpro_triton.client.predict import predict
@@ -195,11 +197,24 @@ def served(
     out: Path,
     batch_chunks: int,
     in_flight: int,
+    gpus: str | None = None,
 ) -> dict:
+    """The served path; `gpus` (CUDA_VISIBLE_DEVICES of the server) limits the GPUs it sees."""
     warmup = out / "warmup.fasta"  # a smaller workload of its own: first calls, memory pools
     make_workload(warmup, min(frames, 2_000), chunk_size, seed=1)
     start = time.perf_counter()
-    with EmbeddedServer(repository) as server:
+    server = EmbeddedServer(repository)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if gpus is not None:  # the server inherits it; this process's CUDA is already set up
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus
+    try:
+        server.start()
+    finally:
+        if gpus is not None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES")
+            if visible is not None:
+                os.environ["CUDA_VISIBLE_DEVICES"] = visible
+    try:
         ready = time.perf_counter() - start
         predict(
             warmup,
@@ -210,6 +225,7 @@ def served(
             max_in_flight=in_flight,
             progress=False,
         )
+        before = _model_seconds(server.grpc_url)
         with GpuSampler() as gpu:
             start = time.perf_counter()
             summary = predict(
@@ -222,13 +238,38 @@ def served(
                 progress=False,
             )
             seconds = time.perf_counter() - start
+        after = _model_seconds(server.grpc_url)
+    finally:
+        server.stop()
     assert summary.frames == frames, (summary.frames, frames)
     return {
         "frames_per_s": frames / seconds,
         "seconds": seconds,
         "cold_start_s": ready,
         **gpu.summary(),
+        "model_seconds": {
+            model: {k: round(after[model][k] - before[model][k], 3) for k in after[model]}
+            for model in after
+        },
     }
+
+
+def _model_seconds(url: str) -> dict[str, dict[str, float]]:
+    """Per model, Triton's cumulative seconds spent queued and executing, and executions."""
+    with grpcclient.InferenceServerClient(url) as client:
+        stats = client.get_inference_statistics(as_json=True)["model_stats"]
+    seconds = {}
+    for model in stats:
+        infer = model["inference_stats"]
+        seconds[model["name"]] = {
+            "queue_s": int(infer["queue"].get("ns", 0)) / 1e9,
+            "compute_s": sum(int(infer[k].get("ns", 0)) for k in _COMPUTE) / 1e9,
+            "executions": int(model.get("execution_count", 0)),
+        }
+    return seconds
+
+
+_COMPUTE = ("compute_input", "compute_infer", "compute_output")
 
 
 @click.command()
@@ -243,6 +284,11 @@ def served(
 @click.option("--frames", type=int, default=20_000, show_default=True, help="Per chunk size.")
 @click.option("--batch-chunks", type=int, default=256, show_default=True)
 @click.option("--in-flight", type=int, default=16, show_default=True)
+@click.option(
+    "--gpu-scaling",
+    is_flag=True,
+    help="Also serve from the first GPU alone, for the speed-up of all GPUs over one.",
+)
 @click.option("--work-dir", type=click.Path(path_type=Path), default=Path("build/bench"))
 @click.option("--json-out", type=click.Path(path_type=Path), default=Path("build/bench.json"))
 def main(
@@ -251,6 +297,7 @@ def main(
     frames: int,
     batch_chunks: int,
     in_flight: int,
+    gpu_scaling: bool,
     work_dir: Path,
     json_out: Path,
 ) -> None:
@@ -271,7 +318,7 @@ def main(
         fasta = work_dir / f"workload_{size}.fasta"
         workload = make_workload(fasta, frames, size)
         baseline = in_process(models, workload, device)
-        serve = served(
+        arguments = (
             work_dir / "repository",
             fasta,
             len(workload),
@@ -280,12 +327,13 @@ def main(
             batch_chunks,
             in_flight,
         )
+        serve = served(*arguments)
         # Weight matmuls on real (unpadded) tokens; attention scores add < 1% at these lengths.
         flops = sum(
             2 * models["matmul_params"][k] * baseline["tokens"][k] for k in ("dna", "protein")
         )
         tflops = flops / serve["seconds"] / 1e12
-        results["runs"][str(size)] = {
+        run = results["runs"][str(size)] = {
             "frames": len(workload),
             "in_process": baseline,
             "served": serve,
@@ -299,6 +347,15 @@ def main(
             f"ratio {serve['frames_per_s'] / baseline['frames_per_s']:.2f} | "
             f"GPU busy {serve['gpu_busy_pct']} % | cold start {serve['cold_start_s']:.0f} s"
         )
+        if gpu_scaling:
+            one = served(*arguments, gpus="0")
+            run["served_one_gpu"] = one
+            run["all_gpus_over_one"] = serve["frames_per_s"] / one["frames_per_s"]
+            click.echo(
+                f"{size} bp: served on 1 GPU {one['frames_per_s']:.0f}/s | on "
+                f"{results['gpus_visible']} GPUs {serve['frames_per_s']:.0f}/s | "
+                f"{run['all_gpus_over_one']:.2f}x"
+            )
         json_out.write_text(json.dumps(results, indent=2) + "\n")  # kept if a later run fails
     click.echo(f"written {json_out}")
 

@@ -200,8 +200,9 @@ class EmbeddedServer:
                 "another process (another server still running?). Stop it or choose other ports."
             )
 
-    def start(self, timeout: float = 180.0) -> EmbeddedServer:
-        """Start the server and return once it and every model in the repository are ready."""
+    def start(self, timeout: float = 900.0) -> EmbeddedServer:
+        """Start the server and return once it and every model in the repository are ready
+        (on a GPU that includes compiling the embedding models: minutes for ESM-2 3B)."""
         if self._proc is not None:
             raise ServerError(f"tritonserver is already running (pid {self._proc.pid})")
         self._check_repository()

@@ -54,13 +54,18 @@ class EmbeddingModel:
             device = torch.device("cpu")  # ids leave as numpy; the ONNX entry has its own device
         else:
             model, _ = load_model(directory)
+        # Compiled on a GPU, where fusion pays; warmed up here so that cold start, not the
+        # first requests, pays for compilation.
+        compiled = device.type == "cuda" and runtime != ONNX
         if kind == DNABERT_S:
-            self.embed = DnaEmbedder(model, directory / TOKENIZER, device)
+            self.embed = DnaEmbedder(model, directory / TOKENIZER, device, compiled=compiled)
             self.check = CHECKS["dna"]
         else:
-            self.embed = ProteinEmbedder(model, device)
+            self.embed = ProteinEmbedder(model, device, compiled=compiled)
             self.check = CHECKS["protein"]
-        log_loaded(args, f"{kind} {architecture['dtype']} {runtime}")
+        if compiled:
+            self.embed.warm_up()
+        log_loaded(args, f"{kind} {architecture['dtype']} {runtime}{' compiled' * compiled}")
 
     def _sequences(self, request: Any) -> list[str]:
         batch = input_strings(request, "SEQUENCE")
