@@ -118,9 +118,16 @@ class _Embedder:
         if not sequences:
             return out
         tokens = self.tokenize(sequences)
-        for batch in _batches([len(t) for t in tokens], self.token_budget, self.max_rows):
-            ids = pad_batch([tokens[i] for i in batch], self.pad_id).to(self.device)
-            out[batch] = self._run(ids).float().cpu().numpy()
+        batches = _batches([len(t) for t in tokens], self.token_budget, self.max_rows)
+        # Every batch is queued on the device before any result comes back, so the CPU pads
+        # the next batch while the GPU computes this one; one copy back at the end.
+        pinned = self.device.type == "cuda"
+        vectors = []
+        for batch in batches:
+            ids = pad_batch([tokens[i] for i in batch], self.pad_id)
+            ids = ids.pin_memory() if pinned else ids
+            vectors.append(self._run(ids.to(self.device, non_blocking=pinned)).float())
+        out[np.concatenate(batches)] = torch.cat(vectors).cpu().numpy()
         return out
 
 

@@ -35,9 +35,11 @@ def onnx_name(name: str) -> str:
     return f"{name}_onnx"
 
 
-# Largest number of rows one execute() sees. The pipeline's frames (6 per chunk) fan out to
-# the embedders in pieces of at most EMBEDDER_MAX_BATCH.
-PIPELINE_MAX_BATCH = 256
+# Largest number of rows one execute() sees. A pipeline execute takes up to 16 client requests
+# of 256 chunks at once and runs them concurrently: with one request per execute the embedders
+# idled between requests (GPU busy 76%, docs/performance.md). Its frames (6 per chunk at most)
+# fan out to the embedders in pieces of at most EMBEDDER_MAX_BATCH.
+PIPELINE_MAX_BATCH = 4096
 EMBEDDER_MAX_BATCH = 1024
 # Requests wait this long for others to join their batch: short, the CPU path is compute-bound.
 QUEUE_DELAY_US = 2000
@@ -45,7 +47,7 @@ QUEUE_DELAY_US = 2000
 # queueing without bound. Clients queue far less: `predict` keeps <= 64 requests in flight (4 by
 # default), and a pipeline instance (one per GPU) adds at most 16 x 2 BLS requests to each other
 # entry's queue (serving/pipeline.py), so 8 GPUs' fit. A full pipeline queue holds at most
-# 256 requests x 256 chunks x 500 bytes.
+# 256 requests x 4096 chunks x 500 bytes (0.5 GB).
 # A request still queued after the client's own wait (Connection's 600 s) has nobody waiting
 # for it any more: it is rejected too.
 MAX_QUEUE_SIZE = 256
