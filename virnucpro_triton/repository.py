@@ -40,6 +40,9 @@ def onnx_name(name: str) -> str:
 # idled between requests (GPU busy 76%, docs/performance.md). Its frames (6 per chunk at most)
 # fan out to the embedders in pieces of at most EMBEDDER_MAX_BATCH.
 PIPELINE_MAX_BATCH = 4096
+# Two pipeline instances per device: while one waits for the last answers of its batch, the
+# other already feeds the embedders the next batch (it holds no model, only a stub process).
+PIPELINE_INSTANCES = 2
 EMBEDDER_MAX_BATCH = 1024
 # Requests wait this long for others to join their batch: short, the CPU path is compute-bound.
 QUEUE_DELAY_US = 2000
@@ -140,6 +143,8 @@ def model_config(
         backend="python",
         parameters={k: {"string_value": v} for k, v in (parameters or {}).items()},
     )
+    if name == PIPELINE:  # the count applies per GPU (or once on the CPU): no kind named
+        config.instance_group.add(count=PIPELINE_INSTANCES)
     policy = config.dynamic_batching.default_queue_policy
     policy.max_queue_size = MAX_QUEUE_SIZE
     policy.timeout_action = model_config_pb2.ModelQueuePolicy.REJECT
