@@ -283,7 +283,7 @@ _COMPUTE = ("compute_input", "compute_infer", "compute_output")
 )
 @click.option("--frames", type=int, default=20_000, show_default=True, help="Per chunk size.")
 @click.option("--batch-chunks", type=int, default=256, show_default=True)
-@click.option("--in-flight", type=int, default=16, show_default=True)
+@click.option("--in-flight", type=int, default=32, show_default=True)
 @click.option(
     "--gpu-scaling",
     is_flag=True,
