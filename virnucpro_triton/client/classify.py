@@ -43,6 +43,7 @@ class SequenceResult:
     length: int
     probabilities: np.ndarray  # [chunks, 6, 2] float32: P(others), P(virus) per frame; NaN dropped
     kept: np.ndarray  # [chunks, 6] bool: frame had no stop codon and was classified
+    maxima: np.ndarray  # [chunks, 2] float32: max P(others), max P(virus) over kept frames; NaN
 
     @property
     def chunk_ids(self) -> list[str]:
@@ -51,22 +52,24 @@ class SequenceResult:
     def frames(self) -> Iterable[tuple[str, str, float, float]]:
         """(chunk id, frame name, P(others), P(virus)) of every kept frame, in VirNucPro's
         order; the frame's id is chunk id + frame name."""
-        for chunk_id, kept, probabilities in zip(self.chunk_ids, self.kept, self.probabilities):
+        # Python lists: per-element numpy access costs more than the rest of the client.
+        rows = zip(self.chunk_ids, self.kept.tolist(), self.probabilities.tolist())
+        for chunk_id, kept, probabilities in rows:
             for name, keep, (p_others, p_virus) in zip(FRAME_NAMES, kept, probabilities):
                 if keep:
-                    yield chunk_id, name, float(p_others), float(p_virus)
-
-    def chunk_maxima(self) -> np.ndarray:
-        """[chunks, 2]: max P(others), max P(virus) over each chunk's kept frames (NaN: none)."""
-        best = np.full((len(self.kept), 2), np.nan, np.float32)
-        has_frame = self.kept.any(axis=1)
-        masked = np.where(self.kept[:, :, None], self.probabilities, -np.inf)
-        best[has_frame] = masked[has_frame].max(axis=1)
-        return best
+                    yield chunk_id, name, p_others, p_virus
 
     def chunk_verdicts(self) -> list[bool | None]:
         """VirNucPro's rule per chunk: viral when max P(virus) >= max P(others); None: no frame."""
-        return [None if np.isnan(o) else bool(v >= o) for o, v in self.chunk_maxima()]
+        return [None if o != o else v >= o for o, v in self.maxima.tolist()]  # NaN != NaN
+
+
+def _maxima(probabilities: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """[n, 2] max P(others), max P(virus) over each row's kept frames; NaN where none."""
+    best = np.full((len(kept), 2), np.nan, np.float32)
+    has_frame = kept.any(axis=1)
+    best[has_frame] = np.where(kept[:, :, None], probabilities, -np.inf)[has_frame].max(axis=1)
+    return best
 
 
 @dataclass
@@ -77,7 +80,8 @@ class _Pending:
 
 @dataclass
 class _Batch:
-    rows: list[tuple[_Pending, int]] = field(default_factory=list)  # (sequence, chunk index)
+    # (sequence, its first chunk here, chunks here): the batch's rows, a run per sequence
+    runs: list[list] = field(default_factory=list)
     chunks: list[str] = field(default_factory=list)
     closes: list[_Pending] = field(default_factory=list)  # sequences complete after this batch
     from_journal: bool = False
@@ -140,9 +144,16 @@ class Classifier:
                 probabilities, kept = answer["PROBABILITIES"], answer["FRAME_KEPT"]
                 if journal:
                     journal.append(probabilities, kept)
-            for row, (pending, chunk) in enumerate(batch.rows):
-                pending.result.probabilities[chunk] = probabilities[row]
-                pending.result.kept[chunk] = kept[row]
+            row = 0
+            if batch.chunks:
+                maxima = _maxima(probabilities, kept)
+            for pending, first, count in batch.runs:
+                result, rows = pending.result, slice(row, row + count)
+                chunks = slice(first, first + count)
+                result.probabilities[chunks] = probabilities[rows]
+                result.kept[chunks] = kept[rows]
+                result.maxima[chunks] = maxima[rows]
+                row += count
             for pending in batch.closes:
                 yield pending.result
             if on_batch:
@@ -163,10 +174,14 @@ class Classifier:
                 len(sequence),
                 np.full((len(starts), 6, 2), np.nan, np.float32),
                 np.zeros((len(starts), 6), bool),
+                np.full((len(starts), 2), np.nan, np.float32),
             )
             pending = _Pending(result)
             for chunk, start in enumerate(starts):
-                batch.rows.append((pending, chunk))
+                if batch.runs and batch.runs[-1][0] is pending:
+                    batch.runs[-1][2] += 1
+                else:
+                    batch.runs.append([pending, chunk, 1])
                 batch.chunks.append(sequence[start : start + self.chunk_size])
                 position += 1
                 if len(batch.chunks) == self.batch_chunks or position == journaled:
@@ -174,7 +189,7 @@ class Classifier:
                     yield batch
                     batch = _Batch()
             batch.closes.append(pending)  # done when the batch holding its last chunk is
-        if batch.rows or batch.closes:
+        if batch.runs or batch.closes:
             yield batch
 
     def _request(self, batch: _Batch):

@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from virnucpro_triton.client import frame_table, run_info
@@ -98,16 +97,18 @@ class SequenceCounts:
 
     @classmethod
     def of(cls, result: SequenceResult) -> SequenceCounts:
-        maxima = result.chunk_maxima()
-        with_frame = maxima[~np.isnan(maxima[:, 0])]
-        evidence = Evidence()
-        for p_others, p_virus in with_frame.tolist():
-            evidence.add(p_others, p_virus)
+        maxima = result.maxima.tolist()
+        evidence, virus, best = Evidence(), 0, None
+        for p_others, p_virus in maxima:
+            if p_others == p_others:  # not NaN: the chunk kept a frame
+                evidence.add(p_others, p_virus)
+                virus += p_virus >= p_others
+                best = p_virus if best is None else max(best, p_virus)
         return cls(
             chunks=len(maxima),
-            without_frame=len(maxima) - len(with_frame),
-            virus=int((with_frame[:, 1] >= with_frame[:, 0]).sum()),
-            max_p_virus=float(with_frame[:, 1].max()) if len(with_frame) else None,
+            without_frame=len(maxima) - evidence.chunks,
+            virus=virus,
+            max_p_virus=best,
             evidence=evidence,
         )
 
