@@ -77,9 +77,11 @@ def test_work_is_spread_over_servers_and_survives_losing_one(
 def test_a_server_down_at_the_start_is_avoided_until_it_is_up(
     server, second_server, contigs, tmp_path
 ):
-    longer = tmp_path / "longer.fa"  # long enough to outlast the restart and the probes' backoff
+    # Long enough (~2,400 chunks, a minute) to outlast the restart and the probes' backoff
+    # (at most 10 s between probes).
+    longer = tmp_path / "longer.fa"
     text = contigs.read_text()
-    longer.write_text("".join(text.replace(">contig_", f">copy{i}_contig_") for i in range(4)))
+    longer.write_text("".join(text.replace(">contig_", f">copy{i}_contig_") for i in range(8)))
     second_server.stop()
     before = served(server)
     with ThreadPoolExecutor(1) as pool:
@@ -88,6 +90,8 @@ def test_a_server_down_at_the_start_is_avoided_until_it_is_up(
         run = pool.submit(predict, longer, 300, out, urls, max_in_flight=2, **SETTINGS)
         wait_for(lambda: served(server) >= before + 5)
         second_server.start()  # comes up mid-run: the probes bring it into rotation
+        wait_for(lambda: served(second_server) > 0 or run.done())
+        assert not run.done(), "the run ended before the server came into rotation"
         summary = run.result(timeout=300)
     by_url = {e.url: e for e in summary.endpoints}
     assert by_url[second_server.grpc_url].outages == 1
@@ -95,7 +99,7 @@ def test_a_server_down_at_the_start_is_avoided_until_it_is_up(
     assert by_url[server.grpc_url].answered + by_url[second_server.grpc_url].answered == -(
         -summary.chunks // 4
     )  # every batch answered once, by one server or the other
-    assert summary.records == 360 == len((out / SUMMARY).read_text().splitlines()) - 1
+    assert summary.records == 720 == len((out / SUMMARY).read_text().splitlines()) - 1
 
 
 def test_a_killed_client_resumes_without_losing_or_repeating_a_chunk(
