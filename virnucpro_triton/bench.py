@@ -12,7 +12,6 @@ and reports frames/s, the ratio b/a, GPU memory peak, GPU busy % and an MFU esti
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 import threading
@@ -203,17 +202,7 @@ def served(
     warmup = out / "warmup.fasta"  # a smaller workload of its own: first calls, memory pools
     make_workload(warmup, min(frames, 2_000), chunk_size, seed=1)
     start = time.perf_counter()
-    server = EmbeddedServer(repository)
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if gpus is not None:  # the server inherits it; this process's CUDA is already set up
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpus
-    try:
-        server.start()
-    finally:
-        if gpus is not None:
-            os.environ.pop("CUDA_VISIBLE_DEVICES")
-            if visible is not None:
-                os.environ["CUDA_VISIBLE_DEVICES"] = visible
+    server = EmbeddedServer(repository, gpus=gpus).start()
     try:
         ready = time.perf_counter() - start
         predict(

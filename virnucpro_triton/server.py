@@ -100,8 +100,10 @@ def backend_directory() -> Path:
     return target
 
 
-def _server_env() -> dict[str, str]:
+def _server_env(gpus: str | None) -> dict[str, str]:
     env = os.environ.copy()
+    if gpus is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpus
     _, libs = _wheel_dirs()
 
     def prepend(name: str, *paths: str) -> None:
@@ -143,8 +145,11 @@ class EmbeddedServer:
         address: str = "127.0.0.1",
         log_path: Path | None = None,
         log_verbose: int = 0,
+        gpus: str | None = None,
     ) -> None:
+        """`gpus`: the CUDA_VISIBLE_DEVICES of the server (default: this process's)."""
         self.repository = Path(repository).absolute()
+        self.gpus = gpus
         self.address = address
         free = iter(_free_ports(3))
         self.ports = {
@@ -215,7 +220,7 @@ class EmbeddedServer:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=_server_env(),
+                env=_server_env(self.gpus),
                 start_new_session=True,
             )
         deadline = time.monotonic() + timeout

@@ -23,7 +23,7 @@ from virnucpro_triton.client.connection import (
     ClientError,
     Connection,
     EndpointStats,
-    _aiter,
+    as_async,
     in_order,
     text_column,
 )
@@ -73,17 +73,11 @@ def _maxima(probabilities: np.ndarray, kept: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class _Pending:
-    result: SequenceResult
-    answered: int = 0
-
-
-@dataclass
 class _Batch:
     # (sequence, its first chunk here, chunks here): the batch's rows, a run per sequence
     runs: list[list] = field(default_factory=list)
     chunks: list[str] = field(default_factory=list)
-    closes: list[_Pending] = field(default_factory=list)  # sequences complete after this batch
+    closes: list[SequenceResult] = field(default_factory=list)  # complete after this batch
     from_journal: bool = False
 
 
@@ -147,15 +141,15 @@ class Classifier:
             row = 0
             if batch.chunks:
                 maxima = _maxima(probabilities, kept)
-            for pending, first, count in batch.runs:
-                result, rows = pending.result, slice(row, row + count)
+            for result, first, count in batch.runs:
+                rows = slice(row, row + count)
                 chunks = slice(first, first + count)
                 result.probabilities[chunks] = probabilities[rows]
                 result.kept[chunks] = kept[rows]
                 result.maxima[chunks] = maxima[rows]
                 row += count
-            for pending in batch.closes:
-                yield pending.result
+            for result in batch.closes:
+                yield result
             if on_batch:
                 on_batch(len(batch.chunks))
 
@@ -176,19 +170,18 @@ class Classifier:
                 np.zeros((len(starts), 6), bool),
                 np.full((len(starts), 2), np.nan, np.float32),
             )
-            pending = _Pending(result)
             for chunk, start in enumerate(starts):
-                if batch.runs and batch.runs[-1][0] is pending:
+                if batch.runs and batch.runs[-1][0] is result:
                     batch.runs[-1][2] += 1
                 else:
-                    batch.runs.append([pending, chunk, 1])
+                    batch.runs.append([result, chunk, 1])
                 batch.chunks.append(sequence[start : start + self.chunk_size])
                 position += 1
                 if len(batch.chunks) == self.batch_chunks or position == journaled:
                     batch.from_journal = position <= journaled
                     yield batch
                     batch = _Batch()
-            batch.closes.append(pending)  # done when the batch holding its last chunk is
+            batch.closes.append(result)  # done when the batch holding its last chunk is
         if batch.runs or batch.closes:
             yield batch
 
@@ -202,6 +195,6 @@ class Classifier:
 
 async def _enumerate(items):
     index = 0
-    async for item in _aiter(items):
+    async for item in as_async(items):
         yield index, item
         index += 1

@@ -286,10 +286,9 @@ class Connection:
     def close(self) -> None:
         with self._lock:
             self._closed.set()
-            waiting, self._waiting = self._waiting, []
+            self._waiting.clear()  # their futures are cancelled by the callers that stop waiting
         for endpoint in self._endpoints:
             endpoint.client.close()
-        del waiting  # their futures are cancelled by the callers that stop waiting
 
 
 async def in_order(
@@ -309,7 +308,7 @@ async def in_order(
         return item, (await answer if answer is not None else None)
 
     try:
-        async for item, start in _aiter(jobs):
+        async for item, start in as_async(jobs):
             while len(pending) >= max_in_flight:
                 yield await oldest()
             pending.append((item, asyncio.wrap_future(start()) if start else None))
@@ -321,7 +320,7 @@ async def in_order(
                 answer.cancel()
 
 
-async def _aiter(items: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]:
+async def as_async(items: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]:
     if isinstance(items, AsyncIterable):
         async for item in items:
             yield item
