@@ -25,3 +25,8 @@ def test_bench_smoke_run_reports_both_paths(tmp_path):
             == run["served"]["frames_per_s"] / run["in_process"]["frames_per_s"]
         )
         assert run["served"]["cold_start_s"] > 0
+        # The random classifier was balanced: verdict agreement of variants means something.
+        assert 0.2 <= run["served"]["virus_share"] <= 0.8
+        # fp32 on both paths: frames line up and get the in-process verdicts.
+        assert run["served"]["verdict_agreement_with_in_process"] >= 0.95
+        assert "served_fp8" not in run  # no GPU with FP8 here

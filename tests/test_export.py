@@ -20,10 +20,14 @@ from tokenizers import Tokenizer
 from virnucpro_triton import repository as repo
 from virnucpro_triton.checkpoints import load_classifier, load_dnabert_s, load_esm2
 from virnucpro_triton.client.embed import embed, ids_path
+from virnucpro_triton.client.outputs import PREDICTIONS
+from virnucpro_triton.client.predict import predict
 from virnucpro_triton.export import VerificationError, export_repository
 from virnucpro_triton.export.repository_writer import export_esm2
+from virnucpro_triton.export.tiny import TINY_ESM2
 from virnucpro_triton.models.dnabert_s import DnabertConfig
-from virnucpro_triton.models.esm2 import encode_protein
+from virnucpro_triton.models.esm2 import Esm2, encode_protein
+from virnucpro_triton.models.fp8 import apply_fp8
 from virnucpro_triton.server import EmbeddedServer
 
 CLI = [str(Path(sys.executable).parent / "virnucpro-triton")]
@@ -175,3 +179,42 @@ def test_export_refuses_classifier_of_the_wrong_size(checkpoints, tmp_path):
             classifiers={300: tmp_path / "3328.pth"},
             report=lambda _: None,
         )
+
+
+def test_fp8_export_is_written_and_served_as_bf16_where_no_gpu_has_fp8(mixed_fasta, tmp_path):
+    plain, fp8 = tmp_path / "bf16", tmp_path / "fp8"
+    export_repository(plain, tiny=True, dtype="bf16", report=lambda _: None)
+    checks = export_repository(
+        fp8, tiny=True, dtype="bf16", fp8="feed_forward", report=lambda _: None
+    )
+    esm2_check = next(c for c in checks if c.entry == repo.ESM2)
+    assert esm2_check.note == "fp8 feed_forward not applied: cpu is not a CUDA GPU"
+    assert 'key: "fp8"' in (fp8 / repo.ESM2 / "config.pbtxt").read_text()
+    assert "fp8" not in (plain / repo.ESM2 / "config.pbtxt").read_text()
+    outputs = {}
+    for repository in (plain, fp8):
+        log = repository / "server.log"
+        with EmbeddedServer(repository, log_path=log) as server:
+            predict(mixed_fasta, 300, repository / "out", server.grpc_url, progress=False)
+        loaded = [line for line in log.read_text().splitlines() if "loaded esm2 " in line]
+        assert loaded and all(("not applied" in line) == (repository == fp8) for line in loaded)
+        outputs[repository] = (repository / "out" / PREDICTIONS).read_bytes()
+    assert outputs[plain] == outputs[fp8]
+
+
+def test_fp8_export_needs_bf16_torch_entries(tmp_path):
+    result = subprocess.run(
+        [*CLI, "export", "--tiny", "--out", str(tmp_path), "--fp8", "feed_forward"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "--fp8 feed_forward needs --dtype bf16 and --format torch" in result.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_unknown_fp8_setting_is_refused():
+    model = Esm2(TINY_ESM2).to(torch.bfloat16)
+    with pytest.raises(ValueError, match="fp8 must be 'none' or 'feed_forward', not 'all'"):
+        apply_fp8(model, "all", torch.device("cpu"))
+    assert apply_fp8(model, "none", torch.device("cpu")) == ""

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 from reference import MIXED, in_process, read_rows
 
 from virnucpro_triton import repository as repo
+from virnucpro_triton.bench import make_workload
 from virnucpro_triton.client.predict import predict
-from virnucpro_triton.export import export_repository
+from virnucpro_triton.embedders import ProteinEmbedder
+from virnucpro_triton.export import VerificationError, export_repository
+from virnucpro_triton.export.tiny import TINY_ESM2
+from virnucpro_triton.models.esm2 import ESM2_SIZES, Esm2, Esm2Config
+from virnucpro_triton.models.fp8 import (
+    FEED_FORWARD,
+    NONE,
+    Fp8Linear,
+    fp8_feed_forward,
+    fp8_unavailable,
+)
 from virnucpro_triton.server import EmbeddedServer
 
 pytestmark = [
@@ -48,3 +61,64 @@ def test_bf16_entries_on_gpu_agree_with_fp32(mixed_fasta, tmp_path):
     a, b = read_rows(fp32 / "out"), read_rows(bf16 / "out")
     assert a.keys() == b.keys()
     assert max(abs(a[k][2] - b[k][2]) for k in a) < 0.05
+
+
+needs_fp8 = pytest.mark.skipif(
+    torch.cuda.is_available() and fp8_unavailable(torch.device("cuda")) is not None,
+    reason="needs a GPU with FP8 (sm_89+)",
+)
+
+
+@needs_fp8
+def test_fp8_feed_forward_runs_compiled_and_stays_close_to_bf16(tmp_path):
+    # The 650M shape with random weights, on the bench's frames; compiled as served.
+    torch.manual_seed(0)
+    model = Esm2(Esm2Config(*ESM2_SIZES["esm2_t33_650M_UR50D"])).to("cuda", torch.bfloat16)
+    proteins = [f.protein for f in make_workload(tmp_path / "frames.fa", 300, 300)]
+    device = torch.device("cuda")
+    bf16 = ProteinEmbedder(model.eval(), device)(proteins)
+    fp8_model = fp8_feed_forward(copy.deepcopy(model))
+    assert isinstance(fp8_model.layers[0].fc1, Fp8Linear)
+    eager = ProteinEmbedder(fp8_model, device)(proteins)
+    compiled = ProteinEmbedder(fp8_model, device, compiled=True)(proteins)
+
+    def cosine(a, b):
+        return torch.cosine_similarity(torch.from_numpy(a), torch.from_numpy(b)).min().item()
+
+    assert len(proteins) > 100
+    assert cosine(eager, compiled) >= 0.9999  # compiling does not change the FP8 arithmetic
+    assert 0.995 <= cosine(bf16, compiled) < 0.99999  # FP8 ran, and stayed close
+
+
+@needs_fp8
+def test_fp8_export_is_verified_and_refused_out_of_tolerance(tmp_path):
+    # The tiny model's 32-wide layers lose more to FP8 than the 0.999 cosine export accepts.
+    with pytest.raises(
+        VerificationError, match=r"refused to write esm2 \(bf16, fp8 feed_forward\)"
+    ):
+        export_repository(tmp_path, tiny=True, dtype="bf16", fp8="feed_forward", report=print)
+    assert not (tmp_path / repo.ESM2).exists()
+
+
+@needs_fp8
+def test_served_esm2_applies_its_fp8_parameter(mixed_fasta, tmp_path):
+    repository = tmp_path / "repository"
+    export_repository(repository, tiny=True, dtype="bf16", report=lambda _: None)
+    outputs = {}
+    for fp8 in (NONE, FEED_FORWARD):
+        dim = TINY_ESM2.embed_dim
+        parameters = {"fp8": fp8} if fp8 != NONE else None
+        config = repo.model_config(
+            repo.ESM2, *repo.embedder_tensors(dim), repo.EMBEDDER_MAX_BATCH, parameters
+        )
+        repo.write_entry(repository, config)
+        log = tmp_path / f"{fp8}.log"
+        with EmbeddedServer(repository, log_path=log) as server:
+            predict(mixed_fasta, 500, tmp_path / fp8, server.grpc_url, progress=False)
+        loaded = [line for line in log.read_text().splitlines() if "loaded esm2 " in line]
+        applied = "compiled fp8 feed_forward) on cuda:0"
+        assert loaded and all((applied in line) == (fp8 != NONE) for line in loaded), loaded
+        outputs[fp8] = read_rows(tmp_path / fp8)
+    a, b = outputs.values()
+    assert a.keys() == b.keys()
+    assert 0 < max(abs(a[k][2] - b[k][2]) for k in a) < 0.05

@@ -20,6 +20,7 @@ from virnucpro_triton.models.esm2 import (
     MASK_IDX,
     PAD_IDX,
     UNK_IDX,
+    Esm2,
     encode_protein,
     pad_batch,
 )
@@ -276,3 +277,25 @@ def test_classifier_keys_and_probabilities():
         logits = model.output_layer(torch.relu(model.bn1(model.hidden_layer(x))))
     assert probs.shape == (4, 2)
     assert torch.allclose(probs, torch.softmax(logits, -1))
+
+
+def test_bf16_entry_reloads_exactly_with_fp32_rotary_frequencies(tmp_path):
+    from virnucpro_triton import repository as repo
+    from virnucpro_triton.export.tiny import TINY_ESM2
+
+    model = Esm2(TINY_ESM2).eval()
+    config = repo.model_config(repo.ESM2, *repo.embedder_tensors(TINY_ESM2.embed_dim), 8)
+    repo.write_entry(tmp_path, config, model, repo.architecture_of(repo.ESM2, model, "bf16"))
+    loaded, _ = repo.load_model(tmp_path / repo.ESM2 / "1")
+    written = model.state_dict()
+    for name, tensor in loaded.state_dict().items():
+        if name.endswith("inv_freq"):  # not rounded to bf16 on the way (it is not a parameter)
+            assert tensor.dtype == torch.float32
+            assert torch.equal(tensor, written[name])
+        else:
+            assert tensor.dtype == torch.bfloat16 and tensor.device.type == "cpu"
+            assert torch.equal(tensor, written[name].to(torch.bfloat16)), name
+    assert not torch.equal(
+        written["layers.0.self_attn.rot_emb.inv_freq"].bfloat16().float(),
+        written["layers.0.self_attn.rot_emb.inv_freq"],
+    )  # rounding would show

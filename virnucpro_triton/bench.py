@@ -11,6 +11,7 @@ and reports frames/s, the ratio b/a, GPU memory peak, GPU busy % and an MFU esti
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import subprocess
@@ -19,16 +20,19 @@ import time
 from pathlib import Path
 
 import click
+import numpy as np
 import torch
 import tritonclient.grpc as grpcclient
 
 from virnucpro_triton import repository as repo
+from virnucpro_triton.client import frame_table
 from virnucpro_triton.client.predict import predict
 from virnucpro_triton.embedders import DnaEmbedder, ProteinEmbedder
 from virnucpro_triton.export.tiny import TINY_DNABERT, TINY_ESM2
 from virnucpro_triton.models.classifier import MLPClassifier
 from virnucpro_triton.models.dnabert_s import DnabertConfig, DnabertS, build_dna_bpe_tokenizer
 from virnucpro_triton.models.esm2 import ESM2_SIZES, PAD_IDX, Esm2, Esm2Config, pad_batch
+from virnucpro_triton.models.fp8 import FEED_FORWARD, NONE, fp8_feed_forward, fp8_unavailable
 from virnucpro_triton.sequence import chunks, six_frames
 from virnucpro_triton.server import EmbeddedServer
 
@@ -75,14 +79,7 @@ def build_repository(repository: Path, tiny: bool, device: torch.device) -> dict
         repo.write_entry(repository, config, model, repo.architecture_of(kind, model, dtype))
     tokenizer = repository / repo.DNABERT_S / "1" / repo.TOKENIZER
     build_dna_bpe_tokenizer(dna_config.vocab_size).save(str(tokenizer))
-    for size in repo.CHUNK_SIZES:
-        name = repo.classifier_name(size)
-        config = repo.model_config(
-            name, *repo.classifier_tensors(features), repo.EMBEDDER_MAX_BATCH
-        )
-        repo.write_entry(
-            repository, config, classifier, repo.architecture_of("classifier", classifier, "fp32")
-        )
+    _write_classifiers(repository, classifier)
     repo.write_entry(
         repository,
         repo.model_config(
@@ -99,6 +96,67 @@ def build_repository(repository: Path, tiny: bool, device: torch.device) -> dict
     }
 
 
+def _write_classifiers(repository: Path, classifier: MLPClassifier) -> None:
+    features = classifier.hidden_layer.in_features
+    architecture = repo.architecture_of("classifier", classifier, "fp32")
+    for size in repo.CHUNK_SIZES:
+        name = repo.classifier_name(size)
+        config = repo.model_config(
+            name, *repo.classifier_tensors(features), repo.EMBEDDER_MAX_BATCH
+        )
+        repo.write_entry(repository, config, classifier, architecture)
+
+
+def _write_esm2_config(repository: Path, dim: int, fp8: str) -> None:
+    """The esm2 entry's config.pbtxt with its `fp8` setting (the weights stay as they are)."""
+    parameters = {"fp8": fp8} if fp8 != NONE else None
+    tensors = repo.embedder_tensors(dim)
+    repo.write_entry(
+        repository,
+        repo.model_config(repo.ESM2, *tensors, repo.EMBEDDER_MAX_BATCH, parameters=parameters),
+    )
+
+
+@torch.inference_mode()
+def balance_classifier(models: dict, repository: Path, frames: list, device: torch.device) -> None:
+    """Shift the random classifier's output bias so that it calls half of `frames` virus.
+
+    Random weights tend to call nearly every frame one class, and then any variant agrees with
+    any other; balanced, verdict agreement between variants measures something.
+    """
+    dna = DnaEmbedder(models["dnabert"], models["tokenizer"], device)
+    protein = ProteinEmbedder(models["esm2"], device)
+    features = torch.from_numpy(
+        np.concatenate(
+            [dna([f.nucleotide for f in frames]), protein([f.protein for f in frames])], axis=1
+        )
+    ).to(device)
+    classifier = models["classifier"]
+    log_p = classifier(features).log()
+    classifier.output_layer.bias[1] -= (log_p[:, 1] - log_p[:, 0]).median()
+    _write_classifiers(repository, classifier)
+
+
+def _verdicts(out_dir: Path) -> list[bool]:
+    """Per frame of a served run, in input order: called virus?"""
+    rows = frame_table.read_frames(out_dir / frame_table.FILES["tsv"])
+    return [row.p_virus > row.p_others for row in rows]
+
+
+def _agreement(a: list[bool], b: list[bool]) -> float:
+    return sum(x == y for x, y in zip(a, b, strict=True)) / len(a)
+
+
+@torch.inference_mode()
+def fp8_cosine(models: dict, frames: list, device: torch.device) -> dict:
+    """Pooled ESM-2 embeddings with FP8 feed-forward layers against bf16, on the same frames."""
+    proteins = [f.protein for f in frames]
+    bf16 = ProteinEmbedder(models["esm2"], device)(proteins)
+    fp8 = ProteinEmbedder(fp8_feed_forward(copy.deepcopy(models["esm2"])), device)(proteins)
+    cosine = torch.cosine_similarity(torch.from_numpy(bf16), torch.from_numpy(fp8))
+    return {"frames": len(frames), "min": cosine.min().item(), "mean": cosine.mean().item()}
+
+
 def _matmul_params(model: torch.nn.Module) -> int:
     """Weights that multiply every token (2-D, not embedding tables): 2 FLOP each per token."""
     return sum(
@@ -112,8 +170,12 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.inference_mode()
-def in_process(models: dict, frames: list, device: torch.device, batch: int = 256) -> dict:
-    """The reference tools' way: resident models, input-order padded batches, SDPA."""
+def in_process(
+    models: dict, frames: list, device: torch.device, batch: int = 256
+) -> tuple[dict, list[bool]]:
+    """The reference tools' way: resident models, input-order padded batches, SDPA.
+
+    Returns the measurements and, per frame, whether it was called virus."""
     dna = DnaEmbedder(models["dnabert"], models["tokenizer"], device)
     protein = ProteinEmbedder(models["esm2"], device)
     dna_tokens = dna.tokenize([f.nucleotide for f in frames])
@@ -121,27 +183,25 @@ def in_process(models: dict, frames: list, device: torch.device, batch: int = 25
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    def run(count: int) -> None:
+    def run(count: int) -> list[torch.Tensor]:
+        probabilities = []
         for i in range(0, count, batch):
             ids = pad_batch(dna_tokens[i : i + batch], dna.pad_id).to(device)
             a = models["dnabert"].embed(ids, ids != dna.pad_id)
             b = models["esm2"].embed(pad_batch(protein_tokens[i : i + batch], PAD_IDX).to(device))
-            models["classifier"](torch.cat([a, b], dim=1)).cpu()
+            probabilities.append(models["classifier"](torch.cat([a, b], dim=1)).cpu())
+        return probabilities
 
     run(min(len(frames), 2 * batch))  # warm-up: kernels selected, memory pools filled
     _sync(device)
     start = time.perf_counter()
-    run(len(frames))
+    probabilities = torch.cat(run(len(frames)))
     _sync(device)
     seconds = time.perf_counter() - start
     tokens = {"dna": sum(map(len, dna_tokens)), "protein": sum(map(len, protein_tokens))}
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return {
-        "frames_per_s": len(frames) / seconds,
-        "seconds": seconds,
-        "tokens": tokens,
-        "gpu_peak_gib": peak,
-    }
+    stats = {"frames_per_s": len(frames) / seconds, "seconds": seconds, "tokens": tokens}
+    return {**stats, "gpu_peak_gib": peak}, (probabilities[:, 1] > probabilities[:, 0]).tolist()
 
 
 class GpuSampler:
@@ -243,6 +303,27 @@ def served(
     }
 
 
+def served_fp8(
+    models: dict, arguments: tuple, workload: list, verdicts: list[bool], device: torch.device
+) -> dict:
+    """The served run again with ESM-2's feed-forward layers in FP8, and how far results move:
+    verdicts per frame against the bf16 run (`verdicts`), embeddings in-process."""
+    repository, out = arguments[0], arguments[4].with_name(arguments[4].name + "_fp8")
+    dim = models["esm2"].config.embed_dim
+    _write_esm2_config(repository, dim, FEED_FORWARD)
+    try:
+        result = served(*arguments[:4], out, *arguments[5:])
+    finally:
+        _write_esm2_config(repository, dim, NONE)
+    fp8_verdicts = _verdicts(out / "run")
+    return {
+        **result,
+        "virus_share": sum(fp8_verdicts) / len(fp8_verdicts),
+        "verdict_agreement": _agreement(verdicts, fp8_verdicts),
+        "embedding_cosine": fp8_cosine(models, workload[:2_000], device),
+    }
+
+
 def _model_seconds(url: str) -> dict[str, dict[str, float]]:
     """Per model, Triton's cumulative seconds spent queued and executing, and executions."""
     with grpcclient.InferenceServerClient(url) as client:
@@ -278,6 +359,12 @@ _COMPUTE = ("compute_input", "compute_infer", "compute_output")
     is_flag=True,
     help="Also serve from the first GPU alone, for the speed-up of all GPUs over one.",
 )
+@click.option(
+    "--fp8/--no-fp8",
+    default=None,
+    help="Also serve with ESM-2's feed-forward matmuls in FP8 and measure how far results move "
+    "(default: when the GPU has FP8).",
+)
 @click.option("--work-dir", type=click.Path(path_type=Path), default=Path("build/bench"))
 @click.option("--json-out", type=click.Path(path_type=Path), default=Path("build/bench.json"))
 def main(
@@ -287,13 +374,21 @@ def main(
     batch_chunks: int,
     in_flight: int,
     gpu_scaling: bool,
+    fp8: bool | None,
     work_dir: Path,
     json_out: Path,
 ) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if fp8 is None:
+        fp8 = fp8_unavailable(device) is None
+    elif fp8 and fp8_unavailable(device):
+        raise click.UsageError(f"--fp8: {fp8_unavailable(device)}")
     work_dir.mkdir(parents=True, exist_ok=True)
     json_out.parent.mkdir(parents=True, exist_ok=True)
-    models = build_repository(work_dir / "repository", tiny, device)
+    repository = work_dir / "repository"
+    models = build_repository(repository, tiny, device)
+    calibration = make_workload(work_dir / "calibration.fasta", min(frames, 2_000), 300, seed=2)
+    balance_classifier(models, repository, calibration, device)
     results = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "gpus_visible": torch.cuda.device_count(),
@@ -306,17 +401,15 @@ def main(
     for size in map(int, chunk_sizes or repo.CHUNK_SIZES):
         fasta = work_dir / f"workload_{size}.fasta"
         workload = make_workload(fasta, frames, size)
-        baseline = in_process(models, workload, device)
-        arguments = (
-            work_dir / "repository",
-            fasta,
-            len(workload),
-            size,
-            work_dir / f"out_{size}",
-            batch_chunks,
-            in_flight,
-        )
+        baseline, reference = in_process(models, workload, device)
+        out = work_dir / f"out_{size}"
+        arguments = (repository, fasta, len(workload), size, out, batch_chunks, in_flight)
         serve = served(*arguments)
+        verdicts = _verdicts(out / "run")
+        serve["virus_share"] = sum(verdicts) / len(verdicts)
+        # Batching, compilation and bf16 rounding alone move this many verdicts: the yardstick
+        # for FP8's agreement below (a balanced random head sits close to every frame).
+        serve["verdict_agreement_with_in_process"] = _agreement(reference, verdicts)
         # Weight matmuls on real (unpadded) tokens; attention scores add < 1% at these lengths.
         flops = sum(
             2 * models["matmul_params"][k] * baseline["tokens"][k] for k in ("dna", "protein")
@@ -344,6 +437,17 @@ def main(
                 f"{size} bp: served on 1 GPU {one['frames_per_s']:.0f}/s | on "
                 f"{results['gpus_visible']} GPUs {serve['frames_per_s']:.0f}/s | "
                 f"{run['all_gpus_over_one']:.2f}x"
+            )
+        if fp8:
+            run["served_fp8"] = served_fp8(models, arguments, workload, verdicts, device)
+            run["served_fp8_over_in_process"] = (
+                run["served_fp8"]["frames_per_s"] / baseline["frames_per_s"]
+            )
+            click.echo(
+                f"{size} bp: served with FP8 feed-forward {run['served_fp8']['frames_per_s']:.0f}/s"
+                f" | ratio {run['served_fp8_over_in_process']:.2f} | verdicts agree on "
+                f"{run['served_fp8']['verdict_agreement']:.2%} of frames | embedding cosine min "
+                f"{run['served_fp8']['embedding_cosine']['min']:.5f}"
             )
         json_out.write_text(json.dumps(results, indent=2) + "\n")  # kept if a later run fails
     click.echo(f"written {json_out}")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from virnucpro_triton.models.fp8 import FEED_FORWARD, NONE
 from virnucpro_triton.repository import CHUNK_SIZES
 
 DEFAULT_REPOSITORY = Path("model_repository")
@@ -389,6 +390,14 @@ def embed(
     help="Weights of the embedding models (classifiers stay fp32).",
 )
 @click.option(
+    "--fp8",
+    type=click.Choice([NONE, FEED_FORWARD]),
+    default=NONE,
+    show_default=True,
+    help="feed_forward: ESM-2's feed-forward matmuls in FP8 on GPUs that have it (sm_89+, e.g. "
+    "H100; others serve bf16). Needs --dtype bf16; verified here when this machine has such a GPU.",
+)
+@click.option(
     "--format",
     "format_",
     type=click.Choice(["torch", "onnx"]),
@@ -405,6 +414,7 @@ def export(
     classifier_300: Path | None,
     classifier_500: Path | None,
     dtype: str,
+    fp8: str,
     format_: str,
     tiny: bool,
 ) -> None:
@@ -417,6 +427,8 @@ def export(
         _fail("nothing to export: give --dnabert-s, --esm2, --classifier-300/500 or --tiny")
     if format_ == "onnx" and dtype != "fp32":
         _fail("--format onnx writes fp32 graphs only: leave --dtype at fp32")
+    if fp8 != NONE and (format_ != "torch" or dtype != "bf16"):
+        _fail(f"--fp8 {fp8} needs --dtype bf16 and --format torch")
     try:
         export_repository(
             out,
@@ -424,6 +436,7 @@ def export(
             esm2=esm2,
             classifiers=classifiers,
             dtype=dtype,
+            fp8=fp8,
             format=format_,
             tiny=tiny,
             report=click.echo,

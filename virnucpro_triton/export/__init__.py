@@ -18,6 +18,7 @@ from virnucpro_triton.export.repository_writer import (
     export_pipeline,
 )
 from virnucpro_triton.export.tiny import tiny_models
+from virnucpro_triton.models.fp8 import NONE
 
 __all__ = ["FORMATS", "VerificationError", "export_repository"]
 
@@ -31,6 +32,7 @@ def export_repository(
     esm2: Path | None = None,
     classifiers: dict[int, Path] | None = None,
     dtype: str = "fp32",
+    fp8: str = NONE,
     format: str = "torch",
     tiny: bool = False,
     report: Callable[[str], None] = print,
@@ -39,12 +41,15 @@ def export_repository(
 
     The classifiers stay in fp32 whatever `dtype` says: they are tiny and sit at the verdict.
     `format` "onnx" writes ONNX compute entries behind the same Python entries (onnx_export.py);
-    it is fp32 only.
+    it is fp32 only. `fp8` "feed_forward" runs ESM-2's feed-forward matmuls in FP8 on GPUs that
+    have it (bf16 only; models/fp8.py).
     """
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; choose from {', '.join(FORMATS)}")
     if format == "onnx" and dtype != "fp32":
         raise ValueError(f"ONNX export writes fp32 graphs only, not {dtype}")
+    if fp8 != NONE and (format != "torch" or dtype != "bf16"):
+        raise ValueError(f"fp8 {fp8} needs the torch format and bf16 weights")
     checks: list[Check] = []
     with tempfile.TemporaryDirectory() as scratch:
         if tiny:
@@ -61,7 +66,7 @@ def export_repository(
                 for size, path in (classifiers or {}).items()
             }
         _check_feature_sizes(out, dna_model, esm_model, classifier_models)
-        write_dnabert_s, write_esm2, write_classifier = _writers(format, dtype)
+        write_dnabert_s, write_esm2, write_classifier = _writers(format, dtype, fp8)
         if dna_model is not None:
             checks.append(write_dnabert_s(out, dna_model, tokenizer))
         if esm_model is not None:
@@ -75,7 +80,7 @@ def export_repository(
     return checks
 
 
-def _writers(format: str, dtype: str) -> tuple[Callable[..., Check], ...]:
+def _writers(format: str, dtype: str, fp8: str) -> tuple[Callable[..., Check], ...]:
     """The DNABERT-S, ESM-2 and classifier entry writers of `format`."""
     if format == "onnx":
         # Imported here: onnx and onnxruntime are needed only for this format.
@@ -84,7 +89,7 @@ def _writers(format: str, dtype: str) -> tuple[Callable[..., Check], ...]:
         return onnx_export.export_dnabert_s, onnx_export.export_esm2, onnx_export.export_classifier
     return (
         partial(export_dnabert_s, dtype=dtype),
-        partial(export_esm2, dtype=dtype),
+        partial(export_esm2, dtype=dtype, fp8=fp8),
         partial(export_classifier, dtype="fp32"),
     )
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ from virnucpro_triton.embedders import DnaEmbedder, ProteinEmbedder
 from virnucpro_triton.models.classifier import MLPClassifier
 from virnucpro_triton.models.dnabert_s import DnabertS
 from virnucpro_triton.models.esm2 import Esm2
+from virnucpro_triton.models.fp8 import NONE, apply_fp8
 from virnucpro_triton.sequence import six_frames
 
 # Probe inputs: the frames of a fixed pseudo-random DNA chunk plus short and odd cases.
@@ -50,6 +51,7 @@ class Check:
     min_cosine: float
     dtype: str
     fp32_max_abs: float = field(default=FP32_MAX_ABS, compare=False)
+    note: str = ""  # what else ran, e.g. FP8 matmuls
 
     def passed(self) -> bool:
         if self.dtype == "fp32":
@@ -62,8 +64,9 @@ class Check:
             if self.dtype == "fp32"
             else (f"cosine >= {HALF_MIN_COSINE}")
         )
+        what = ", ".join(filter(None, (self.dtype, self.note)))
         return (
-            f"{self.entry} ({self.dtype}): max abs diff {self.max_abs:.3g}, "
+            f"{self.entry} ({what}): max abs diff {self.max_abs:.3g}, "
             f"min cosine {self.min_cosine:.6f}; tolerance {limit}"
         )
 
@@ -170,18 +173,26 @@ def export_dnabert_s(repository: Path, model: DnabertS, tokenizer_json: Path, dt
     return _export(repository, config, model, repo.DNABERT_S, dtype, verify, (tokenizer_json,))
 
 
-def export_esm2(repository: Path, model: Esm2, dtype: str) -> Check:
+def export_esm2(repository: Path, model: Esm2, dtype: str, fp8: str = NONE) -> Check:
+    """`fp8` (models/fp8.py) is written into the entry's config and verified where this machine's
+    GPU has FP8; elsewhere the check runs bf16 and says so."""
     model = model.float().eval()
 
     def verify(version: Path) -> Check:
         device = verify_device()
         model.to(device)
-        served = ProteinEmbedder(repo.load_model(version)[0], device)
+        loaded = repo.load_model(version, device)[0]
+        note = apply_fp8(loaded, fp8, device)
+        served = ProteinEmbedder(loaded, device)
         _, protein = probe_frames()
-        return compare(repo.ESM2, dtype, reference_protein(model, served, protein), served(protein))
+        reference = reference_protein(model, served, protein)
+        return replace(compare(repo.ESM2, dtype, reference, served(protein)), note=note)
 
     config = repo.model_config(
-        repo.ESM2, *repo.embedder_tensors(model.config.embed_dim), repo.EMBEDDER_MAX_BATCH
+        repo.ESM2,
+        *repo.embedder_tensors(model.config.embed_dim),
+        repo.EMBEDDER_MAX_BATCH,
+        parameters={"fp8": fp8} if fp8 != NONE else None,
     )
     return _export(repository, config, model, repo.ESM2, dtype, verify)
 

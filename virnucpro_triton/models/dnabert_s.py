@@ -136,6 +136,11 @@ class DnabertS(nn.Module):
         self.embeddings = Embeddings(config)
         self.encoder = Encoder(config)
 
+    @property
+    def blocks(self) -> nn.ModuleList:
+        """The repeated transformer layers (compiled one at a time, sharing one graph)."""
+        return self.encoder.layer
+
     def attention_bias(self, attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """[B, heads, L, L] additive bias: ALiBi by position (any length), -inf at padded keys."""
         pos = torch.arange(attention_mask.shape[1], device=attention_mask.device)

@@ -152,6 +152,11 @@ class Esm2(nn.Module):
         )
         self.emb_layer_norm_after = nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps)
 
+    @property
+    def blocks(self) -> nn.ModuleList:
+        """The repeated transformer layers (compiled one at a time, sharing one graph)."""
+        return self.layers
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Final representation [B, L, D] (after emb_layer_norm_after); tokens right-padded."""
         padding = tokens.eq(PAD_IDX)

@@ -26,8 +26,7 @@ from virnucpro_triton.serving.common import (
 
 def _torch_classifier(args: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray]:
     device = device_of(args)
-    model, _ = load_model(version_dir(args))
-    model.to(device)
+    model, _ = load_model(version_dir(args), device)
     dtype = next(model.parameters()).dtype
 
     @torch.inference_mode()

@@ -12,8 +12,10 @@ from typing import Any
 import torch
 
 from virnucpro_triton.embedders import CHECKS, DnaEmbedder, GraphEmbedding, ProteinEmbedder
+from virnucpro_triton.models.fp8 import NONE, apply_fp8
 from virnucpro_triton.repository import (
     DNABERT_S,
+    ESM2,
     ONNX,
     TOKENIZER,
     load_model,
@@ -53,7 +55,11 @@ class EmbeddingModel:
             model = _onnx_graph(args["model_name"], kind, config["output"][0]["dims"][0])
             device = torch.device("cpu")  # ids leave as numpy; the ONNX entry has its own device
         else:
-            model, _ = load_model(directory)
+            model, _ = load_model(directory, device)
+        fp8 = config.get("parameters", {}).get("fp8", {}).get("string_value", NONE)
+        if fp8 != NONE and (kind != ESM2 or runtime == ONNX):
+            raise ValueError(f"parameter fp8 needs a torch-format esm2 entry, not {kind} {runtime}")
+        fp8_done = apply_fp8(model, fp8, device) if fp8 != NONE else ""
         # Compiled on a GPU, where fusion pays; warmed up here so that cold start, not the
         # first requests, pays for compilation.
         compiled = device.type == "cuda" and runtime != ONNX
@@ -65,7 +71,8 @@ class EmbeddingModel:
             self.check = CHECKS["protein"]
         if compiled:
             self.embed.warm_up()
-        log_loaded(args, f"{kind} {architecture['dtype']} {runtime}{' compiled' * compiled}")
+        notes = [kind, architecture["dtype"], runtime] + ["compiled"] * compiled + [fp8_done]
+        log_loaded(args, " ".join(filter(None, notes)))
 
     def _sequences(self, request: Any) -> list[str]:
         batch = input_strings(request, "SEQUENCE")
