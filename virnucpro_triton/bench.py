@@ -5,8 +5,9 @@ writes them into a model repository, and on the same frames measures
   (a) in-process: DNABERT-S + ESM-2 + classifier resident on the GPU, batches of 256 frames in
       input order, padded, SDPA attention, bf16 — how the reference tools run;
   (b) served: FASTA -> client -> embedded tritonserver -> pipeline -> result files;
-and reports frames/s, the ratio b/a, GPU memory peak, GPU busy % and an MFU estimate.
-`--tiny` runs the same on the demo-size models (the CPU smoke run in the tests).
+and reports frames/s, the ratio b/a, GPU memory peak, GPU busy % and an MFU estimate. On a GPU
+with FP8 it serves again with ESM-2's feed-forward layers in FP8 and reports how far verdicts and
+embeddings move. `--tiny` runs the same on the demo-size models (the CPU smoke run in the tests).
 """
 
 from __future__ import annotations
