@@ -11,12 +11,13 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from google.protobuf import json_format, text_format
-from safetensors.torch import load_file, save_file
 from tritonclient.grpc import model_config_pb2
+
+if TYPE_CHECKING:  # torch is imported where weights are handled: the client never pays for it
+    import torch
 
 DNABERT_S = "dnabert_s"
 ESM2 = "esm2"
@@ -178,7 +179,9 @@ def write_entry(
         if source.resolve() != target.resolve():
             target.write_text(source.read_text())
     if model is not None:
-        dtype = DTYPES[architecture["dtype"]]
+        from safetensors.torch import save_file
+
+        dtype = torch_dtype(architecture["dtype"])
         state = {
             k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
             for k, v in model.state_dict().items()
@@ -191,7 +194,11 @@ def write_entry(
     return entry
 
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+def torch_dtype(name: str) -> torch.dtype:
+    """fp32, bf16 or fp16 as a torch dtype."""
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
 def architecture_of(
@@ -220,6 +227,8 @@ def runtime_of(architecture: dict[str, Any]) -> str:
 
 def load_model(version_dir: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild an entry's model from its architecture.json and safetensors weights."""
+    from safetensors.torch import load_file
+
     from virnucpro_triton.models.classifier import MLPClassifier
     from virnucpro_triton.models.dnabert_s import DnabertConfig, DnabertS
     from virnucpro_triton.models.esm2 import Esm2, Esm2Config
@@ -240,4 +249,4 @@ def load_model(version_dir: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     else:
         raise ValueError(f"{version_dir / ARCHITECTURE}: unknown model kind {kind!r}")
     model.load_state_dict(load_file(str(version_dir / WEIGHTS)), strict=True)
-    return model.to(DTYPES[architecture["dtype"]]).eval(), architecture
+    return model.to(torch_dtype(architecture["dtype"])).eval(), architecture
