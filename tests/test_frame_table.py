@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 from virnucpro_triton.client import frame_table
-from virnucpro_triton.client.frame_table import FILES, FrameRow, FrameTable, read_frames
-from virnucpro_triton.client.outputs import atomic_files, prediction_row, score
+from virnucpro_triton.client.frame_table import FILES, FrameRow, Frames, FrameTable, read_frames
+from virnucpro_triton.client.outputs import atomic_files, prediction_rows
 from virnucpro_triton.client.predict import predict
 
 ROWS = [
@@ -21,14 +22,24 @@ ROWS = [
 ]
 
 
-def write(tmp_path: Path, format: str, rows=ROWS) -> Path:
+def frames(rows: list[FrameRow]) -> Frames:
+    ids, chunk_ids, names, p_others, p_virus = map(list, zip(*rows))
+    return Frames(ids, chunk_ids, names, np.float32(p_others), np.float32(p_virus))
+
+
+def score(value: float) -> str:
+    """A probability as the TSV prints it."""
+    return str(np.float32(value))
+
+
+def write(tmp_path: Path, format: str, rows=ROWS, per_write: int = 2) -> Path:
     name = FILES[format]
     with (
         atomic_files(tmp_path, [name], binary=frame_table.BINARY) as out,
         FrameTable(format, out[name]) as table,
     ):
-        for row in rows:
-            table.write(row)
+        for start in range(0, len(rows), per_write):
+            table.write(frames(rows[start : start + per_write]))
     return tmp_path / name
 
 
@@ -53,10 +64,16 @@ def jsonl_cells(path: Path) -> list[list[str]]:
 
 
 def test_tsv_is_virnucpros_text(tmp_path):
+    rows = frames(ROWS)
+    frame_ids = [r.chunk_id + r.frame for r in ROWS]
     expected = "Sequence_ID\tPrediction\tscore1\tscore2\n" + "".join(
-        prediction_row(r.chunk_id + r.frame, r.p_others, r.p_virus) for r in ROWS
+        prediction_rows(frame_ids, rows.p_others, rows.p_virus)
     )
     assert write(tmp_path, "tsv").read_text() == expected
+    assert expected.splitlines()[1:3] == [
+        "s1_chunk_1F1\tvirus\t0.002076708\t0.9979233",
+        "s1_chunk_1R3\tothers\t0.5\t0.5",
+    ]
 
 
 def test_parquet_and_jsonl_hold_the_tsv_rows(tmp_path):
@@ -80,9 +97,10 @@ def test_every_format_reads_back_the_same_rows(tmp_path, format):
 
 def test_parquet_goes_out_in_row_groups(tmp_path, monkeypatch):
     monkeypatch.setattr(frame_table, "ROW_GROUP", 4)
-    rows = [FrameRow("s", f"s_chunk_{i}", "F1", 0.25, 0.75) for i in range(1, 11)]
-    path = write(tmp_path, "parquet", rows)
-    assert pq.ParquetFile(path).num_row_groups == 3
+    rows = [FrameRow("s", f"s_chunk_{i}", "F1", 0.25, 0.75) for i in range(1, 12)]
+    path = write(tmp_path, "parquet", rows, per_write=3)  # groups fill across writes
+    metadata = pq.ParquetFile(path).metadata
+    assert [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)] == [4, 4, 3]
     assert [r.chunk_id for r in read_frames(path)] == [r.chunk_id for r in rows]
 
 
@@ -95,7 +113,7 @@ def test_failed_write_leaves_no_table(tmp_path, format):
             atomic_files(tmp_path, [name], binary=frame_table.BINARY) as out,
             FrameTable(format, out[name]) as table,
         ):
-            table.write(ROWS[0])
+            table.write(frames(ROWS[:1]))
             raise RuntimeError("server went away")
     assert list(tmp_path.iterdir()) == []
 

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import csv
 
+import numpy as np
 import pytest
 from conftest import PEER
 
-from virnucpro_triton.client.outputs import ChunkVerdicts, atomic_files, prediction_row, score
+from virnucpro_triton.client.outputs import ChunkVerdicts, atomic_files, prediction_rows, scores
 
 
 @pytest.mark.parametrize("name", ["test_fixed_500bp", "test_with_orfs"])
 def test_verdicts_reproduce_peer_highestscore_from_peer_predictions(name, tmp_path):
-    verdicts = ChunkVerdicts()
+    maxima: dict[str, np.ndarray] = {}  # VirNucPro's chunks: frame ids minus 2 characters
     with open(PEER / f"{name}.prediction_results.txt") as handle:
         for row in csv.DictReader(handle, delimiter="\t"):
-            verdicts.add(row["Sequence_ID"], float(row["score1"]), float(row["score2"]))
+            frame = np.float32([row["score1"], row["score2"]])
+            chunk = row["Sequence_ID"][:-2]
+            maxima[chunk] = np.fmax(maxima.get(chunk, frame), frame)
+    verdicts = ChunkVerdicts()
+    verdicts.add(list(maxima), np.array(list(maxima.values())))
     with open(tmp_path / "out.csv", "w") as handle:
         verdicts.write(handle)
     expected = (PEER / f"{name}.prediction_results_highestscore.csv").read_text()
@@ -24,16 +29,15 @@ def test_verdicts_reproduce_peer_highestscore_from_peer_predictions(name, tmp_pa
 
 def test_peer_prediction_rows_are_reproduced_from_their_numbers():
     lines = (PEER / "test_with_orfs.prediction_results.txt").read_text().splitlines(keepends=True)
-    for line in lines[1:]:
-        frame_id, _, p_others, p_virus = line.rstrip("\n").split("\t")
-        assert prediction_row(frame_id, float(p_others), float(p_virus)) == line
+    frame_ids, _, p_others, p_virus = zip(*(line.rstrip("\n").split("\t") for line in lines[1:]))
+    rows = prediction_rows(list(frame_ids), np.float32(p_others), np.float32(p_virus))
+    assert rows == lines[1:]
 
 
 def test_verdicts_sort_like_pandas_groupby_and_break_ties_towards_virus(tmp_path):
     verdicts = ChunkVerdicts()
-    verdicts.add("s_chunk_2R3", 0.5, 0.5)  # max P(virus) >= max P(others): True
-    verdicts.add("s_chunk_10F1", 0.9, 0.1)
-    verdicts.add("s_chunk_10R2", 0.2, 0.8)  # chunk 10: max others 0.9 > max virus 0.8
+    # chunk 2: max P(virus) = max P(others): True; chunk 10: max others 0.9 > max virus 0.8
+    verdicts.add(["s_chunk_2", "s_chunk_10"], np.float32([[0.5, 0.5], [0.9, 0.8]]))
     with open(tmp_path / "v.csv", "w") as handle:
         verdicts.write(handle)
     assert (tmp_path / "v.csv").read_text() == (
@@ -44,19 +48,24 @@ def test_verdicts_sort_like_pandas_groupby_and_break_ties_towards_virus(tmp_path
 def test_verdicts_spilled_in_sorted_runs_merge_into_one_sorted_file(tmp_path):
     verdicts = ChunkVerdicts(run_size=3)  # force several spilled runs
     expected = []
-    for j in range(20, 0, -1):
-        for frame, (p_others, p_virus) in zip(["F1", "R2"], [(0.6, 0.4), (0.3, 0.7 - j % 2)]):
-            verdicts.add(f"seq_chunk_{j}{frame}", p_others, p_virus)
-        expected.append((f"seq_chunk_{j}", max(0.4, 0.7 - j % 2) >= 0.6))
+    for j in range(20, 0, -2):  # two chunks per call, out of order
+        ids = [f"seq_chunk_{j}", f"seq_chunk_{j - 1}"]
+        maxima = np.float32([[0.6, 0.7 - j % 3 / 3], [0.6, 0.4]])
+        verdicts.add(ids, maxima)
+        expected += zip(ids, (maxima[:, 1] >= maxima[:, 0]).tolist())
     with open(tmp_path / "v.csv", "w") as handle:
         verdicts.write(handle)
     rows = (tmp_path / "v.csv").read_text().splitlines()[1:]
     assert rows == [f"{c}\t{v}" for c, v in sorted(expected)]
+    assert {v for _, v in expected} == {True, False}
 
 
 def test_scores_print_as_numpy_float32():
-    assert score(0.002076708) == "0.002076708"
-    assert score(1e-7) == "1e-07"
+    assert scores([0.002076708, 1e-7]) == ["0.002076708", "1e-07"]
+    bits = np.random.default_rng(0).integers(0, 2**32, 20_000, dtype=np.uint64)
+    values = bits.astype(np.uint32).view(np.float32)
+    values = np.concatenate([values[np.isfinite(values)], np.float32([0, 1, 1e-4, 1e16, 0.5])])
+    assert scores(values) == [str(v) for v in values]  # str() of each numpy float32
 
 
 def test_failed_run_leaves_no_output_and_keeps_the_previous_one(tmp_path):

@@ -156,7 +156,7 @@ def test_summary_verdicts_follow_the_frames_of_the_run(run):
         weights = [math.sqrt(abs(d)) for d in deltas]
         expected = sum(d * w for d, w in zip(deltas, weights)) / sum(weights)
         assert float(row["weighted_score"]) == pytest.approx(expected, abs=1e-6), row
-        assert row["verdict"] == DEFAULT_THRESHOLDS.verdict(float(row["weighted_score"]))
+        assert [row["verdict"]] == DEFAULT_THRESHOLDS.verdicts([float(row["weighted_score"])])
     by_id = {r["id"]: r for r in rows}
     assert by_id["tiny"]["verdict"] == by_id["empty"]["verdict"] == "no_frames"
     assert by_id["tiny"]["chunks_without_frame"] == "1"

@@ -87,7 +87,7 @@ def build_repository(repository: Path, tiny: bool, device: torch.device) -> dict
             repo.PIPELINE, repo.PIPELINE_INPUTS, repo.PIPELINE_OUTPUTS, repo.PIPELINE_MAX_BATCH
         ),
     )
-    half = repo.DTYPES[dtype]
+    half = repo.torch_dtype(dtype)
     return {
         "dnabert": dnabert.to(half),
         "esm2": esm2.to(half),

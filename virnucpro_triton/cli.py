@@ -9,8 +9,7 @@ from pathlib import Path
 
 import click
 
-from virnucpro_triton.models.fp8 import FEED_FORWARD, NONE
-from virnucpro_triton.repository import CHUNK_SIZES
+from virnucpro_triton.repository import CHUNK_SIZES, FP8_FEED_FORWARD, FP8_NONE
 
 DEFAULT_REPOSITORY = Path("model_repository")
 REPORT_TOP = 20  # report.TOP, not imported here to keep the CLI quick to start
@@ -391,8 +390,8 @@ def embed(
 )
 @click.option(
     "--fp8",
-    type=click.Choice([NONE, FEED_FORWARD]),
-    default=NONE,
+    type=click.Choice([FP8_NONE, FP8_FEED_FORWARD]),
+    default=FP8_NONE,
     show_default=True,
     help="feed_forward: ESM-2's feed-forward matmuls in FP8 on GPUs that have it (sm_89+, e.g. "
     "H100; others serve bf16). Needs --dtype bf16; verified here when this machine has such a GPU.",
@@ -427,7 +426,7 @@ def export(
         _fail("nothing to export: give --dnabert-s, --esm2, --classifier-300/500 or --tiny")
     if format_ == "onnx" and dtype != "fp32":
         _fail("--format onnx writes fp32 graphs only: leave --dtype at fp32")
-    if fp8 != NONE and (format_ != "torch" or dtype != "bf16"):
+    if fp8 != FP8_NONE and (format_ != "torch" or dtype != "bf16"):
         _fail(f"--fp8 {fp8} needs --dtype bf16 and --format torch")
     try:
         export_repository(

@@ -11,12 +11,13 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from google.protobuf import json_format, text_format
-from safetensors.torch import load_file, save_file
 from tritonclient.grpc import model_config_pb2
+
+if TYPE_CHECKING:  # torch is imported where weights are handled: the client never pays for it
+    import torch
 
 DNABERT_S = "dnabert_s"
 ESM2 = "esm2"
@@ -65,6 +66,9 @@ ONNX_DATA = "model.onnx.data"  # its external weights, when they do not fit a 2 
 # Where the model of a Python entry runs: in the entry ("torch"), or in its ONNX compute entry
 # ("onnx"), which the Python entry calls through BLS.
 TORCH, ONNX = "torch", "onnx"
+# Values of the esm2 entry's `fp8` parameter (models/fp8.py): FP8 matmuls nowhere, or in the
+# feed-forward layers.
+FP8_NONE, FP8_FEED_FORWARD = "none", "feed_forward"
 SOURCE_ENTRIES = Path(__file__).resolve().parent.parent / "model_repository"
 
 
@@ -178,9 +182,11 @@ def write_entry(
         if source.resolve() != target.resolve():
             target.write_text(source.read_text())
     if model is not None:
+        from safetensors.torch import save_file
+
         # Parameters take the entry's dtype; buffers keep theirs (ESM-2's rotary frequencies stay
         # fp32: rounded to bf16 they would shift the angles of far positions).
-        dtype = DTYPES[architecture["dtype"]]
+        dtype = torch_dtype(architecture["dtype"])
         parameters = {name for name, _ in model.named_parameters()}
         state = {
             k: (v.to(dtype) if k in parameters and v.is_floating_point() else v)
@@ -197,7 +203,11 @@ def write_entry(
     return entry
 
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+def torch_dtype(name: str) -> torch.dtype:
+    """fp32, bf16 or fp16 as a torch dtype."""
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
 def architecture_of(
@@ -233,6 +243,9 @@ def load_model(
     initialization and no fp32 copy of a 3B model in host memory (ESM-2 3B loads in 12 s instead
     of 28 s on an H100 machine).
     """
+    import torch
+    from safetensors.torch import load_file
+
     from virnucpro_triton.models.classifier import MLPClassifier
     from virnucpro_triton.models.dnabert_s import DnabertConfig, DnabertS
     from virnucpro_triton.models.esm2 import Esm2, Esm2Config
@@ -255,4 +268,4 @@ def load_model(
             raise ValueError(f"{version_dir / ARCHITECTURE}: unknown model kind {kind!r}")
     state = load_file(str(version_dir / WEIGHTS), device=str(torch.device(device)))
     model.load_state_dict(state, strict=True, assign=True)
-    return model.to(DTYPES[architecture["dtype"]]).eval(), architecture
+    return model.to(torch_dtype(architecture["dtype"])).eval(), architecture

@@ -49,6 +49,8 @@ def chunk_starts(length: int, chunk_size: int) -> list[int]:
     """
     if length <= 0:
         return []
+    if length <= chunk_size:  # most reads: one chunk, without the general arithmetic
+        return [0]
     n = math.ceil(length / chunk_size)
     repeat = n * chunk_size - length
     lower = repeat // n

@@ -64,6 +64,34 @@ class SequenceResult:
         return [None if o != o else v >= o for o, v in self.maxima.tolist()]  # NaN != NaN
 
 
+@dataclass(frozen=True)
+class ResultBatch:
+    """The sequences that one answered request completed, with the arrays of all their chunks
+    in one piece (each result's arrays are views of these), for work over many at once."""
+
+    results: list[SequenceResult]
+    probabilities: np.ndarray  # [chunks, 6, 2], the results' chunks in order
+    kept: np.ndarray  # [chunks, 6]
+    maxima: np.ndarray  # [chunks, 2]
+
+
+_EMPTY = (np.empty((0, 6, 2), np.float32), np.empty((0, 6), bool))
+
+
+def _result_batch(
+    closes: list[tuple[int, str, int, int]], probabilities: np.ndarray, kept: np.ndarray
+) -> ResultBatch:
+    maxima = _maxima(probabilities, kept)
+    results, row = [], 0
+    for index, name, length, chunks in closes:
+        rows = slice(row, row + chunks)
+        results.append(
+            SequenceResult(index, name, length, probabilities[rows], kept[rows], maxima[rows])
+        )
+        row += chunks
+    return ResultBatch(results, probabilities, kept, maxima)
+
+
 def _maxima(probabilities: np.ndarray, kept: np.ndarray) -> np.ndarray:
     """[n, 2] max P(others), max P(virus) over each row's kept frames; NaN where none."""
     best = np.full((len(kept), 2), np.nan, np.float32)
@@ -74,10 +102,9 @@ def _maxima(probabilities: np.ndarray, kept: np.ndarray) -> np.ndarray:
 
 @dataclass
 class _Batch:
-    # (sequence, its first chunk here, chunks here): the batch's rows, a run per sequence
-    runs: list[list] = field(default_factory=list)
     chunks: list[str] = field(default_factory=list)
-    closes: list[SequenceResult] = field(default_factory=list)  # complete after this batch
+    # (index, id, length, chunks) of the sequences complete after this batch
+    closes: list[tuple[int, str, int, int]] = field(default_factory=list)
     from_journal: bool = False
 
 
@@ -129,60 +156,55 @@ class Classifier:
         is added to it, so that a run stopped at any point can go on where it stopped.
         `on_batch(chunks)` is called as each batch is answered, for progress bars.
         """
+        async for batch in self.classify_batches(sequences, journal=journal, on_batch=on_batch):
+            for result in batch.results:
+                yield result
+
+    async def classify_batches(
+        self,
+        sequences: Iterable[tuple[str, str]] | AsyncIterable[tuple[str, str]],
+        *,
+        journal: Journal | None = None,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> AsyncIterator[ResultBatch]:
+        """`classify`'s results, grouped by the request that completed them."""
         batches = self._batches(sequences, journal.recorded if journal else 0)
         jobs = ((batch, self._request(batch)) async for batch in batches)
+        waiting = [_EMPTY]  # answers of the chunks of sequences not complete yet
         async for batch, answer in in_order(jobs, self.max_in_flight):
             if batch.from_journal:
-                probabilities, kept = journal.take(len(batch.chunks))
+                waiting.append(journal.take(len(batch.chunks)))
             elif batch.chunks:
-                probabilities, kept = answer["PROBABILITIES"], answer["FRAME_KEPT"]
+                waiting.append((answer["PROBABILITIES"], answer["FRAME_KEPT"]))
                 if journal:
-                    journal.append(probabilities, kept)
-            row = 0
-            if batch.chunks:
-                maxima = _maxima(probabilities, kept)
-            for result, first, count in batch.runs:
-                rows = slice(row, row + count)
-                chunks = slice(first, first + count)
-                result.probabilities[chunks] = probabilities[rows]
-                result.kept[chunks] = kept[rows]
-                result.maxima[chunks] = maxima[rows]
-                row += count
-            for result in batch.closes:
-                yield result
+                    journal.append(*waiting[-1])
+            if batch.closes:
+                # One copy per batch, or one per long sequence: never one per chunk or record.
+                probabilities, kept = (np.concatenate(a) for a in zip(*waiting))
+                done = sum(chunks for *_, chunks in batch.closes)
+                waiting = [_EMPTY, (probabilities[done:], kept[done:])]
+                yield _result_batch(batch.closes, probabilities[:done], kept[:done])
             if on_batch:
                 on_batch(len(batch.chunks))
 
     async def _batches(self, sequences, journaled: int) -> AsyncIterator[_Batch]:
         """Batches of consecutive chunks; a batch never straddles the end of the journal."""
-        batch, position = _Batch(), 0
+        batch, position, size = _Batch(), 0, self.chunk_size
         async for index, (name, sequence) in _enumerate(sequences):
             bad = first_invalid(sequence)
             if bad:
                 message = f"sequence {index} ({name!r}): {bad[0]!r} is not a nucleotide code"
                 raise ClientError(message)
-            starts = chunk_starts(len(sequence), self.chunk_size)
-            result = SequenceResult(
-                index,
-                name,
-                len(sequence),
-                np.full((len(starts), 6, 2), np.nan, np.float32),
-                np.zeros((len(starts), 6), bool),
-                np.full((len(starts), 2), np.nan, np.float32),
-            )
-            for chunk, start in enumerate(starts):
-                if batch.runs and batch.runs[-1][0] is result:
-                    batch.runs[-1][2] += 1
-                else:
-                    batch.runs.append([result, chunk, 1])
-                batch.chunks.append(sequence[start : start + self.chunk_size])
+            starts = chunk_starts(len(sequence), size)
+            for start in starts:
+                batch.chunks.append(sequence[start : start + size])
                 position += 1
                 if len(batch.chunks) == self.batch_chunks or position == journaled:
                     batch.from_journal = position <= journaled
                     yield batch
                     batch = _Batch()
-            batch.closes.append(result)  # done when the batch holding its last chunk is
-        if batch.runs or batch.closes:
+            batch.closes.append((index, name, len(sequence), len(starts)))
+        if batch.chunks or batch.closes:
             yield batch
 
     def _request(self, batch: _Batch):

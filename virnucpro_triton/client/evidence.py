@@ -11,12 +11,11 @@ low-confidence.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from virnucpro_triton.client.outputs import score as printed
+from virnucpro_triton.client.outputs import scores as printed
 
 VERDICT_NAMES = ("viral", "nonviral", "uncertain", "no_frames")
 COLUMNS = ("weighted_score", "verdict", "low_confidence")  # appended to sequence_summary.tsv
@@ -37,55 +36,53 @@ class Thresholds:
         if self.min_chunks < 0:
             raise ValueError(f"the minimum chunk count must be >= 0, not {self.min_chunks}")
 
-    def verdict(self, score: float | None) -> str:
-        """The verdict of a score; None (no evidence at all) is `no_frames`.
+    def verdicts(self, scores: np.ndarray) -> list[str]:
+        """The verdict of each score; NaN (no evidence at all) is `no_frames`.
 
         Compared at float32 precision, the precision of the probabilities and of the printed
         score, so the number a user reads decides: a printed 0.3 is uncertain.
         """
-        if score is None:
-            return "no_frames"
-        value = np.float32(score)
-        if value > np.float32(self.viral_above):
-            return "viral"
-        if value < np.float32(self.nonviral_below):
-            return "nonviral"
-        return "uncertain"
+        value = np.asarray(scores, np.float32)
+        verdict = np.where(value > np.float32(self.viral_above), "viral", "uncertain")
+        verdict[value < np.float32(self.nonviral_below)] = "nonviral"
+        verdict[np.isnan(value)] = "no_frames"
+        return verdict.tolist()
 
 
 DEFAULT_THRESHOLDS = Thresholds()
 
 
+@dataclass(frozen=True)
 class Evidence:
-    """The running score of one sequence, fed one chunk at a time; constant memory."""
+    """The scores of many sequences at once."""
 
-    def __init__(self) -> None:
-        self.chunks = 0  # chunks with at least one kept frame
-        self._weighted = 0.0  # Σ δ·√|δ|
-        self._weights = 0.0  # Σ √|δ|
+    chunks: np.ndarray  # [sequences] chunks with at least one kept frame
+    scores: np.ndarray  # [sequences] float64; NaN where no chunk had one
 
-    def add(self, p_others_max: float, p_virus_max: float) -> None:
-        """One chunk's max P(others) and max P(virus) over its kept frames."""
-        delta = p_virus_max - p_others_max
-        weight = math.sqrt(abs(delta))
-        self.chunks += 1
-        self._weighted += delta * weight
-        self._weights += weight
+    @classmethod
+    def of(cls, maxima: np.ndarray, sequence: np.ndarray, sequences: int) -> Evidence:
+        """From max P(others), max P(virus) [n, 2] of every chunk with a kept frame and the
+        sequence (0 .. sequences - 1) each chunk is of, chunks in input order."""
+        delta = maxima[:, 1].astype(np.float64) - maxima[:, 0]
+        weight = np.sqrt(np.abs(delta))
+        weighted, weights = np.zeros(sequences), np.zeros(sequences)
+        # ufunc.at adds one term after the other in the given order: the same sums, to the
+        # last bit, as running totals over each sequence's chunks (the printed score is stable).
+        np.add.at(weighted, sequence, delta * weight)
+        np.add.at(weights, sequence, weight)
+        chunks = np.bincount(sequence, minlength=sequences)
+        # 0 when every δ is 0 (no evidence either way), NaN without any chunk
+        scores = np.divide(weighted, weights, out=np.zeros(sequences), where=weights > 0)
+        scores[chunks == 0] = np.nan
+        return cls(chunks, scores)
 
-    @property
-    def score(self) -> float | None:
-        """None without any chunk; 0 when every δ is 0 (no evidence either way)."""
-        if self.chunks == 0:
-            return None
-        return self._weighted / self._weights if self._weights else 0.0
+    def verdicts(self, thresholds: Thresholds) -> list[str]:
+        return thresholds.verdicts(self.scores)
 
-    def verdict(self, thresholds: Thresholds) -> str:
-        return thresholds.verdict(self.score)
-
-    def low_confidence(self, thresholds: Thresholds) -> bool:
-        return self.chunks < thresholds.min_chunks
-
-    def columns(self, thresholds: Thresholds) -> str:
-        """The summary cells `weighted_score verdict low_confidence`, tab-separated."""
-        text = "NA" if self.score is None else printed(self.score)
-        return f"{text}\t{self.verdict(thresholds)}\t{self.low_confidence(thresholds)}"
+    def columns(self, thresholds: Thresholds) -> list[str]:
+        """The summary cells `weighted_score verdict low_confidence` of each sequence,
+        tab-separated."""
+        texts = np.where(self.chunks == 0, "NA", printed(self.scores)).tolist()
+        low = (self.chunks < thresholds.min_chunks).tolist()
+        rows = zip(texts, self.verdicts(thresholds), low)
+        return [f"{text}\t{verdict}\t{low}" for text, verdict, low in rows]

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, NamedTuple
 
-from virnucpro_triton.client.outputs import PREDICTIONS, prediction, prediction_row, score
+import numpy as np
+
+from virnucpro_triton.client.outputs import PREDICTIONS, prediction_rows, predictions, scores
 
 FORMATS = ("tsv", "parquet", "jsonl")
 FILES = {
@@ -34,29 +37,52 @@ class FrameRow(NamedTuple):
     p_virus: float
 
 
+@dataclass(frozen=True)
+class Frames:
+    """Rows as columns: the writers take many at once, so the per-row work is one join."""
+
+    ids: list[str]
+    chunk_ids: list[str]
+    frames: list[str]
+    p_others: np.ndarray  # float32
+    p_virus: np.ndarray
+
+
 class _TsvWriter:
     def __init__(self, handle: IO) -> None:
         self._handle = handle
         handle.write(TSV_HEADER)
 
-    def write(self, row: FrameRow) -> None:
-        self._handle.write(prediction_row(row.chunk_id + row.frame, row.p_others, row.p_virus))
+    def write(self, rows: Frames) -> None:
+        frame_ids = [c + f for c, f in zip(rows.chunk_ids, rows.frames)]
+        self._handle.writelines(prediction_rows(frame_ids, rows.p_others, rows.p_virus))
 
     def close(self, complete: bool) -> None:
         pass
+
+
+# json.dumps of a str is this function of the encoder, which is all that dumps runs for one.
+_json_string = json.encoder.encode_basestring_ascii
 
 
 class _JsonlWriter:
     def __init__(self, handle: IO) -> None:
         self._handle = handle
 
-    def write(self, row: FrameRow) -> None:
+    def write(self, rows: Frames) -> None:
         # Numbers as the TSV prints them (shortest float32 text), so both read back the same.
-        self._handle.write(
-            f'{{"id": {json.dumps(row.id)}, "chunk_id": {json.dumps(row.chunk_id)}, '
-            f'"frame": "{row.frame}", "p_others": {score(row.p_others)}, '
-            f'"p_virus": {score(row.p_virus)}, '
-            f'"prediction": "{prediction(row.p_others, row.p_virus)}"}}\n'
+        columns = (
+            map(_json_string, rows.ids),
+            map(_json_string, rows.chunk_ids),
+            rows.frames,
+            scores(rows.p_others),
+            scores(rows.p_virus),
+            predictions(rows.p_others, rows.p_virus),
+        )
+        self._handle.writelines(
+            f'{{"id": {i}, "chunk_id": {c}, "frame": "{f}", "p_others": {o}, '
+            f'"p_virus": {v}, "prediction": "{label}"}}\n'
+            for i, c, f, o, v, label in zip(*columns)
         )
 
     def close(self, complete: bool) -> None:
@@ -80,24 +106,38 @@ class _ParquetWriter:
             ]
         )
         self._writer = pq.ParquetWriter(handle, self._schema)
-        self._rows: list[FrameRow] = []
+        self._batches: list = []  # rows not written yet
+        self._rows = 0
 
-    def write(self, row: FrameRow) -> None:
-        self._rows.append(row)
-        if len(self._rows) == ROW_GROUP:
-            self._flush()
+    def write(self, rows: Frames) -> None:
+        columns = (
+            rows.ids,
+            rows.chunk_ids,
+            rows.frames,
+            rows.p_others,
+            rows.p_virus,
+            predictions(rows.p_others, rows.p_virus),
+        )
+        arrays = [self._pa.array(c, f.type) for c, f in zip(columns, self._schema)]
+        self._batches.append(self._pa.record_batch(arrays, schema=self._schema))
+        self._rows += len(rows.ids)
+        if self._rows >= ROW_GROUP:
+            self._flush(whole_groups=True)
 
-    def _flush(self) -> None:
-        if self._rows:
-            columns = [list(c) for c in zip(*self._rows)]
-            columns.append([prediction(o, v) for o, v in zip(columns[3], columns[4])])
-            arrays = [self._pa.array(c, f.type) for c, f in zip(columns, self._schema)]
-            self._writer.write_batch(self._pa.record_batch(arrays, schema=self._schema))
-            self._rows = []
+    def _flush(self, whole_groups: bool) -> None:
+        """Write the buffered rows in row groups of ROW_GROUP rows, keeping back the rows of a
+        last partial group when `whole_groups`."""
+        table = self._pa.Table.from_batches(self._batches, self._schema)
+        size = len(table) // ROW_GROUP * ROW_GROUP if whole_groups else len(table)
+        if size:  # contiguous columns: the file is byte for byte that of one batch per group
+            group = table.slice(0, size).combine_chunks()
+            self._writer.write_table(group, row_group_size=ROW_GROUP)
+        rest = table.slice(size)
+        self._batches, self._rows = rest.to_batches(), len(rest)
 
     def close(self, complete: bool) -> None:
         if complete:
-            self._flush()
+            self._flush(whole_groups=False)
         # Always: an open writer would write its footer into a closed file when collected.
         self._writer.close()  # the handle stays open for atomic_files
 
@@ -106,7 +146,8 @@ _WRITERS = {"tsv": _TsvWriter, "parquet": _ParquetWriter, "jsonl": _JsonlWriter}
 
 
 class FrameTable:
-    """Writes the rows of one format into `handle` (binary for Parquet, else text).
+    """Writes the rows of one format into `handle` (binary for Parquet, else text): `write`
+    takes `Frames`.
 
     A context manager: leaving it finishes the file (the Parquet footer). After an error the
     file is abandoned as it is; atomic_files removes it.

@@ -47,19 +47,21 @@ def atomic_files(
         os.replace(temp, directory / name)
 
 
-def score(value: float) -> str:
-    """A probability as the original prints it: str() of a numpy float32."""
-    return str(np.float32(value))
+def scores(values: np.ndarray) -> list[str]:
+    """Probabilities as the original prints them: str() of each numpy float32 (the shortest
+    text that reads back as the same float32), for a whole array at once."""
+    return np.asarray(values, np.float32).astype(str).tolist()
 
 
-def prediction(p_others: float, p_virus: float) -> str:
-    """A frame's label as VirNucPro prints it: a tie is `others`."""
-    return LABELS[1] if p_virus > p_others else LABELS[0]
+def predictions(p_others: np.ndarray, p_virus: np.ndarray) -> list[str]:
+    """Frame labels as VirNucPro prints them: a tie is `others`."""
+    return np.where(p_virus > p_others, LABELS[1], LABELS[0]).tolist()
 
 
-def prediction_row(frame_id: str, p_others: float, p_virus: float) -> str:
-    label = prediction(p_others, p_virus)
-    return f"{frame_id}\t{label}\t{score(p_others)}\t{score(p_virus)}\n"
+def prediction_rows(frame_ids: list[str], p_others: np.ndarray, p_virus: np.ndarray) -> list[str]:
+    """Lines of VirNucPro's `prediction_results.txt`."""
+    columns = (frame_ids, predictions(p_others, p_virus), scores(p_others), scores(p_virus))
+    return [f"{i}\t{label}\t{o}\t{v}\n" for i, label, o, v in zip(*columns)]
 
 
 class ChunkVerdicts:
@@ -67,44 +69,34 @@ class ChunkVerdicts:
 
     The original groups frame rows by the frame id minus its last two characters and calls a
     chunk viral when max P(virus) >= max P(others) over its frames; pandas' groupby sorts the
-    ids, so the rows come out in string order. Frames of a chunk arrive together (ids are unique
-    per run), so each verdict is final when the next chunk starts; verdicts are sorted in runs
-    spilled to temporary files and merged at the end, so memory stays flat on any input size.
+    ids, so the rows come out in string order. Verdicts are sorted in runs spilled to temporary
+    files and merged at the end, so memory stays flat on any input size.
     """
 
     def __init__(self, run_size: int = 200_000) -> None:
         self._run_size = run_size
-        self._chunk: list = []  # [chunk id, max P(others), max P(virus)] of the open chunk
-        self._pending: list[str] = []  # "id\tverdict\n" lines not yet spilled
+        self._pending: list[tuple[str, bool]] = []  # (chunk id, verdict) not yet spilled
         self._runs: list[TextIO] = []
 
-    def add(self, frame_id: str, p_others: float, p_virus: float) -> None:
-        chunk_id = frame_id[:-2]
-        if self._chunk and self._chunk[0] == chunk_id:
-            self._chunk[1] = max(self._chunk[1], p_others)
-            self._chunk[2] = max(self._chunk[2], p_virus)
-            return
-        self._close_chunk()
-        self._chunk = [chunk_id, p_others, p_virus]
-
-    def _close_chunk(self) -> None:
-        if self._chunk:
-            chunk_id, p_others, p_virus = self._chunk
-            self._pending.append(f"{chunk_id}\t{p_virus >= p_others}\n")
-            self._chunk = []
+    def add(self, chunk_ids: list[str], maxima: np.ndarray) -> None:
+        """Chunks with a kept frame (ids unique in the run): their ids and [n, 2] max P(others),
+        max P(virus) over their kept frames."""
+        self._pending += zip(chunk_ids, (maxima[:, 1] >= maxima[:, 0]).tolist())
         if len(self._pending) >= self._run_size:
             run = tempfile.TemporaryFile("w+")
-            run.writelines(sorted(self._pending, key=_chunk_key))
+            run.writelines(self._sorted_pending())
             run.seek(0)
             self._runs.append(run)
-            self._pending = []
+
+    def _sorted_pending(self) -> list[str]:
+        self._pending.sort()  # by id alone: ids are unique
+        lines = [f"{chunk_id}\t{verdict}\n" for chunk_id, verdict in self._pending]
+        self._pending = []
+        return lines
 
     def write(self, handle: TextIO) -> None:
-        self._close_chunk()
         handle.write("Modified_ID\tIs_Virus\n")
-        handle.writelines(
-            heapq.merge(*self._runs, sorted(self._pending, key=_chunk_key), key=_chunk_key)
-        )
+        handle.writelines(heapq.merge(*self._runs, self._sorted_pending(), key=_chunk_key))
         for run in self._runs:
             run.close()
 

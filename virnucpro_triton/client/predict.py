@@ -16,11 +16,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from virnucpro_triton.client import frame_table, run_info
 from virnucpro_triton.client import journal as journals
-from virnucpro_triton.client.classify import Classifier, SequenceResult
+from virnucpro_triton.client.classify import Classifier, ResultBatch
 from virnucpro_triton.client.connection import (
     MAX_MESSAGE_MB,
     RETRY_SECONDS,
@@ -34,11 +35,11 @@ from virnucpro_triton.client.evidence import (
     Evidence,
     Thresholds,
 )
-from virnucpro_triton.client.frame_table import FrameRow, FrameTable
-from virnucpro_triton.client.outputs import SUMMARY, VERDICTS, ChunkVerdicts, atomic_files, score
+from virnucpro_triton.client.frame_table import Frames, FrameTable
+from virnucpro_triton.client.outputs import SUMMARY, VERDICTS, ChunkVerdicts, atomic_files, scores
 from virnucpro_triton.client.records import unique_ids
 from virnucpro_triton.fasta import read_fasta
-from virnucpro_triton.sequence import chunk_starts
+from virnucpro_triton.sequence import FRAME_NAMES, chunk_starts
 
 SUMMARY_COLUMNS = ("id", "length", "chunks", "chunks_without_frame", "chunks_virus", "max_p_virus")
 SUMMARY_HEADER = "\t".join((*SUMMARY_COLUMNS, *COLUMNS)) + "\n"
@@ -85,39 +86,68 @@ class RunSummary:
         return "\n".join(lines)
 
 
-@dataclass(frozen=True)
-class SequenceCounts:
-    """One row of sequence_summary.tsv."""
+class _Results:
+    """Writes the result files of a run, one `ResultBatch` at a time: work per batch is numpy
+    over all its chunks and one string join per file, not Python per chunk or frame."""
 
-    chunks: int
-    without_frame: int
-    virus: int  # chunks VirNucPro calls viral
-    max_p_virus: float | None  # None: no chunk kept a frame
-    evidence: Evidence  # the weighted-evidence verdict
+    def __init__(self, out: dict, table: FrameTable, thresholds: Thresholds) -> None:
+        self._out = out
+        self._table = table
+        self._thresholds = thresholds
+        self.verdicts = ChunkVerdicts()
+        self.counts = dict(records=0, chunks=0, frames=0, chunks_virus=0, chunks_without_frame=0)
+        self.sequence_verdicts = dict.fromkeys(VERDICT_NAMES, 0)
+        out[SUMMARY].write(SUMMARY_HEADER)
 
-    @classmethod
-    def of(cls, result: SequenceResult) -> SequenceCounts:
-        maxima = result.maxima.tolist()
-        evidence, virus, best = Evidence(), 0, None
-        for p_others, p_virus in maxima:
-            if p_others == p_others:  # not NaN: the chunk kept a frame
-                evidence.add(p_others, p_virus)
-                virus += p_virus >= p_others
-                best = p_virus if best is None else max(best, p_virus)
-        return cls(
-            chunks=len(maxima),
-            without_frame=len(maxima) - evidence.chunks,
-            virus=virus,
-            max_p_virus=best,
-            evidence=evidence,
+    def write(self, batch: ResultBatch) -> None:
+        results = batch.results
+        names = [r.id for r in results]
+        chunks = np.array([len(r.kept) for r in results])
+        sequence = np.repeat(np.arange(len(results)), chunks)  # of each chunk
+        number = np.arange(1, len(sequence) + 1) - np.repeat(np.cumsum(chunks) - chunks, chunks)
+        # Only chunks with a kept frame appear in the per-chunk and per-frame files.
+        with_frame = np.flatnonzero(batch.kept.any(axis=1))
+        sequence, number = sequence[with_frame], number[with_frame]
+        chunk_ids = [f"{names[s]}_chunk_{j}" for s, j in zip(sequence.tolist(), number.tolist())]
+        maxima = batch.maxima[with_frame]
+        self.verdicts.add(chunk_ids, maxima)
+
+        chunk, frame = np.nonzero(batch.kept[with_frame])  # in VirNucPro's order
+        probabilities = batch.probabilities[with_frame[chunk], frame]
+        self._table.write(
+            Frames(
+                [names[s] for s in sequence[chunk].tolist()],
+                [chunk_ids[c] for c in chunk.tolist()],
+                [FRAME_NAMES[f] for f in frame.tolist()],
+                probabilities[:, 0],
+                probabilities[:, 1],
+            )
         )
 
-    def row(self, result: SequenceResult, thresholds: Thresholds) -> str:
-        best = "NA" if self.max_p_virus is None else score(self.max_p_virus)
-        return (
-            f"{result.id}\t{result.length}\t{self.chunks}\t{self.without_frame}\t"
-            f"{self.virus}\t{best}\t{self.evidence.columns(thresholds)}\n"
+        evidence = Evidence.of(maxima, sequence, len(results))
+        virus = np.bincount(sequence[maxima[:, 1] >= maxima[:, 0]], minlength=len(results))
+        best = np.full(len(results), np.nan, np.float32)  # max P(virus) of each sequence
+        np.fmax.at(best, sequence, maxima[:, 1])
+        columns = (
+            names,
+            [r.length for r in results],
+            chunks.tolist(),
+            (chunks - evidence.chunks).tolist(),
+            virus.tolist(),
+            np.where(evidence.chunks == 0, "NA", scores(best)).tolist(),
+            evidence.columns(self._thresholds),
         )
+        self._out[SUMMARY].writelines(
+            f"{name}\t{length}\t{n}\t{without}\t{v}\t{b}\t{rest}\n"
+            for name, length, n, without, v, b, rest in zip(*columns)
+        )
+        for verdict in evidence.verdicts(self._thresholds):
+            self.sequence_verdicts[verdict] += 1
+        self.counts["records"] += len(results)
+        self.counts["chunks"] += len(batch.kept)
+        self.counts["frames"] += len(chunk)
+        self.counts["chunks_without_frame"] += len(batch.kept) - len(with_frame)
+        self.counts["chunks_virus"] += int(virus.sum())
 
 
 def _count_chunks(fasta: Path, chunk_size: int) -> int:
@@ -166,27 +196,12 @@ def predict(
     run = journals.fingerprint(fasta, chunk_size)
     journal = journals.Journal(out_dir / journals.NAME, run, resume=resume)
     resumed = journal.recorded
-    counts = dict(records=0, chunks=0, frames=0, chunks_virus=0, chunks_without_frame=0)
-    verdicts = ChunkVerdicts()
-    sequence_verdicts = dict.fromkeys(VERDICT_NAMES, 0)
 
-    def write(out, table: FrameTable, result: SequenceResult) -> None:
-        for chunk_id, frame, p_others, p_virus in result.frames():
-            table.write(FrameRow(result.id, chunk_id, frame, p_others, p_virus))
-            verdicts.add(chunk_id + frame, p_others, p_virus)
-            counts["frames"] += 1
-        sequence = SequenceCounts.of(result)
-        out[SUMMARY].write(sequence.row(result, thresholds))
-        sequence_verdicts[sequence.evidence.verdict(thresholds)] += 1
-        counts["records"] += 1
-        counts["chunks"] += sequence.chunks
-        counts["chunks_without_frame"] += sequence.without_frame
-        counts["chunks_virus"] += sequence.virus
-
-    async def run_all(out, table: FrameTable, bar) -> None:
+    async def run_all(results: _Results, bar) -> None:
         pairs = ((r.id, r.sequence) for r in unique_ids(read_fasta(fasta)))
-        async for result in classifier.classify(pairs, journal=journal, on_batch=bar.update):
-            write(out, table, result)
+        batches = classifier.classify_batches(pairs, journal=journal, on_batch=bar.update)
+        async for batch in batches:
+            results.write(batch)
 
     settings = dict(
         input=str(fasta),
@@ -208,9 +223,10 @@ def predict(
                 atomic_files(out_dir, names, binary=frame_table.BINARY) as out,
                 FrameTable(frame_format, out[frames_file]) as table,
             ):
-                out[SUMMARY].write(SUMMARY_HEADER)
-                asyncio.run(run_all(out, table, bar))
-                verdicts.write(out[VERDICTS])
+                results = _Results(out, table, thresholds)
+                asyncio.run(run_all(results, bar))
+                results.verdicts.write(out[VERDICTS])
+                counts, sequence_verdicts = results.counts, results.sequence_verdicts
                 run_info.write(
                     out[run_info.RUN_INFO],
                     settings=settings,

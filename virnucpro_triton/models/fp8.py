@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from virnucpro_triton.models.esm2 import Esm2
+from virnucpro_triton.repository import FP8_FEED_FORWARD as FEED_FORWARD
+from virnucpro_triton.repository import FP8_NONE as NONE
 
-# Values of the `fp8` parameter of the esm2 entry (config.pbtxt).
-NONE, FEED_FORWARD = "none", "feed_forward"
 _E4M3_MAX = torch.finfo(torch.float8_e4m3fn).max
 
 
