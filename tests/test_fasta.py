@@ -58,15 +58,3 @@ def test_duplicate_ids_are_kept_apart(tmp_path):
     ids = [r.id for r in unique_ids(read_fasta(path))]
     assert ids == ["r1", "r1#2", "r1#2#2", "r1#3"]
     assert len(set(ids)) == 4
-
-
-def test_records_are_those_biopython_reads(tmp_path):
-    from Bio.SeqIO.FastaIO import SimpleFastaParser
-
-    # blank lines first, spaces, CR, a tab, a record without sequence, no final newline
-    text = "\n \n>a first  \nAC GT \r\nacgt\n\n>b\tdesc\nGGNN\n>c\nA\n \nC\n>d\n>e x\nTT"
-    (tmp_path / "odd.fa").write_text(text)
-    with open(tmp_path / "odd.fa") as handle:
-        expected = [(title.split()[0], sequence) for title, sequence in SimpleFastaParser(handle)]
-    assert len(expected) == 5
-    assert [(r.id, r.sequence) for r in read_fasta(tmp_path / "odd.fa")] == expected

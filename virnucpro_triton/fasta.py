@@ -1,8 +1,8 @@
 """Streaming FASTA input with errors that name the file, the line and the record.
 
-Records are read by the rules of Biopython's SimpleFastaParser, in one loop that also does what
-a service needs: gzip detected by content (not by suffix), a check that the file is FASTA at
-all, a nucleotide alphabet check, and line numbers in every error.
+Biopython's parser does the reading; this module adds what a service needs around it: gzip
+detected by content (not by suffix), a check that the file is FASTA at all, a nucleotide
+alphabet check, and line numbers in every error.
 """
 
 from __future__ import annotations
@@ -10,9 +10,12 @@ from __future__ import annotations
 import gzip
 import io
 import re
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from Bio.SeqIO.FastaIO import SimpleFastaParser
 
 from virnucpro_triton.sequence import first_invalid
 
@@ -47,32 +50,34 @@ def open_text(path: Path) -> io.TextIOBase:
     return open(path, encoding="utf-8", newline=None)
 
 
-def _parse(path: Path, handle: io.TextIOBase) -> Iterator[tuple[str, str, int]]:
-    """(title, sequence, header line number) of each record.
+class _HeaderLines:
+    """Feeds lines to the parser, checks the first one and remembers where headers are."""
 
-    Biopython's SimpleFastaParser's rules: the title is the header after '>', right-stripped;
-    the sequence is the record's lines right-stripped and joined, spaces and CR removed. Text
-    before the first header, which that parser skips, is refused unless blank: not FASTA.
-    """
-    title, header, lines = None, 0, []
-    for number, line in enumerate(handle, start=1):
-        if line[0] == ">":
-            if title is not None:
-                yield title, _sequence(lines), header
-            title, header, lines = line[1:].rstrip(), number, []
-        elif title is not None:
-            lines.append(line.rstrip())
-        elif line.strip():
-            raise FastaError(
-                f"{path}:{number}: not a FASTA file: expected a header line "
-                f"starting with '>', found {line.strip()[:40]!r}"
-            )
-    if title is not None:
-        yield title, _sequence(lines), header
+    def __init__(self, path: Path, handle: io.TextIOBase):
+        self.path = path
+        self.handle = handle
+        self.headers: deque[int] = deque()  # header lines read but not yet yielded as records
+        # The parser iterates its handle twice (first header, then the rest): one generator.
+        self._lines = self._read()
 
+    def __iter__(self) -> Iterator[str]:
+        return self._lines
 
-def _sequence(lines: list[str]) -> str:
-    return "".join(lines).replace(" ", "").replace("\r", "")
+    def _read(self) -> Iterator[str]:
+        seen_content = False
+        for number, line in enumerate(self.handle, start=1):
+            if not seen_content:
+                if not line.strip():
+                    continue
+                if not line.startswith(">"):
+                    raise FastaError(
+                        f"{self.path}:{number}: not a FASTA file: expected a header line "
+                        f"starting with '>', found {line.strip()[:40]!r}"
+                    )
+                seen_content = True
+            if line.startswith(">"):
+                self.headers.append(number)
+            yield line
 
 
 def read_fasta(path: Path | str, alphabet: str = "dna") -> Iterator[Record]:
@@ -85,12 +90,13 @@ def read_fasta(path: Path | str, alphabet: str = "dna") -> Iterator[Record]:
         raise FastaError(f"{path}: no such file")
     try:
         with open_text(path) as handle:
+            lines = _HeaderLines(path, handle)
             count = 0
-            find_invalid = ALPHABETS[alphabet][0]
-            for title, sequence, line in _parse(path, handle):
-                record = Record(title.split(None, 1)[0] if title else "", sequence, line)
-                if not record.id or find_invalid(sequence):
-                    _refuse(path, record, alphabet)
+            for title, sequence in SimpleFastaParser(lines):
+                record = Record(
+                    title.split(None, 1)[0] if title else "", sequence, lines.headers.popleft()
+                )
+                _check(path, record, alphabet)
                 count += 1
                 yield record
     except UnicodeDecodeError as error:
@@ -104,14 +110,14 @@ def read_fasta(path: Path | str, alphabet: str = "dna") -> Iterator[Record]:
         raise FastaError(f"{path}: no FASTA records (the file is empty)")
 
 
-def _refuse(path: Path, record: Record, alphabet: str) -> None:
-    """Raise the error of a record with an empty id or a letter outside `alphabet`."""
+def _check(path: Path, record: Record, alphabet: str) -> None:
     if not record.id:
         raise FastaError(f"{path}:{record.line}: record has an empty id ('>' alone)")
     find_invalid, expected = ALPHABETS[alphabet]
     bad = find_invalid(record.sequence)  # whitespace inside lines was removed by the parser
-    line = _line_of(path, record.line, bad.group())
-    raise FastaError(f"{path}:{line}: record {record.id!r}: {bad.group()!r} is not {expected}")
+    if bad:
+        line = _line_of(path, record.line, bad.group())
+        raise FastaError(f"{path}:{line}: record {record.id!r}: {bad.group()!r} is not {expected}")
 
 
 def _undecodable_line(path: Path) -> int:
