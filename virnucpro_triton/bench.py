@@ -33,7 +33,7 @@ from virnucpro_triton.export.tiny import TINY_DNABERT, TINY_ESM2
 from virnucpro_triton.models.classifier import MLPClassifier
 from virnucpro_triton.models.dnabert_s import DnabertConfig, DnabertS, build_dna_bpe_tokenizer
 from virnucpro_triton.models.esm2 import ESM2_SIZES, PAD_IDX, Esm2, Esm2Config, pad_batch
-from virnucpro_triton.models.fp8 import FEED_FORWARD, NONE, fp8_feed_forward, fp8_unavailable
+from virnucpro_triton.models.fp8 import FEED_FORWARD, fp8_feed_forward, fp8_unavailable
 from virnucpro_triton.sequence import chunks, six_frames
 from virnucpro_triton.server import EmbeddedServer
 
@@ -76,7 +76,7 @@ def build_repository(repository: Path, tiny: bool, device: torch.device) -> dict
         (repo.DNABERT_S, dnabert, dna_config.hidden_size),
         (repo.ESM2, esm2, esm_config.embed_dim),
     ]:
-        config = repo.model_config(kind, *repo.embedder_tensors(dim), repo.EMBEDDER_MAX_BATCH)
+        config = repo.embedder_config(kind, dim)
         repo.write_entry(repository, config, model, repo.architecture_of(kind, model, dtype))
     tokenizer = repository / repo.DNABERT_S / "1" / repo.TOKENIZER
     build_dna_bpe_tokenizer(dna_config.vocab_size).save(str(tokenizer))
@@ -106,16 +106,6 @@ def _write_classifiers(repository: Path, classifier: MLPClassifier) -> None:
             name, *repo.classifier_tensors(features), repo.EMBEDDER_MAX_BATCH
         )
         repo.write_entry(repository, config, classifier, architecture)
-
-
-def _write_esm2_config(repository: Path, dim: int, fp8: str) -> None:
-    """The esm2 entry's config.pbtxt with its `fp8` setting (the weights stay as they are)."""
-    parameters = {"fp8": fp8} if fp8 != NONE else None
-    tensors = repo.embedder_tensors(dim)
-    repo.write_entry(
-        repository,
-        repo.model_config(repo.ESM2, *tensors, repo.EMBEDDER_MAX_BATCH, parameters=parameters),
-    )
 
 
 @torch.inference_mode()
@@ -310,12 +300,13 @@ def served_fp8(
     """The served run again with ESM-2's feed-forward layers in FP8, and how far results move:
     verdicts per frame against the bf16 run (`verdicts`), embeddings in-process."""
     repository, out = arguments[0], arguments[4].with_name(arguments[4].name + "_fp8")
+    # Only the esm2 entry's config.pbtxt changes; its weights stay as they are.
     dim = models["esm2"].config.embed_dim
-    _write_esm2_config(repository, dim, FEED_FORWARD)
+    repo.write_entry(repository, repo.embedder_config(repo.ESM2, dim, FEED_FORWARD))
     try:
         result = served(*arguments[:4], out, *arguments[5:])
     finally:
-        _write_esm2_config(repository, dim, NONE)
+        repo.write_entry(repository, repo.embedder_config(repo.ESM2, dim))
     fp8_verdicts = _verdicts(out / "run")
     return {
         **result,
@@ -380,10 +371,11 @@ def main(
     json_out: Path,
 ) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    no_fp8 = fp8_unavailable(device)
     if fp8 is None:
-        fp8 = fp8_unavailable(device) is None
-    elif fp8 and fp8_unavailable(device):
-        raise click.UsageError(f"--fp8: {fp8_unavailable(device)}")
+        fp8 = no_fp8 is None
+    elif fp8 and no_fp8:
+        raise click.UsageError(f"--fp8: {no_fp8}")
     work_dir.mkdir(parents=True, exist_ok=True)
     json_out.parent.mkdir(parents=True, exist_ok=True)
     repository = work_dir / "repository"

@@ -156,6 +156,12 @@ def model_config(
     return config
 
 
+def embedder_config(name: str, dim: int, fp8: str = FP8_NONE) -> model_config_pb2.ModelConfig:
+    """The `dnabert_s` or `esm2` entry; `fp8` is the esm2 entry's FP8 setting (models/fp8.py)."""
+    parameters = {"fp8": fp8} if fp8 != FP8_NONE else None
+    return model_config(name, *embedder_tensors(dim), EMBEDDER_MAX_BATCH, parameters)
+
+
 def onnx_model_config(
     name: str, inputs: list[Tensor], outputs: list[Tensor], max_batch_size: int
 ) -> model_config_pb2.ModelConfig:

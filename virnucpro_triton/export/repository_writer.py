@@ -167,9 +167,7 @@ def export_dnabert_s(repository: Path, model: DnabertS, tokenizer_json: Path, dt
         dna, _ = probe_frames()
         return compare(repo.DNABERT_S, dtype, reference_dna(model, served, dna), served(dna))
 
-    config = repo.model_config(
-        repo.DNABERT_S, *repo.embedder_tensors(model.config.hidden_size), repo.EMBEDDER_MAX_BATCH
-    )
+    config = repo.embedder_config(repo.DNABERT_S, model.config.hidden_size)
     return _export(repository, config, model, repo.DNABERT_S, dtype, verify, (tokenizer_json,))
 
 
@@ -188,12 +186,7 @@ def export_esm2(repository: Path, model: Esm2, dtype: str, fp8: str = NONE) -> C
         reference = reference_protein(model, served, protein)
         return replace(compare(repo.ESM2, dtype, reference, served(protein)), note=note)
 
-    config = repo.model_config(
-        repo.ESM2,
-        *repo.embedder_tensors(model.config.embed_dim),
-        repo.EMBEDDER_MAX_BATCH,
-        parameters={"fp8": fp8} if fp8 != NONE else None,
-    )
+    config = repo.embedder_config(repo.ESM2, model.config.embed_dim, fp8)
     return _export(repository, config, model, repo.ESM2, dtype, verify)
 
 
