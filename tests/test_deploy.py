@@ -206,7 +206,7 @@ def test_dockerfile_runtime_stage():
     (healthcheck,) = [i for i in runtime if i.startswith("HEALTHCHECK")]
     assert "/v2/health/ready" in healthcheck
     cmd = json.loads(runtime[-1].removeprefix("CMD "))
-    assert cmd == ["tritonserver", "--model-repository=/models", "--model-control-mode=none"]
+    assert cmd[:2] == ["tritonserver", "--model-repository=/models"]  # flags: test_hardening.py
     # The builder checks that the pinned environment is complete and imports the models' code.
     assert any("pip check" in i for i in builder)
     assert any("pip uninstall --yes pip" in i for i in builder)

@@ -24,7 +24,6 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 from virnucpro_triton import repository as repo
 from virnucpro_triton.client.outputs import PREDICTIONS, SUMMARY, VERDICTS
 from virnucpro_triton.client.predict import predict
-from virnucpro_triton.embedders import MAX_DNA_LENGTH, MAX_PROTEIN_LENGTH
 from virnucpro_triton.server import EmbeddedServer
 
 MODELS = [repo.PIPELINE, repo.DNABERT_S, repo.ESM2, "classifier_300", "classifier_500"]
@@ -168,14 +167,14 @@ def malformed_jobs(dim: int) -> list[tuple[str, Inputs, str]]:
         (repo.PIPELINE, {"DNA": text(ORF)}, "missing required input"),
         (repo.DNABERT_S, {"SEQUENCE": text(b"\xc3\x28ACGT")}, "ASCII text"),
         (repo.DNABERT_S, {"SEQUENCE": text("ACGT", "")}, "row 1: empty sequence"),
-        (repo.DNABERT_S, {"SEQUENCE": text("A" * (MAX_DNA_LENGTH + 1))}, "longer than"),
+        (repo.DNABERT_S, {"SEQUENCE": text("A" * (repo.MAX_DNA_LENGTH + 1))}, "longer than"),
         (repo.DNABERT_S, {"SEQUENCE": text("ACGU")}, "not DNA"),
         (repo.DNABERT_S, {"SEQUENCE": np.zeros((1, 1), np.float32)}, "expects 'BYTES'"),
         (repo.DNABERT_S, {"SEQUENCE": text(*["ACGT"] * rows)}, "batch-size must be <="),
         (repo.DNABERT_S, {"SEQUENCE": text()}, "got 0"),
         (repo.ESM2, {"SEQUENCE": text("MK1")}, "letters only"),
         (repo.ESM2, {"SEQUENCE": text("")}, "empty sequence"),
-        (repo.ESM2, {"SEQUENCE": text("M" * (MAX_PROTEIN_LENGTH + 1))}, "longer than"),
+        (repo.ESM2, {"SEQUENCE": text("M" * (repo.MAX_PROTEIN_LENGTH + 1))}, "longer than"),
         ("classifier_300", {"FEATURES": features * np.nan}, "NaN or infinite"),
         ("classifier_300", {"FEATURES": features * np.inf}, "NaN or infinite"),
         ("classifier_300", {"FEATURES": np.ones((1, dim - 1), np.float32)}, "shape"),

@@ -300,18 +300,41 @@ def _load_hf_esm(directory: Path) -> tuple[Esm2, Esm2Config]:
     return model, config
 
 
+def _record_part(state: Any, key: str, path: Path, where: str) -> dict[str, Any]:
+    """`state[key]` of a module record, checked to be a dict with string keys (or absent)."""
+    part = state.get(key, {})
+    if not isinstance(part, dict) or not all(isinstance(k, str) for k in part):
+        raise CheckpointError(f"{path}: malformed module record {where}: {key} is not a dict")
+    return part
+
+
 def _module_state(record: _PickledModule, path: Path, prefix: str = "") -> StateDict:
-    """The state dict a pickled nn.Module would give: parameters, persistent buffers, children."""
-    state = record.state
+    """The state dict a pickled nn.Module would give: parameters, persistent buffers, children.
+
+    The record comes from an untrusted file: anything but the layout torch writes is refused."""
+    where = prefix.rstrip(".") or "(top level)"
+    state = getattr(record, "state", None)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: malformed module record {where}: no attribute dict")
     out: StateDict = {}
-    for name, param in state.get("_parameters", {}).items():
-        if param is not None:
-            out[prefix + name] = param.detach()
-    skip = state.get("_non_persistent_buffers_set", set())
-    for name, buf in state.get("_buffers", {}).items():
-        if buf is not None and name not in skip:
-            out[prefix + name] = buf
-    for name, child in state.get("_modules", {}).items():
+    tensors = {
+        **_record_part(state, "_parameters", path, where),
+        **{
+            name: buf
+            for name, buf in _record_part(state, "_buffers", path, where).items()
+            if name not in state.get("_non_persistent_buffers_set", ())
+        },
+    }
+    for name, tensor in tensors.items():
+        if tensor is None:
+            continue
+        if not torch.is_tensor(tensor):
+            raise CheckpointError(
+                f"{path}: malformed module record {where}: {name} is a "
+                f"{type(tensor).__name__}, not a tensor"
+            )
+        out[prefix + name] = tensor.detach()
+    for name, child in _record_part(state, "_modules", path, where).items():
         if child is None:
             continue
         if not isinstance(child, _PickledModule):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,7 +33,30 @@ def _fail(message: str) -> None:
     sys.exit(1)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Where a command is stopped, a journal at this path (ctx.meta) means `--resume` goes on from it.
+_RESUMABLE = "virnucpro_triton.resumable"
+
+
+class _Commands(click.Group):
+    def invoke(self, ctx: click.Context):
+        """Every command: Ctrl-C, SIGTERM and SIGHUP stop it cleanly (interrupt.py), say so in
+        one line and exit with 128 + the signal's number (130, 143, 129)."""
+        from virnucpro_triton.interrupt import Interrupted, stop_signals_interrupt
+
+        try:
+            with stop_signals_interrupt():
+                return super().invoke(ctx)
+        except KeyboardInterrupt as stop:
+            stop = stop if isinstance(stop, Interrupted) else Interrupted(signal.SIGINT)
+            journal = ctx.meta.get(_RESUMABLE)
+            hint = "; the same command with --resume goes on from here" * bool(
+                journal and journal.exists()
+            )
+            click.echo(f"virnucpro-triton: stopped by {stop}{hint}", err=True)
+            sys.exit(stop.exit_status)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """VirNucPro viral DNA classification served by NVIDIA Triton Inference Server."""
 
@@ -96,8 +120,6 @@ def serve(
     )
     try:
         code = server.wait()
-    except KeyboardInterrupt:
-        code = 0
     finally:
         server.stop()
     if code:
@@ -257,6 +279,7 @@ def predict(
     from virnucpro_triton.server import ServerError
 
     _log_to_stderr()
+    click.get_current_context().meta[_RESUMABLE] = out_dir / JOURNAL
     addresses = _addresses(urls, urls_file)
     try:
         thresholds = Thresholds(viral_above, nonviral_below, min_chunks)

@@ -21,11 +21,8 @@ from tokenizers import Tokenizer
 
 from virnucpro_triton.models.dnabert_s import DnabertS
 from virnucpro_triton.models.esm2 import PAD_IDX, Esm2, encode_protein, pad_batch
+from virnucpro_triton.repository import MAX_DNA_LENGTH, MAX_PROTEIN_LENGTH
 
-# Longest inputs accepted: far above what the pipeline sends (frames of 500-bp chunks are
-# <= 501 bases / 166 residues), low enough that one request cannot exhaust memory.
-MAX_DNA_LENGTH = 20_000
-MAX_PROTEIN_LENGTH = 4_000
 DNA_LETTERS = frozenset("ACGTNRYSWKMBDHV")  # IUPAC; the tokenizer maps rare ones to [UNK]
 
 

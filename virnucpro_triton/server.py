@@ -13,6 +13,7 @@ when installed with ``pip install -e .``.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import importlib.metadata
 import importlib.util
@@ -25,12 +26,16 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
+
+from virnucpro_triton.repository import SERVER_FLAGS
 
 
 class ServerError(RuntimeError):
@@ -42,6 +47,43 @@ _NOISE = "CudaDriverHelper has not been initialized"
 # Triton's glog-style error lines ("E1123 02:54:30.479 ..."), its final "error: ..." line and the
 # load/bind failures that appear in info lines and in the model status table.
 _ERROR_LINE = re.compile(r"^(E\d{4} |error: )|failed to load|UNAVAILABLE|already in use")
+
+
+# The Python backend's shared-memory regions are named <prefix><uuid> in /dev/shm. Each embedded
+# server gets a prefix of its own, so a region is traced to the server that made it.
+SHM_DIR = Path("/dev/shm")
+_SHM_FAMILY = "virnucpro_triton_"
+_SHM_PREFIX = re.compile(rf"^{_SHM_FAMILY}[0-9a-f]{{16}}_")
+
+
+def remove_stale_regions() -> list[str]:
+    """Remove the shared-memory regions of embedded servers no longer running (killed without a
+    clean stop): those whose prefix no process's command line names. Returns their names."""
+    running = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            running.update(_SHM_PREFIX.findall(cmdline.read_bytes().decode(errors="replace")))
+    removed = []
+    for region in SHM_DIR.glob(f"{_SHM_FAMILY}*"):
+        prefix = _SHM_PREFIX.match(region.name)
+        if prefix and prefix.group() not in running:
+            with contextlib.suppress(OSError):  # another user's, or removed meanwhile
+                region.unlink()
+                removed.append(region.name)
+    return removed
+
+
+def _dies_with(parent: int) -> Callable[[], None]:
+    """What the server child runs before exec: SIGTERM (a clean shutdown) when the parent dies,
+    even of SIGKILL. Linux sends it when the *thread* that forked exits: see start()."""
+
+    def arm() -> None:
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+        if os.getppid() != parent:  # it died before the request was made
+            os._exit(1)
+
+    return arm
 
 
 def free_port() -> int:
@@ -167,6 +209,7 @@ class EmbeddedServer:
         self._host = "127.0.0.1" if address == "0.0.0.0" else address
         self.grpc_url = f"{self._host}:{self.ports['gRPC']}"
         self.http_url = f"{self._host}:{self.ports['HTTP']}"
+        self.shm_prefix = f"{_SHM_FAMILY}{os.urandom(8).hex()}_"
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_start = 0  # where this run's output begins in a reused log file
 
@@ -176,7 +219,8 @@ class EmbeddedServer:
             str(dist / "bin" / "tritonserver"),
             f"--model-repository={self.repository}",
             f"--backend-directory={backend_directory()}",
-            "--model-control-mode=none",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
+            *SERVER_FLAGS,
             f"--grpc-address={self.address}",
             f"--grpc-port={self.ports['gRPC']}",
             f"--http-address={self.address}",
@@ -212,6 +256,10 @@ class EmbeddedServer:
             raise ServerError(f"tritonserver is already running (pid {self._proc.pid})")
         self._check_repository()
         self._check_ports_free()
+        remove_stale_regions()
+        # Tied to this process only when started from the main thread, which lives as long as
+        # the process: a worker thread's exit would take the server with it.
+        main_thread = threading.current_thread() is threading.main_thread()
         with self.log_path.open("ab") as log:
             self._log_start = log.tell()
             # A session of its own lets stop() kill the Python backend stubs with the server.
@@ -222,6 +270,7 @@ class EmbeddedServer:
                 stderr=subprocess.STDOUT,
                 env=_server_env(self.gpus),
                 start_new_session=True,
+                preexec_fn=_dies_with(os.getpid()) if main_thread else None,
             )
         deadline = time.monotonic() + timeout
         try:
@@ -236,7 +285,15 @@ class EmbeddedServer:
         except BaseException:  # e.g. Ctrl-C while waiting: do not leave the server behind
             self.stop()
             raise
+        # The backend makes its regions (requests and answers pass through them) world-readable
+        # whatever the umask; the stubs run as this user, so owner-only access is enough.
+        for region in self.shm_regions():
+            region.chmod(0o600)
         return self
+
+    def shm_regions(self) -> list[Path]:
+        """This server's shared-memory regions in /dev/shm."""
+        return sorted(SHM_DIR.glob(f"{self.shm_prefix}*"))
 
     def _ready(self, client: grpcclient.InferenceServerClient) -> bool:
         try:
@@ -307,12 +364,16 @@ class EmbeddedServer:
             while time.monotonic() < deadline:
                 os.killpg(proc.pid, 0)
                 time.sleep(0.05)
+        # A server killed before its own cleanup leaves its regions behind.
+        for region in self.shm_regions():
+            region.unlink(missing_ok=True)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def wait(self) -> int:
-        """Block until the server exits and return its exit code; Ctrl-C stops it gracefully."""
+        """Block until the server exits and return its exit code; Ctrl-C (or another signal
+        raising KeyboardInterrupt, see interrupt.py) stops it gracefully and is raised again."""
         proc = self._proc
         if proc is None:
             raise ServerError("tritonserver is not running")
@@ -320,7 +381,7 @@ class EmbeddedServer:
             return proc.wait()
         except KeyboardInterrupt:
             self.stop()
-            return proc.returncode
+            raise
 
     def __enter__(self) -> EmbeddedServer:
         return self.start()

@@ -1,0 +1,241 @@
+"""Red-team cases against real servers (docs/reliability.md): the shared-memory APIs closed,
+shared-memory regions private to their server and removed after it, concurrent starts, the
+same server flags everywhere, malformed checkpoint records, what batching changes in results."""
+
+from __future__ import annotations
+
+import copyreg
+import json
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+import yaml
+from fake_checkpoints import _class_in_main
+from servers import wait_for
+from test_server import ECHO_MODEL, make_repository
+from test_server_robustness import classifier_dim
+from tritonclient.utils import InferenceServerException
+
+from virnucpro_triton import repository as repo
+from virnucpro_triton.checkpoints import CheckpointError, load_classifier
+from virnucpro_triton.client.outputs import PREDICTIONS, VERDICTS
+from virnucpro_triton.client.predict import predict
+from virnucpro_triton.server import EmbeddedServer, remove_stale_regions
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def http_post(url: str, path: str, body: dict) -> tuple[int, str]:
+    request = urllib.request.Request(
+        f"http://{url}{path}", json.dumps(body).encode(), method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def classify_zeros(server: EmbeddedServer, dim: int) -> np.ndarray:
+    features = grpcclient.InferInput("FEATURES", [1, dim], "FP32")
+    features.set_data_from_numpy(np.zeros((1, dim), np.float32))
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        return client.infer("classifier_300", [features]).as_numpy("PROBABILITIES")
+
+
+def test_shared_memory_apis_are_closed(server, tiny_repository):
+    """The red team's two calls: register one of the backend's own regions by its /dev/shm name,
+    then ask classifier_300 to write its output there. That aborted tritonserver (status -6)."""
+    dim = classifier_dim(tiny_repository)
+    before = classify_zeros(server, dim)
+    region = server.shm_regions()[0].name
+    register = {"key": f"/{region}", "offset": 0, "byte_size": 1 << 20}
+    for kind in ("systemsharedmemory", "cudasharedmemory"):
+        for path in (f"/v2/{kind}/region/x/register", f"/v2/{kind}/region/x/unregister"):
+            status, body = http_post(server.http_url, path, register)
+            assert status == 403 and "restricted" in body, (path, status, body)
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        calls = [
+            lambda: client.register_system_shared_memory("x", f"/{region}", 1 << 20),
+            lambda: client.register_cuda_shared_memory("x", b"\0" * 64, 0, 1 << 20),
+            client.get_system_shared_memory_status,
+            client.get_cuda_shared_memory_status,
+            client.unregister_system_shared_memory,
+            client.unregister_cuda_shared_memory,
+        ]
+        for call in calls:
+            with pytest.raises(InferenceServerException, match="restricted"):
+                call()
+    # The second call: nothing was registered, so it is an error of its own.
+    features = httpclient.InferInput("FEATURES", [1, dim], "FP32")
+    features.set_data_from_numpy(np.zeros((1, dim), np.float32))
+    output = httpclient.InferRequestedOutput("PROBABILITIES")
+    output.set_shared_memory("x", 8)
+    with httpclient.InferenceServerClient(server.http_url) as client:
+        with pytest.raises(InferenceServerException, match="Unable to find shared memory"):
+            client.infer("classifier_300", [features], outputs=[output])
+    np.testing.assert_array_equal(classify_zeros(server, dim), before)  # up, and answering
+
+
+def test_regions_are_named_per_server_and_private(server):
+    regions = server.shm_regions()
+    assert regions, "the server's regions carry its prefix"
+    for region in regions:
+        assert stat.S_IMODE(region.stat().st_mode) == 0o600, region
+    other = EmbeddedServer(server.repository)
+    assert other.shm_prefix != server.shm_prefix
+
+
+@pytest.fixture(scope="module")
+def echo_repository(tmp_path_factory) -> Path:
+    """A one-model repository: starts in seconds, where the tiny VirNucPro one takes a minute."""
+    return make_repository(tmp_path_factory.mktemp("echo"), echo=ECHO_MODEL)
+
+
+def test_regions_of_a_killed_server_are_removed(echo_repository):
+    """SIGKILL gives the server no chance to remove its regions: the next start does, and only
+    those of servers no longer running."""
+    killed = EmbeddedServer(echo_repository).start()
+    alive = EmbeddedServer(echo_repository).start()
+    try:
+        regions = killed.shm_regions()
+        assert regions
+        os.killpg(killed._proc.pid, signal.SIGKILL)  # the server and its stubs, uncleanly
+        killed._proc.wait()
+        wait_for(lambda: not named_by_a_process(killed.shm_prefix), timeout=30)
+        assert all(r.exists() for r in regions)  # the kill left them
+        removed = remove_stale_regions()
+        assert {r.name for r in regions} <= set(removed)
+        assert not any(r.exists() for r in regions)
+        assert alive.shm_regions() and not set(removed) & {r.name for r in alive.shm_regions()}
+    finally:
+        killed.stop()
+        alive.stop()
+    assert alive.shm_regions() == []  # a clean stop removes its own
+
+
+def named_by_a_process(prefix: str) -> bool:
+    """Whether a process still names `prefix` (the killed group may take a moment to go)."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if prefix.encode() in cmdline.read_bytes():
+                return True
+        except OSError:
+            pass
+    return False
+
+
+@pytest.mark.slow  # 12 starts; ~1-3 min on 2 cores
+def test_four_servers_start_at_once_three_rounds(echo_repository):
+    """Concurrent starts used to die in load with boost::interprocess::lock_exception."""
+    for _ in range(3):
+        servers = [EmbeddedServer(echo_repository) for _ in range(4)]
+        try:
+            with ThreadPoolExecutor(4) as pool:
+                list(pool.map(lambda s: s.start(timeout=300), servers))
+            for s in servers:
+                with grpcclient.InferenceServerClient(s.grpc_url) as client:
+                    assert client.is_model_ready("echo")
+            assert len({s.shm_prefix for s in servers}) == 4
+        finally:
+            for s in servers:
+                s.stop()
+
+
+def test_deployment_files_run_the_embedded_servers_flags():
+    """The Dockerfile's CMD, compose, Kubernetes and KServe args: the same server flags."""
+    flags = set(repo.SERVER_FLAGS)
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    cmd = json.loads(re.search(r"^CMD (\[.*\])$", dockerfile.replace("\\\n", ""), re.M).group(1))
+    assert cmd[0] == "tritonserver" and flags <= set(cmd), cmd
+    compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
+    command = compose["services"]["triton"].get("command")
+    assert command is None or flags <= set(command)  # none: the image's CMD
+    deployment = yaml.safe_load((ROOT / "docker" / "k8s" / "deployment.yaml").read_text())
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert flags <= set(container["args"]), container["args"]
+    service = yaml.safe_load((ROOT / "docker" / "kserve" / "inferenceservice.yaml").read_text())
+    assert flags <= set(service["spec"]["predictor"]["model"]["args"])
+
+
+def test_server_flags_parse_in_tritonserver(server):
+    """The running server took them as they are (it exits on a malformed one)."""
+    command = Path(f"/proc/{server._proc.pid}/cmdline").read_bytes().split(b"\0")
+    assert {f.encode() for f in repo.SERVER_FLAGS} <= set(command)
+
+
+class _MalformedModule:
+    """Pickles as a `__main__.MLPClassifier` module record whose attribute dict is `state`."""
+
+    def __init__(self, state: object) -> None:
+        self.state = state
+
+    def __reduce_ex__(self, protocol: int) -> tuple:
+        record = (copyreg.__newobj__, (type(self),))
+        return record if self.state is None else (*record, self.state)
+
+
+_MalformedModule.__module__ = "__main__"
+_MalformedModule.__name__ = _MalformedModule.__qualname__ = "MLPClassifier"
+
+
+@pytest.mark.parametrize(
+    ("state", "message"),
+    [
+        (None, "no attribute dict"),
+        ([1, 2], "no attribute dict"),
+        ({"_parameters": [1, 2]}, "_parameters is not a dict"),
+        ({"_modules": "bn1"}, "_modules is not a dict"),
+        ({"_parameters": {"weight": "zeros"}}, "weight is a str, not a tensor"),
+        ({"_buffers": {1: None}}, "_buffers is not a dict"),
+    ],
+)
+def test_malformed_module_record_is_refused_in_one_line(tmp_path, state, message):
+    path = tmp_path / "300_model.pth"
+    with _class_in_main(_MalformedModule):
+        torch.save(_MalformedModule(state), path)
+    with pytest.raises(CheckpointError, match=re.escape(message)) as refused:
+        load_classifier(path)
+    assert str(refused.value).startswith(f"{path}: malformed module record")
+    # And the CLI: one line, no traceback.
+    done = subprocess.run(
+        [sys.executable, "-m", "virnucpro_triton.cli", "export", "--out", str(tmp_path / "r")]
+        + ["--classifier-300", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().count("\n") == 0 and message in done.stderr
+
+
+def test_what_batching_changes_in_results(server, contigs, tmp_path):
+    """README, "What is identical": one chunk per request and 64 per request give the same ids,
+    labels and verdicts; probabilities agree within 1e-6 (here: measured, and printed)."""
+    runs = {}
+    for batch in (1, 64):
+        out = tmp_path / f"batch{batch}"
+        predict(contigs, 300, out, server.grpc_url, batch_chunks=batch, progress=False)
+        rows = [line.split("\t") for line in (out / PREDICTIONS).read_text().splitlines()[1:]]
+        runs[batch] = rows, (out / VERDICTS).read_text()
+    (one, verdicts_one), (many, verdicts_many) = runs[1], runs[64]
+    assert [r[:2] for r in one] == [r[:2] for r in many]  # ids and labels
+    assert verdicts_one == verdicts_many
+    p_one = np.array([r[2:] for r in one], np.float64)
+    p_many = np.array([r[2:] for r in many], np.float64)
+    differ = int((p_one != p_many).any(axis=1).sum())
+    largest = float(np.abs(p_one - p_many).max())
+    print(f"{differ} of {len(one)} rows differ in their digits; largest difference {largest:.1e}")
+    assert largest <= 1e-6
