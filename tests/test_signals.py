@@ -1,0 +1,204 @@
+"""SIGTERM, SIGHUP and Ctrl-C sent to real CLI processes (serve, predict with its embedded
+server, predict --url, embed --url): each stops like Ctrl-C, leaves no tritonserver, stub, port
+or hidden .partial file behind, exits 128 + the signal's number, and names --resume where a
+journal holds the answers so far. A SIGKILLed parent takes its server with it."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tritonclient.grpc as grpcclient
+from servers import served, wait_for
+from test_server import ECHO_MODEL, make_repository, processes_mentioning
+
+from virnucpro_triton.client.journal import NAME as JOURNAL
+from virnucpro_triton.client.outputs import PREDICTIONS
+from virnucpro_triton.server import free_port
+
+CLI = str(Path(sys.executable).parent / "virnucpro-triton")
+RESUME_HINT = "the same command with --resume goes on from here"
+
+
+def start(*args: str | Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [CLI, *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # a signal to this test's group never reaches it by accident
+    )
+
+
+def stop(process: subprocess.Popen[str], signum: int) -> tuple[int, str]:
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    return process.returncode, stderr
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def ready(url: str) -> bool:
+    try:
+        with grpcclient.InferenceServerClient(url) as client:
+            return client.is_server_ready(client_timeout=2)
+    except Exception:  # not listening yet
+        return False
+
+
+@pytest.fixture
+def echo_repository(tmp_path) -> Path:
+    return make_repository(tmp_path / "echo", echo=ECHO_MODEL)
+
+
+def serve(repository: Path) -> tuple[subprocess.Popen[str], list[int]]:
+    ports = [free_port() for _ in range(3)]
+    flags = ("--grpc-port", "--http-port", "--metrics-port")
+    process = start(
+        "serve", "--repository", repository, *(x for f, p in zip(flags, ports) for x in (f, p))
+    )
+    wait_for(lambda: ready(f"127.0.0.1:{ports[0]}") or process.poll() is not None, timeout=300)
+    assert process.poll() is None, process.communicate()
+    return process, ports
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_a_signal_to_serve_stops_the_server(echo_repository, signum):
+    process, ports = serve(echo_repository)
+    running = processes_mentioning(str(echo_repository))
+    assert process.pid in running and len(running) == 3  # the CLI, tritonserver, the stub
+    code, stderr = stop(process, signum)
+    assert code == 128 + signum, stderr
+    assert f"virnucpro-triton: stopped by {signal.Signals(signum).name}" in stderr
+    assert "Traceback" not in stderr and "--resume" not in stderr
+    assert processes_mentioning(str(echo_repository)) == set()
+    assert all(port_free(p) for p in ports)
+
+
+def test_a_sigkilled_serve_takes_its_server_along(echo_repository):
+    process, ports = serve(echo_repository)
+    process.kill()
+    process.wait()
+    # The server gets SIGTERM from the kernel (PR_SET_PDEATHSIG) and shuts down cleanly.
+    wait_for(lambda: processes_mentioning(str(echo_repository)) == set(), timeout=120)
+    wait_for(lambda: all(port_free(p) for p in ports), timeout=60)
+
+
+@pytest.fixture(scope="module")
+def long_fasta(tmp_path_factory) -> Path:
+    """Enough one-chunk requests that a run is still going when the signal comes."""
+    rng = random.Random(3)
+    path = tmp_path_factory.mktemp("long") / "long.fa"
+    path.write_text("".join(f">r{i}\n{''.join(rng.choices('ACGT', k=290))}\n" for i in range(3000)))
+    return path
+
+
+def leftovers(out_dir: Path) -> list[str]:
+    return sorted(p.name for p in out_dir.glob(".*.partial"))
+
+
+def assert_resumes(long_fasta: Path, out: Path, server) -> None:
+    done = subprocess.run(
+        [CLI, "predict", long_fasta, "--chunk-size", "300", "-o", out, "--url", server.grpc_url]
+        + ["--resume", "--batch-chunks", "64"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "chunks from the stopped run" in done.stdout
+    assert len((out / PREDICTIONS).read_text().splitlines()) > 1 and not (out / JOURNAL).exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_predict_url_keeps_the_journal_and_names_resume(
+    server, long_fasta, tmp_path, signum
+):
+    out = tmp_path / "out"
+    before = served(server)
+    process = start(
+        "predict",
+        long_fasta,
+        "--chunk-size",
+        "300",
+        "-o",
+        out,
+        "--url",
+        server.grpc_url,
+        "--batch-chunks",
+        "1",
+        "--max-in-flight",
+        "1",
+    )
+    wait_for(lambda: served(server) > before + 5 or process.poll() is not None, timeout=300)
+    code, stderr = stop(process, signum)
+    assert code == 128 + signum, stderr
+    assert f"stopped by {signal.Signals(signum).name}; {RESUME_HINT}" in stderr
+    assert "Traceback" not in stderr and "Aborted" not in stderr
+    assert leftovers(out) == [] and (out / JOURNAL).exists()
+    assert not (out / PREDICTIONS).exists()
+    assert_resumes(long_fasta, out, server)
+
+
+def test_sigterm_to_predict_stops_its_embedded_server(
+    server, tiny_repository, long_fasta, tmp_path
+):
+    repository = tmp_path / "repository"  # a path of its own: the session server shares none
+    shutil.copytree(tiny_repository, repository)
+    out = tmp_path / "out"
+    process = start(
+        "predict",
+        long_fasta,
+        "--chunk-size",
+        "300",
+        "-o",
+        out,
+        "--repository",
+        repository,
+        "--batch-chunks",
+        "1",
+        "--max-in-flight",
+        "1",
+    )
+    # The journal appears once the server is up and the first answers came.
+    wait_for(lambda: (out / JOURNAL).exists() or process.poll() is not None, timeout=600)
+    wait_for(lambda: (out / JOURNAL).stat().st_size > 1000 or process.poll() is not None)
+    code, stderr = stop(process, signal.SIGTERM)
+    assert code == 143, stderr
+    assert f"stopped by SIGTERM; {RESUME_HINT}" in stderr
+    assert processes_mentioning(str(repository)) == set()
+    assert leftovers(out) == []
+    assert_resumes(long_fasta, out, server)
+
+
+def embedded(server, model: str) -> int:
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        stats = client.get_inference_statistics(model, as_json=True)
+    return int(stats["model_stats"][0]["inference_stats"]["success"].get("count", 0))
+
+
+def test_sigterm_to_embed_url_leaves_no_partial_output(server, long_fasta, tmp_path):
+    many = tmp_path / "many.fa"  # ten times the records: embedding is faster than classifying
+    records = long_fasta.read_text().splitlines()[1::2] * 10
+    many.write_text("".join(f">e{i}\n{sequence}\n" for i, sequence in enumerate(records)))
+    out = tmp_path / "out" / "dna.npy"
+    before = embedded(server, "dnabert_s")
+    process = start("embed", many, "--model", "dnabert_s", "-o", out, "--url", server.grpc_url)
+    wait_for(lambda: embedded(server, "dnabert_s") > before or process.poll() is not None, 300)
+    code, stderr = stop(process, signal.SIGTERM)
+    assert code == 143, stderr
+    assert "stopped by SIGTERM" in stderr and "--resume" not in stderr
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []
