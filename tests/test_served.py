@@ -73,9 +73,15 @@ def test_results_do_not_depend_on_batching(server, mixed_fasta, tmp_path):
         progress=False,
     )
     predict(mixed_fasta, 300, tmp_path / "many", server.grpc_url, batch_chunks=64, progress=False)
+    # What holds (README, "What is identical between runs"): the same rows; probabilities within
+    # 1e-6, not always to the last digit; so a label flips only where its two are that close.
     one, many = read_rows(tmp_path / "one"), read_rows(tmp_path / "many")
     assert one.keys() == many.keys()
-    assert max(abs(np.array(one[k][1:]) - np.array(many[k][1:])).max() for k in one) <= 1e-6
+    differences = [abs(np.array(one[k][1:]) - np.array(many[k][1:])).max() for k in one]
+    flipped = [k for k in one if one[k][0] != many[k][0]]
+    print(f"{np.count_nonzero(differences)} of {len(one)} rows differ, at most {max(differences)}")
+    assert max(differences) <= 1e-6
+    assert all(abs(one[k][1] - one[k][2]) <= 2e-6 for k in flipped), flipped
 
 
 def test_models_load_once_across_client_runs(server, mixed_fasta, tmp_path):
