@@ -88,18 +88,26 @@ def test_shared_memory_apis_are_closed(server, tiny_repository):
     np.testing.assert_array_equal(classify_zeros(server, dim), before)  # up, and answering
 
 
-def test_model_control_log_and_trace_apis_are_refused(server):
-    """Held up in the red team's pass; kept so that it stays so."""
+def test_model_control_log_and_trace_apis_are_refused(server, tmp_path):
+    """Loading models, and trace or log settings (they name files the server writes)."""
+    trace_file = tmp_path / "trace.json"
     with grpcclient.InferenceServerClient(server.grpc_url) as client:
-        for call in (
-            lambda: client.load_model(repo.ESM2),
-            lambda: client.unload_model(repo.ESM2),
-            lambda: client.update_log_settings({"log_verbose_level": 3}),
-            lambda: client.update_trace_settings(settings={"trace_level": ["TIMESTAMPS"]}),
-        ):
+        for call in (lambda: client.load_model(repo.ESM2), lambda: client.unload_model(repo.ESM2)):
             with pytest.raises(InferenceServerException):
                 call()
+        for call in (
+            lambda: client.update_log_settings({"log_verbose_level": 3}),
+            client.get_log_settings,
+            lambda: client.update_trace_settings(settings={"trace_file": str(trace_file)}),
+            client.get_trace_settings,
+        ):
+            with pytest.raises(InferenceServerException, match="restricted"):
+                call()
         assert client.is_model_ready(repo.ESM2)
+    for path in ("/v2/logging", "/v2/trace/setting"):
+        status, body = http_post(server.http_url, path, {"log_verbose_level": 3})
+        assert status == 403 and "restricted" in body, (path, status, body)
+    assert not trace_file.exists()
 
 
 def test_regions_are_named_per_server_and_private(server):

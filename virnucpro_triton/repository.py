@@ -65,18 +65,20 @@ MAX_PROTEIN_LENGTH = 4_000
 # Flags every server of this project runs with: the embedded one (server.py), docker/Dockerfile,
 # docker/k8s and docker/kserve (tests/test_hardening.py checks they agree).
 # - Model control "none": every model loads at start, none can be loaded or unloaded over the API.
-# - The shared-memory APIs are closed. Registering one of the Python backend's own regions
-#   (their names are visible in /dev/shm) and asking a model to write its output there aborts
-#   tritonserver, and no client of this project uses shared memory. Triton opens a restricted
-#   API to requests carrying a header key=value; these can carry neither: gRPC prefixes the key
-#   with "triton-grpc-protocol-" and HTTP/2 header names are lowercase, so an uppercase letter
-#   never matches; an HTTP/1.1 header value ends at a line break, and this value holds one.
-SHM_CLOSED_KEY = "Closed"
-SHM_CLOSED_VALUE = "by a\nline break"
+# - The shared-memory, trace and logging APIs are closed; no client of this project uses them.
+#   Registering one of the Python backend's own regions (their names are visible in /dev/shm)
+#   and asking a model to write its output there aborts tritonserver; trace and log settings
+#   name files the server then writes. Triton opens a restricted API to requests carrying a
+#   header key=value; these can carry neither: gRPC prefixes the key with
+#   "triton-grpc-protocol-" and HTTP/2 header names are lowercase, so an uppercase letter never
+#   matches; an HTTP/1.1 header value ends at a line break, and this value holds one.
+CLOSED_APIS = "shared-memory,trace,logging"
+CLOSED_KEY = "Closed"
+CLOSED_VALUE = "by a\nline break"
 SERVER_FLAGS = (
     "--model-control-mode=none",
-    f"--http-restricted-api=shared-memory:{SHM_CLOSED_KEY}={SHM_CLOSED_VALUE}",
-    f"--grpc-restricted-protocol=shared-memory:{SHM_CLOSED_KEY}={SHM_CLOSED_VALUE}",
+    f"--http-restricted-api={CLOSED_APIS}:{CLOSED_KEY}={CLOSED_VALUE}",
+    f"--grpc-restricted-protocol={CLOSED_APIS}:{CLOSED_KEY}={CLOSED_VALUE}",
 )
 
 WEIGHTS = "weights.safetensors"

@@ -77,9 +77,11 @@ def _dies_with(parent: int) -> Callable[[], None]:
     """What the server child runs before exec: SIGTERM (a clean shutdown) when the parent dies,
     even of SIGKILL. Linux sends it when the *thread* that forked exits: see start()."""
 
+    # Looked up here: the child of a threaded parent should not need the loader's locks.
+    prctl, pr_set_pdeathsig = ctypes.CDLL(None, use_errno=True).prctl, 1
+
     def arm() -> None:
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+        prctl(pr_set_pdeathsig, signal.SIGTERM)
         if os.getppid() != parent:  # it died before the request was made
             os._exit(1)
 
