@@ -6,6 +6,7 @@ journal holds the answers so far. A SIGKILLed parent takes its server with it.""
 from __future__ import annotations
 
 import random
+import re
 import shutil
 import signal
 import socket
@@ -26,9 +27,9 @@ CLI = str(Path(sys.executable).parent / "virnucpro-triton")
 RESUME_HINT = "the same command with --resume goes on from here"
 
 
-def start(*args: str | Path) -> subprocess.Popen[str]:
+def start(*args: str | Path, wrapper: tuple[str, ...] = ()) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [CLI, *map(str, args)],
+        [*wrapper, CLI, *map(str, args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -65,11 +66,17 @@ def echo_repository(tmp_path) -> Path:
     return make_repository(tmp_path / "echo", echo=ECHO_MODEL)
 
 
-def serve(repository: Path) -> tuple[subprocess.Popen[str], list[int]]:
+def serve(
+    repository: Path, wrapper: tuple[str, ...] = ()
+) -> tuple[subprocess.Popen[str], list[int]]:
     ports = [free_port() for _ in range(3)]
     flags = ("--grpc-port", "--http-port", "--metrics-port")
     process = start(
-        "serve", "--repository", repository, *(x for f, p in zip(flags, ports) for x in (f, p))
+        "serve",
+        "--repository",
+        repository,
+        *(x for f, p in zip(flags, ports) for x in (f, p)),
+        wrapper=wrapper,
     )
     wait_for(lambda: ready(f"127.0.0.1:{ports[0]}") or process.poll() is not None, timeout=300)
     assert process.poll() is None, process.communicate()
@@ -87,6 +94,16 @@ def test_a_signal_to_serve_stops_the_server(echo_repository, signum):
     assert "Traceback" not in stderr and "--resume" not in stderr
     assert processes_mentioning(str(echo_repository)) == set()
     assert all(port_free(p) for p in ports)
+
+
+def test_serve_under_nohup_keeps_ignoring_sighup(echo_repository):
+    process, _ = serve(echo_repository, wrapper=("nohup",))  # nohup execs the CLI
+    status = Path(f"/proc/{process.pid}/status").read_text()
+    ignored = int(re.search(r"^SigIgn:\s*([0-9a-f]+)", status, re.M).group(1), 16)
+    assert ignored & 1 << (signal.SIGHUP - 1)
+    process.send_signal(signal.SIGHUP)
+    code, _ = stop(process, signal.SIGTERM)  # had the SIGHUP stopped it, the status were 129
+    assert code == 143 and processes_mentioning(str(echo_repository)) == set()
 
 
 def test_a_sigkilled_serve_takes_its_server_along(echo_repository):

@@ -38,7 +38,12 @@ def stop_signals_interrupt() -> Iterator[None]:
             signal.signal(other, signal.SIG_IGN)
         raise Interrupted(signum)
 
-    previous = {signum: signal.signal(signum, interrupt) for signum in SIGNALS}
+    # A signal ignored from the start stays ignored (`nohup` ignores SIGHUP).
+    previous = {
+        signum: signal.signal(signum, interrupt)
+        for signum in SIGNALS
+        if signal.getsignal(signum) is not signal.SIG_IGN
+    }
     try:
         yield
     finally:

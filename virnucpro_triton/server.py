@@ -53,7 +53,7 @@ _ERROR_LINE = re.compile(r"^(E\d{4} |error: )|failed to load|UNAVAILABLE|already
 # server gets a prefix of its own, so a region is traced to the server that made it.
 SHM_DIR = Path("/dev/shm")
 _SHM_FAMILY = "virnucpro_triton_"
-_SHM_PREFIX = re.compile(rf"^{_SHM_FAMILY}[0-9a-f]{{16}}_")
+_SHM_PREFIX = re.compile(rf"{_SHM_FAMILY}[0-9a-f]{{16}}_")  # in a name or a command line
 
 
 def remove_stale_regions() -> list[str]:
