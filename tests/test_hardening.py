@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -47,6 +48,21 @@ def http_post(url: str, path: str, body: dict) -> tuple[int, str]:
         return error.code, error.read().decode()
 
 
+def raw_http_status(url: str, path: str, header: bytes, body: bytes) -> int:
+    """POST with a hand-written header line, as no HTTP library would send it."""
+    host, port = url.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as connection:
+        connection.sendall(
+            b"POST %s HTTP/1.1\r\nHost: x\r\n%s\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (path.encode(), header, len(body), body)
+        )
+        reply = b""
+        while chunk := connection.recv(65536):
+            reply += chunk
+    return int(reply.split()[1]) if reply else 0
+
+
 def classify_zeros(server: EmbeddedServer, dim: int) -> np.ndarray:
     features = grpcclient.InferInput("FEATURES", [1, dim], "FP32")
     features.set_data_from_numpy(np.zeros((1, dim), np.float32))
@@ -65,6 +81,16 @@ def test_shared_memory_apis_are_closed(server, tiny_repository):
         for path in (f"/v2/{kind}/region/x/register", f"/v2/{kind}/region/x/unregister"):
             status, body = http_post(server.http_url, path, register)
             assert status == 403 and "restricted" in body, (path, status, body)
+    # The header's value holds a line break: neither a bare LF nor a folded line carries it.
+    key = repo.CLOSED_KEY.encode()
+    for header in (b"%s: by a\nline break" % key, b"%s: by a\r\n line break" % key):
+        status = raw_http_status(
+            server.http_url,
+            "/v2/systemsharedmemory/region/x/register",
+            header,
+            json.dumps(register).encode(),
+        )
+        assert status in (400, 403), (header, status)
     with grpcclient.InferenceServerClient(server.grpc_url) as client:
         calls = [
             lambda: client.register_system_shared_memory("x", f"/{region}", 1 << 20),
