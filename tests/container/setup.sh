@@ -14,22 +14,24 @@ STANDIN=${VIRNUCPRO_STANDIN:-virnucpro-ngc-standin:24.10-py3}
 SUITE=bookworm
 MIRROR=http://deb.debian.org/debian
 COMPOSE_DEB=$MIRROR/pool/main/d/docker-compose/docker-compose_2.26.1-4_amd64.deb
-PYTHON310=${PYTHON310:-/root/.pyenv/versions/3.10.13}
+PYTHON=${PYTHON:-.venv/bin/python}  # pip and zipfile for the wheel (make venv's)
+# CPython 3.10 to copy in: a build linked against bookworm's libraries (these machines' pyenv)
+PYTHON310=${PYTHON310:-$(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.10.* 2>/dev/null | tail -1)}
 # The libraries CPython's extension modules link against, beyond debootstrap's minbase.
 PACKAGES=ca-certificates,libssl3,libffi8,libsqlite3-0,libreadline8,libncursesw6,libuuid1,libexpat1,libbz2-1.0,liblzma5,libnsl2,libtirpc3,libgssapi-krb5-2,libbsd0
 
 say() { echo "container tier: $*"; }
 fail() { echo "container tier: $*" >&2; exit 1; }
+apt_install() {
+  say "installing Debian's $1"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1"; } \
+    > "$CACHE/apt.log" 2>&1 || fail "apt-get install $1 failed; see $CACHE/apt.log"
+}
 mkdir -p "$CACHE"
 
 # --- 1. the engine -------------------------------------------------------------------------
 if ! "$DOCKER" info > /dev/null 2>&1; then
-  if ! command -v dockerd > /dev/null; then
-    say "installing Debian's docker.io (no dockerd on this host)"
-    apt-get update -qq > "$CACHE/apt.log" 2>&1 \
-      && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io >> "$CACHE/apt.log" 2>&1 \
-      || fail "apt-get install docker.io failed; see $CACHE/apt.log"
-  fi
+  command -v dockerd > /dev/null || apt_install docker.io
   say "starting dockerd (log: $CACHE/dockerd.log)"
   nohup dockerd > "$CACHE/dockerd.log" 2>&1 &
   for _ in $(seq 60); do "$DOCKER" info > /dev/null 2>&1 && break; sleep 1; done
@@ -46,6 +48,7 @@ fi
 say "$("$DOCKER" compose version)"
 
 # --- 3. the NGC base stand-in --------------------------------------------------------------
+[ -x "$PYTHON310/bin/python3.10" ] || fail "no CPython 3.10 build found; set PYTHON310 to its prefix"
 pytriton=$(grep -E '^nvidia-pytriton==' requirements.lock) || fail "requirements.lock pins no nvidia-pytriton"
 inputs=$( (cat tests/container/ngc-standin.Dockerfile tests/container/setup.sh; echo "$pytriton") | sha256sum | cut -c1-16)
 if [ "$("$DOCKER" image inspect --format '{{index .Config.Labels "virnucpro.inputs"}}' "$STANDIN" 2>/dev/null)" = "$inputs" ]; then
@@ -55,11 +58,7 @@ fi
 
 rootfs_tar=$CACHE/rootfs-$SUITE.tar
 if [ ! -s "$rootfs_tar" ]; then
-  command -v debootstrap > /dev/null || {
-    say "installing debootstrap"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap > "$CACHE/apt.log" 2>&1 \
-      || fail "apt-get install debootstrap failed; see $CACHE/apt.log"
-  }
+  command -v debootstrap > /dev/null || apt_install debootstrap
   say "debootstrap $SUITE (minbase) into $CACHE"
   rm -rf "$CACHE/rootfs"
   debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$CACHE/rootfs" "$MIRROR" \
@@ -83,9 +82,9 @@ tar -C "$PYTHON310" --exclude=lib/python3.10/test --exclude='lib/python3.10/tkin
   -cf - bin/python3.10 bin/python3 lib | tar -C "$context/python" -xf -
 wheel_dir=$CACHE/wheel
 rm -rf "$wheel_dir" && mkdir -p "$wheel_dir"
-python3 -m pip download --quiet --no-deps --only-binary=:all: --dest "$wheel_dir" "$pytriton" \
-  || fail "pip download $pytriton failed"
-python3 -m zipfile -e "$wheel_dir"/nvidia_pytriton-*.whl "$wheel_dir/unpacked"
+"$PYTHON" -m pip download --no-deps --only-binary=:all: --dest "$wheel_dir" "$pytriton" \
+  > "$CACHE/pip.log" 2>&1 || fail "pip download $pytriton failed; see $CACHE/pip.log"
+"$PYTHON" -m zipfile -e "$wheel_dir"/nvidia_pytriton-*.whl "$wheel_dir/unpacked"
 server=$wheel_dir/unpacked/pytriton/tritonserver
 cp -r "$server/bin" "$server/caches" "$context/tritonserver/"
 cp -r "$server/backends/python/." "$context/tritonserver/backends/python/"
