@@ -8,12 +8,14 @@ STAMP := $(VENV)/.installed
 TOOLS := .venv-tools
 TOOLS_STAMP := $(TOOLS)/.installed
 DOCKER ?= docker
+DOCKER_COMPOSE ?= docker-compose
+GPUS ?= all
 REPOSITORY ?= model_repository
 DTYPE ?= fp32
 IMAGE ?= virnucpro-triton:0.1.0
 
 .DEFAULT_GOAL := help
-.PHONY: help venv tools demo test lint serve serve-local image export bench clean
+.PHONY: help venv tools demo test test-container lint serve serve-local image export bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -42,6 +44,13 @@ demo: $(STAMP)  ## tiny random models + embedded Triton server + client on examp
 test: $(STAMP) $(TOOLS_STAMP)  ## unit and integration tests (starts real tritonserver processes)
 	$(BIN)/pytest
 
+# Root on Debian: installs the engine and Compose v2 when missing, builds a stand-in of the
+# NGC base (cached), then the image, and serves it as compose does (tests/test_container.py).
+test-container: $(STAMP)  ## container tests: the image built and served by Docker (root; ~15 min cold)
+	tests/container/setup.sh
+	$(BIN)/pytest -m container tests/test_container.py
+	@cat build/container-timings.json
+
 lint: $(STAMP)  ## ruff lint and format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -52,18 +61,35 @@ require-docker = $(if $(shell $(DOCKER) info >/dev/null 2>&1 && echo ok),,$(erro
   Docker engine answers ($(DOCKER) info failed); run `make serve-local` for the embedded Triton server))
 require-repository = $(if $(wildcard $(REPOSITORY)/*/config.pbtxt),,$(error make $@: \
   $(REPOSITORY) holds no exported model (no */config.pbtxt); run `make export` first))
+# Compose v2: the engine's plugin, else a standalone docker-compose of version 2 (Debian
+# bookworm's docker-compose is v1, which cannot read compose.yaml).
+compose-v2 = $(shell $(1) version --short 2>/dev/null | grep -qE '^v?2[.]' && echo '$(1)')
+compose = $(or $(call compose-v2,$(DOCKER) compose),$(call compose-v2,$(DOCKER_COMPOSE)))
+require-compose = $(if $(compose),,$(error make $@: Compose v2 is missing: neither \
+  `$(DOCKER) compose` nor a `$(DOCKER_COMPOSE)` of version 2 answers; install Docker's compose \
+  plugin (Debian: trixie's docker-compose package)))
+require-gpus = $(if $(filter-out all none,$(GPUS)),$(error make $@: GPUS=$(GPUS): use GPUS=all \
+  (every GPU) or GPUS=none (CPU only)))
+require-nvidia = $(if $(filter none,$(GPUS)),,$(if $(shell $(DOCKER) info --format \
+  '{{json .Runtimes}}' 2>/dev/null | grep -q '"nvidia"' && echo ok),,$(error make $@: the \
+  NVIDIA container runtime is missing ($(DOCKER) info lists no nvidia runtime); install the \
+  NVIDIA Container Toolkit, or run `make serve GPUS=none` (CPU only))))
+compose-files = -f docker/compose.yaml $(if $(filter all,$(GPUS)),-f docker/compose.gpus.yaml)
 
-serve:  ## NGC Triton container with the project on $(REPOSITORY), all GPUs, ports 8000-8002 (Docker)
+serve:  ## NGC Triton container with the project on $(REPOSITORY), all GPUs (GPUS=none: CPU), ports 8000-8002
 	$(require-docker)
+	$(require-compose)
+	$(require-gpus)
+	$(require-nvidia)
 	$(require-repository)
-	VIRNUCPRO_MODELS="$(abspath $(REPOSITORY))" $(DOCKER) compose -f docker/compose.yaml up --build
+	VIRNUCPRO_MODELS="$(abspath $(REPOSITORY))" $(compose) $(compose-files) up --build
 
 serve-local: $(STAMP)  ## embedded Triton server (no Docker) on $(REPOSITORY) (127.0.0.1:8000/8001/8002)
 	$(BIN)/virnucpro-triton serve --repository $(REPOSITORY)
 
 image:  ## build the server image (docker/Dockerfile) as $(IMAGE), e.g. to push for Kubernetes
 	$(require-docker)
-	$(DOCKER) build -f docker/Dockerfile -t $(IMAGE) .
+	$(DOCKER) build -f docker/Dockerfile $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) -t $(IMAGE) .
 
 export: $(STAMP)  ## export checkpoints: make export DNABERT_S=dir ESM2=file CLASSIFIER_300=file ... [FORMAT=onnx]
 	$(BIN)/virnucpro-triton export --out $(REPOSITORY) --dtype $(DTYPE) $(if $(FORMAT),--format $(FORMAT)) \

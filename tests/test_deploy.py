@@ -13,10 +13,12 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,6 +32,10 @@ TRITON_OF_BASE = "2.51.0"  # the server inside BASE_IMAGE (NGC support matrix)
 # Oldest and newest Kubernetes whose schemas kubernetes-validate ships.
 KUBERNETES_VERSIONS = ("1.25.0", "1.37.0")
 STARTUP_SECONDS = 600  # ESM-2 3B needs minutes to load
+# Triton's --exit-timeout-secs default: on SIGTERM it waits this long for in-flight requests
+# and for the models to unload, then exits. A clean stop of ESM-2 3B fits inside it; the
+# grace period before SIGKILL gives the same again for the stubs' exit.
+TRITON_EXIT_TIMEOUT = 30
 
 
 def run(*args: str | Path, **kwargs) -> subprocess.CompletedProcess[str]:
@@ -141,6 +147,8 @@ def test_compose_file_matches_the_compose_spec(tools, tmp_path):
     schema = ("--builtin-schema", "vendor.compose-spec")
     result = run(tools / "check-jsonschema", *schema, DOCKER / "compose.yaml")
     assert result.returncode == 0, result.stdout + result.stderr
+    result = run(tools / "check-jsonschema", *schema, DOCKER / "compose.gpus.yaml")
+    assert result.returncode == 0, result.stdout + result.stderr
     bad = tmp_path / "compose.yaml"
     bad.write_text((DOCKER / "compose.yaml").read_text().replace("shm_size:", "shm-size:"))
     result = run(tools / "check-jsonschema", *schema, bad)
@@ -183,19 +191,32 @@ def test_kserve_inferenceservice_matches_the_crd_schema(tools, tmp_path):
 
 def dockerfile_stages() -> list[list[str]]:
     """Instructions per stage, continuation lines joined, comments dropped."""
-    text = re.sub(r"\\\n", " ", (DOCKER / "Dockerfile").read_text())
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()[:1] not in ("", "#")]
     stages: list[list[str]] = []
-    for line in lines:
+    for line in dockerfile_lines():
+        if line.startswith("ARG ") and not stages:
+            continue  # build arguments of the FROM lines
         if line.startswith("FROM "):
             stages.append([])
         stages[-1].append(line)
     return stages
 
 
+def dockerfile_lines() -> list[str]:
+    text = re.sub(r"\\\n", " ", (DOCKER / "Dockerfile").read_text())
+    return [ln.strip() for ln in text.splitlines() if ln.strip()[:1] not in ("", "#")]
+
+
+def image_command() -> list[str]:
+    """The server command of the image (its CMD): the one home of Triton's flags."""
+    (cmd,) = [i for i in dockerfile_lines() if i.startswith("CMD ")]
+    return json.loads(cmd.removeprefix("CMD "))
+
+
 def test_dockerfile_runtime_stage():
+    # NGC's image unless the build says otherwise (the container tests build on a stand-in).
+    assert dockerfile_lines()[0] == f"ARG BASE_IMAGE={BASE_IMAGE}"
     builder, runtime = dockerfile_stages()
-    assert builder[0] == f"FROM {BASE_IMAGE} AS builder" and runtime[0] == f"FROM {BASE_IMAGE}"
+    assert builder[0] == "FROM ${BASE_IMAGE} AS builder" and runtime[0] == "FROM ${BASE_IMAGE}"
     # Nothing is installed in the final image: compilers, pip and caches stay in the builder.
     assert not [i for i in runtime if i.startswith(("RUN", "ADD"))], runtime
     assert "COPY --from=builder /opt/venv /opt/venv" in runtime
@@ -205,8 +226,10 @@ def test_dockerfile_runtime_stage():
     assert re.fullmatch(r"[1-9]\d*:\d+", user)  # numeric and not root
     (healthcheck,) = [i for i in runtime if i.startswith("HEALTHCHECK")]
     assert "/v2/health/ready" in healthcheck
-    cmd = json.loads(runtime[-1].removeprefix("CMD "))
-    assert cmd[:2] == ["tritonserver", "--model-repository=/models"]  # flags: test_hardening.py
+    assert runtime[-1].startswith("CMD ")
+    cmd = image_command()
+    assert cmd[0] == "tritonserver"
+    assert {"--model-repository=/models", "--model-control-mode=none"} <= set(cmd)
     # The builder checks that the pinned environment is complete and imports the models' code.
     assert any("pip check" in i for i in builder)
     assert any("pip uninstall --yes pip" in i for i in builder)
@@ -222,23 +245,44 @@ def test_docker_requirements_are_pinned_for_the_python_backend():
     assert {"torch", "tokenizers", "safetensors", "grpcio", "protobuf"} <= set(pins)
     # The build context holds only what the image needs.
     ignore = [ln for ln in (ROOT / ".dockerignore").read_text().splitlines() if ln[:1] not in "#"]
-    assert ignore[:4] == ["*", "!pyproject.toml", "!virnucpro_triton/", "!docker/requirements.txt"]
+    assert ignore[:5] == [
+        "*",
+        "!pyproject.toml",
+        "!virnucpro_triton/",
+        "!docker/requirements.txt",
+        "!docker/build-requirements.txt",
+    ]
+
+
+def compose_service(name: str = "compose.yaml") -> dict:
+    (service,) = yaml.safe_load((DOCKER / name).read_text())["services"].values()
+    return service
 
 
 def test_compose_service():
-    compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
-    (service,) = compose["services"].values()
-    (gpus,) = service["deploy"]["resources"]["reservations"]["devices"]
+    service = compose_service()
+    # The GPU reservation lives in its own file, which `make serve GPUS=none` leaves out.
+    assert "deploy" not in service
+    (gpus,) = compose_service("compose.gpus.yaml")["deploy"]["resources"]["reservations"]["devices"]
     assert gpus == {"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}
     assert re.fullmatch(r"(\d+)gb", service["shm_size"]) and int(service["shm_size"][:-2]) >= 4
-    published = [p.rsplit(":", 2)[1:] for p in service["ports"]]  # BIND:HOST:CONTAINER
-    assert sorted(container for _, container in published) == ["8000", "8001", "8002"]
-    assert all(host == container for host, container in published)
+    # BIND:HOST:CONTAINER; loopback and the image's port unless the environment says otherwise
+    port = r"\$\{VIRNUCPRO_BIND:-127\.0\.0\.1\}:\$\{VIRNUCPRO_(\w+)_PORT:-(\d+)\}:(\d+)"
+    published = {re.fullmatch(port, p).groups() for p in service["ports"]}
+    assert published == {
+        ("HTTP", "8000", "8000"),
+        ("GRPC", "8001", "8001"),
+        ("METRICS", "8002", "8002"),
+    }
     (models,) = service["volumes"]
     assert models["target"] == "/models" and models["read_only"] is True
     assert "/v2/health/ready" in " ".join(service["healthcheck"]["test"])
     assert service["restart"] == "unless-stopped"
-    assert service["build"] == {"context": "..", "dockerfile": "docker/Dockerfile"}
+    assert service["build"] == {
+        "context": "..",
+        "dockerfile": "docker/Dockerfile",
+        "args": ["BASE_IMAGE"],  # from the environment when set; else the Dockerfile's NGC base
+    }
 
 
 def test_deployment_serves_with_a_gpu_probes_and_metrics():
@@ -339,6 +383,162 @@ def test_kserve_inferenceservice_uses_the_triton_runtime():
     assert predictor["securityContext"]["runAsNonRoot"] is True
 
 
+# --- the image's locks ----------------------------------------------------------------------
+
+
+def pins(requirements: list[str]) -> dict[str, str]:
+    """name -> version of `name==version` lines (names normalised, extras dropped)."""
+    found = {}
+    for line in requirements:
+        name, version = re.fullmatch(r"([\w.-]+)(?:\[[\w,]+\])?==([\w.+]+)", line).groups()
+        found[re.sub(r"[-_.]+", "-", name).lower()] = version
+    return found
+
+
+def requirement_lines(path: Path) -> list[str]:
+    return [ln for ln in path.read_text().splitlines() if ln[:1] not in ("", "#")]
+
+
+def build_system() -> list[str]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+
+
+# Each of what the image installs: the models' packages (--no-deps), virtualenv and its
+# dependencies (--no-deps), and the tools pip's build isolation installs to build /src.
+IMAGE_LOCKS = {
+    "requirements.txt": lambda: requirement_lines(DOCKER / "requirements.txt"),
+    "build-requirements.txt": lambda: requirement_lines(DOCKER / "build-requirements.txt"),
+    "build-system": build_system,
+}
+
+
+def python310() -> Path:
+    """The base image's Python version on this machine: PYTHON310, else a pyenv 3.10."""
+    if os.environ.get("PYTHON310"):
+        return Path(os.environ["PYTHON310"])
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    found = sorted(pyenv.glob("versions/3.10.*/bin/python3.10"))
+    if not found:
+        pytest.fail("no Python 3.10 (the image's) found; set PYTHON310=/path/to/python3.10")
+    return found[-1]
+
+
+@pytest.mark.slow  # pip fetches the index pages of torch and the CUDA wheels: ~1 min
+@pytest.mark.parametrize("lock", sorted(IMAGE_LOCKS))
+def test_the_image_locks_are_complete_for_python_3_10(lock, tmp_path):
+    """pip under Python 3.10 resolves the lock with dependencies: it must install exactly the
+    pins. A package needed only below 3.11 (exceptiongroup, tomli) missing from a lock
+    resolved on 3.11 shows up here instead of in the image build."""
+    requirements = IMAGE_LOCKS[lock]()
+    listed = tmp_path / "requirements.txt"
+    listed.write_text("\n".join(requirements) + "\n")
+    report = tmp_path / "report.json"
+    # The index alone: this machine's pip configuration (constraints, local wheels) stays out.
+    env = {k: v for k, v in os.environ.items() if k not in ("PIP_FIND_LINKS", "PIP_CONSTRAINT")}
+    env["PIP_CONFIG_FILE"] = os.devnull
+    pip = (python310(), "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet")
+    result = run(*pip, "--report", report, "-r", listed, env=env, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    install = json.loads(report.read_text())["install"]
+    resolved = {
+        re.sub(r"[-_.]+", "-", i["metadata"]["name"]).lower(): i["metadata"]["version"]
+        for i in install
+    }
+    assert resolved == pins(requirements)
+
+
+def test_the_project_is_built_by_pinned_tools_with_an_spdx_licence():
+    (setuptools,) = pins(build_system()).items()
+    assert setuptools[0] == "setuptools" and int(setuptools[1].split(".")[0]) >= 77  # reads SPDX
+    assert tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["license"] == "MIT"
+    # The image builds /src with them (pip's build isolation installs exactly those), with the
+    # pip that the pinned virtualenv brings.
+    builder, _ = dockerfile_stages()
+    (build,) = [i for i in builder if "pip install --no-cache-dir --no-deps /src" in i]
+    assert "--no-build-isolation" not in build
+    (seed,) = [i for i in builder if "--target /tmp/virtualenv" in i]
+    assert "-r /tmp/build-requirements.txt" in seed
+
+
+# --- the exported repository as another uid sees it ----------------------------------------
+
+
+def test_export_leaves_files_that_any_uid_can_read_whatever_the_umask(tmp_path):
+    """The image runs as uid 1000 and the exporter is often root; safetensors writes 0600."""
+    out = tmp_path / "repository"
+    cli = Path(sys.executable).with_name("virnucpro-triton")
+    result = subprocess.run(
+        [cli, "export", "--tiny", "--out", out], capture_output=True, text=True, umask=0o077
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    modes = {p.relative_to(out): p.stat().st_mode & 0o777 for p in [out, *out.rglob("*")]}
+    assert any(p.name == "weights.safetensors" for p in modes)
+    wrong = {
+        str(p): oct(m) for p, m in modes.items() if m != (0o755 if (out / p).is_dir() else 0o644)
+    }
+    assert wrong == {}
+
+
+# --- compose, Kubernetes and KServe in step with the image ---------------------------------
+
+# What KServe's kserve-tritonserver runtime passes itself: the repository it mounts, its ports.
+KSERVE_RUNTIME_FLAGS = ("--model-store=", "--model-repository=", "--http-port=", "--grpc-port=")
+KSERVE_HTTP_PORT = 8080  # the runtime's --http-port
+
+
+def exit_timeout(args: list[str]) -> int:
+    flags = [a for a in args if a.startswith("--exit-timeout-secs=")]
+    return int(flags[-1].split("=", 1)[1]) if flags else TRITON_EXIT_TIMEOUT
+
+
+def test_compose_kubernetes_and_kserve_run_the_image_command():
+    """Triton's flags have one home, the Dockerfile's CMD: compose runs it as it is, the
+    Deployment repeats it, KServe appends what its runtime does not set itself."""
+    command = image_command()
+    assert "command" not in compose_service() and "entrypoint" not in compose_service()
+    triton = container()
+    assert "command" not in triton and triton["args"] == command
+    model = load_all(KSERVE)[0]["spec"]["predictor"]["model"]
+    assert model["args"] == [a for a in command[1:] if not a.startswith(KSERVE_RUNTIME_FLAGS)]
+
+
+def test_ports_and_probes_match_the_image():
+    exposed = next(i for i in dockerfile_lines() if i.startswith("EXPOSE ")).split()[1:]
+    ports = {p["name"]: p["containerPort"] for p in container()["ports"]}
+    assert sorted(ports.values()) == sorted(map(int, exposed))
+    published = sorted(p.rsplit(":", 1)[1] for p in compose_service()["ports"])
+    assert published == sorted(exposed)
+    (healthcheck,) = [i for i in dockerfile_lines() if i.startswith("HEALTHCHECK")]
+    (image_path,) = re.findall(r"http://127\.0\.0\.1:8000(/v2/health/\w+)", healthcheck)
+    assert image_path in " ".join(compose_service()["healthcheck"]["test"])
+    kinds = ("startupProbe", "readinessProbe", "livenessProbe")
+    model = load_all(KSERVE)[0]["spec"]["predictor"]["model"]
+    k8s = {
+        k: (container()[k]["httpGet"]["path"], ports[container()[k]["httpGet"]["port"]])
+        for k in kinds
+    }
+    kserve = {k: (model[k]["httpGet"]["path"], model[k]["httpGet"]["port"]) for k in kinds}
+    # The same paths; each on its server's HTTP port (the image's 8000, KServe's runtime 8080).
+    assert {k: path for k, (path, _) in k8s.items()} == {k: path for k, (path, _) in kserve.items()}
+    assert k8s["readinessProbe"][0] == k8s["startupProbe"][0] == image_path
+    assert {port for _, port in k8s.values()} == {8000}
+    assert {port for _, port in kserve.values()} == {KSERVE_HTTP_PORT}
+    for probes in (container(), model):
+        startup = probes["startupProbe"]
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= STARTUP_SECONDS
+
+
+def test_every_grace_period_covers_a_clean_stop():
+    """SIGTERM: Triton lets in-flight requests finish and unloads the models for up to its
+    exit timeout; the platform's grace period before SIGKILL must outlast that."""
+    clean_stop = exit_timeout(image_command())
+    compose_grace = int(compose_service()["stop_grace_period"].removesuffix("s"))
+    pod_grace = pod_spec()["terminationGracePeriodSeconds"]
+    kserve_grace = load_all(KSERVE)[0]["spec"]["predictor"]["terminationGracePeriodSeconds"]
+    for grace in (compose_grace, pod_grace, kserve_grace):
+        assert grace >= 2 * clean_stop
+
+
 # --- against a real server -----------------------------------------------------------------
 
 
@@ -363,18 +563,48 @@ def test_health_paths_and_metrics_exist_on_triton(server):
 # --- make serve ----------------------------------------------------------------------------
 
 
-def fake_docker(tmp_path: Path, info_status: int) -> tuple[Path, Path]:
-    """A `docker` that records its arguments and answers `info` with `info_status`."""
+def fake_engine(
+    tmp_path: Path,
+    info: int = 0,
+    plugin: str | None = "2.26.1",
+    standalone: str | None = None,
+    runtimes: tuple[str, ...] = ("runc", "nvidia"),
+) -> tuple[Path, Path]:
+    """A `docker` (and a `docker-compose` when `standalone` is a version) answering as an engine
+    would: `info` exits `info`, `info --format` lists `runtimes`, `compose version --short`
+    gives `plugin` (None: no compose plugin). Every call is recorded in the log."""
     log = tmp_path / "docker.log"
+    listed = json.dumps({name: {"path": name} for name in runtimes})
+    compose = (
+        f"echo {plugin}; exit 0"
+        if plugin
+        else "echo \"'compose' is not a docker command\" >&2; exit 1"
+    )
     docker = tmp_path / "docker"
     docker.write_text(
         "#!/bin/sh\n"
-        f'echo "$* VIRNUCPRO_MODELS=$VIRNUCPRO_MODELS" >> "{log}"\n'
-        f'if [ "$1" = info ]; then exit {info_status}; fi\n'
+        f'echo "docker $* VIRNUCPRO_MODELS=$VIRNUCPRO_MODELS" >> "{log}"\n'
+        f'if [ "$1 $2" = "info --format" ]; then echo \'{listed}\'; exit {info}; fi\n'
+        f'if [ "$1" = info ]; then exit {info}; fi\n'
+        f'if [ "$1 $2" = "compose version" ]; then {compose}; fi\n'
         "exit 0\n"
     )
-    docker.chmod(0o755)
+    standalone_compose = tmp_path / "docker-compose"
+    if standalone:
+        standalone_compose.write_text(
+            "#!/bin/sh\n"
+            f'echo "docker-compose $* VIRNUCPRO_MODELS=$VIRNUCPRO_MODELS" >> "{log}"\n'
+            f'if [ "$1" = version ]; then echo {standalone}; fi\n'
+            "exit 0\n"
+        )
+    for script in (docker, standalone_compose):
+        if script.exists():
+            script.chmod(0o755)
     return docker, log
+
+
+def calls(log: Path) -> list[str]:
+    return log.read_text().splitlines() if log.exists() else []
 
 
 @pytest.fixture
@@ -386,41 +616,85 @@ def exported(tmp_path) -> Path:
     return entry.parent
 
 
-def make_serve(*variables: str) -> subprocess.CompletedProcess[str]:
+def make_serve(docker: Path, *variables: str) -> subprocess.CompletedProcess[str]:
     # Run as a user would, not as a sub-make of `make test` (whose jobserver flags would add
-    # warnings to stderr).
+    # warnings to stderr). The standalone docker-compose is the fake one or none, never the
+    # host's.
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
     make = shutil.which("make") or "make"
-    return run(make, "serve", *variables, cwd=ROOT, env=env, timeout=60)
+    engine = (f"DOCKER={docker}", f"DOCKER_COMPOSE={docker.with_name('docker-compose')}")
+    return run(make, "serve", *engine, *variables, cwd=ROOT, env=env, timeout=60)
+
+
+def one_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 2, result.stdout + result.stderr
+    (line,) = result.stderr.splitlines()
+    return line
 
 
 @pytest.mark.parametrize("engine", ["answers no", "no client"])
 def test_make_serve_without_a_docker_engine_says_so_in_one_line(engine, tmp_path, exported):
-    docker, log = fake_docker(tmp_path, info_status=1)
+    docker, log = fake_engine(tmp_path, info=1)
     if engine == "no client":
         docker = tmp_path / "absent" / "docker"
-    result = make_serve(f"DOCKER={docker}", f"REPOSITORY={exported}")
-    assert result.returncode == 2
-    (line,) = result.stderr.splitlines()
+    line = one_line(make_serve(docker, f"REPOSITORY={exported}"))
     assert "no Docker engine answers" in line and "`make serve-local`" in line
     # Nothing was built or started.
-    called = log.read_text().splitlines() if log.exists() else []
-    assert [c.split()[0] for c in called] == (["info"] if engine == "answers no" else [])
+    assert [c.split()[1] for c in calls(log)] == (["info"] if engine == "answers no" else [])
+
+
+@pytest.mark.parametrize("standalone", [None, "1.29.2"])
+def test_make_serve_without_compose_v2_says_so_in_one_line(standalone, tmp_path, exported):
+    """No compose plugin, and no docker-compose or bookworm's v1 one."""
+    docker, log = fake_engine(tmp_path, plugin=None, standalone=standalone)
+    line = one_line(make_serve(docker, f"REPOSITORY={exported}"))
+    assert "Compose v2 is missing" in line and "docker compose" in line
+    assert not [c for c in calls(log) if " up " in c]
+
+
+def test_make_serve_uses_a_standalone_docker_compose_of_version_2(tmp_path, exported):
+    docker, log = fake_engine(tmp_path, plugin=None, standalone="2.26.1")
+    result = make_serve(docker, f"REPOSITORY={exported}")
+    assert result.returncode == 0, result.stderr
+    assert calls(log)[-1] == (
+        f"docker-compose -f docker/compose.yaml -f docker/compose.gpus.yaml up --build "
+        f"VIRNUCPRO_MODELS={exported}"
+    )
+
+
+def test_make_serve_asking_for_gpus_without_the_nvidia_runtime_says_so(tmp_path, exported):
+    docker, log = fake_engine(tmp_path, runtimes=("runc",))
+    line = one_line(make_serve(docker, f"REPOSITORY={exported}"))
+    assert "NVIDIA container runtime is missing" in line and "GPUS=none" in line
+    assert not [c for c in calls(log) if " up " in c]
+
+
+def test_make_serve_gpus_none_runs_without_the_gpu_reservation(tmp_path, exported):
+    docker, log = fake_engine(tmp_path, runtimes=("runc",))
+    result = make_serve(docker, "GPUS=none", f"REPOSITORY={exported}")
+    assert result.returncode == 0, result.stderr
+    assert calls(log)[-1] == (
+        f"docker compose -f docker/compose.yaml up --build VIRNUCPRO_MODELS={exported}"
+    )
+
+
+def test_make_serve_refuses_an_unknown_gpus_value(tmp_path, exported):
+    docker, _ = fake_engine(tmp_path)
+    assert "GPUS=some" in one_line(make_serve(docker, "GPUS=some", f"REPOSITORY={exported}"))
 
 
 def test_make_serve_without_an_exported_repository_says_so(tmp_path):
-    docker, log = fake_docker(tmp_path, info_status=0)
-    result = make_serve(f"DOCKER={docker}", f"REPOSITORY={tmp_path / 'empty'}")
-    assert result.returncode == 2
-    (line,) = result.stderr.splitlines()
+    docker, log = fake_engine(tmp_path)
+    line = one_line(make_serve(docker, f"REPOSITORY={tmp_path / 'empty'}"))
     assert "`make export`" in line
-    assert [c.split()[0] for c in log.read_text().splitlines()] == ["info"]
+    assert not [c for c in calls(log) if " up " in c]
 
 
-def test_make_serve_runs_compose_on_the_exported_repository(tmp_path, exported):
-    docker, log = fake_docker(tmp_path, info_status=0)
-    result = make_serve(f"DOCKER={docker}", f"REPOSITORY={exported}")
+def test_make_serve_runs_compose_with_the_gpus_on_the_exported_repository(tmp_path, exported):
+    docker, log = fake_engine(tmp_path)
+    result = make_serve(docker, f"REPOSITORY={exported}")
     assert result.returncode == 0, result.stderr
-    assert log.read_text().splitlines()[-1] == (
-        f"compose -f docker/compose.yaml up --build VIRNUCPRO_MODELS={exported}"
+    assert calls(log)[-1] == (
+        f"docker compose -f docker/compose.yaml -f docker/compose.gpus.yaml up --build "
+        f"VIRNUCPRO_MODELS={exported}"
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -256,7 +257,21 @@ def architecture_of(
 
 
 def read_architecture(version_dir: Path) -> dict[str, Any]:
+    """The entry's architecture.json, once every file the entry loads is known readable (the
+    first thing a served entry reads)."""
+    require_readable(version_dir)
     return json.loads((version_dir / ARCHITECTURE).read_text())
+
+
+def require_readable(version_dir: Path) -> None:
+    """Name an unreadable file: safetensors reports one as FileNotFoundError."""
+    for path in sorted(version_dir.iterdir()):
+        if path.is_file() and not os.access(path, os.R_OK):
+            mode = path.stat().st_mode & 0o777
+            raise PermissionError(
+                f"{path}: permission denied (mode {mode:04o}, this process is uid {os.getuid()}); "
+                "re-export the repository, or make it readable: chmod -R a+rX REPOSITORY"
+            )
 
 
 def runtime_of(architecture: dict[str, Any]) -> str:

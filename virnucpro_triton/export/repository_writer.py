@@ -9,6 +9,7 @@ references and `publish`.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -115,6 +116,17 @@ def reference_protein(model: Esm2, embedder: ProteinEmbedder, sequences: list[st
     )
 
 
+def make_readable(path: Path) -> None:
+    """Files 0644 and folders 0755 under `path`, whatever the umask: the server (the image runs
+    as uid 1000) may be another user than the exporter, and safetensors writes 0600."""
+    path.chmod(0o755)
+    for folder, dirs, files in os.walk(path):
+        for name in dirs:
+            os.chmod(os.path.join(folder, name), 0o755)
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o644)
+
+
 def publish(
     repository: Path, write: Callable[[Path], list[Path]], verify: Callable[[Path], Check]
 ) -> Check:
@@ -124,6 +136,9 @@ def publish(
     that directory. Nothing reaches `repository` unless the check passes.
     """
     repository.mkdir(parents=True, exist_ok=True)
+    mode = repository.stat().st_mode
+    if mode & 0o755 != 0o755:  # the server must list it; a group's write bit may stay
+        repository.chmod(mode | 0o755)
     with tempfile.TemporaryDirectory(dir=repository, prefix=".staging-") as staging:
         entries = write(Path(staging))
         check = verify(Path(staging))
@@ -132,6 +147,7 @@ def publish(
         for entry in entries:
             target = repository / entry.name
             shutil.rmtree(target, ignore_errors=True)
+            make_readable(entry)
             shutil.move(str(entry), target)
     return check
 
@@ -212,4 +228,6 @@ def export_pipeline(repository: Path) -> Path:
     config = repo.model_config(
         repo.PIPELINE, repo.PIPELINE_INPUTS, repo.PIPELINE_OUTPUTS, repo.PIPELINE_MAX_BATCH
     )
-    return repo.write_entry(repository, config)
+    entry = repo.write_entry(repository, config)
+    make_readable(entry)
+    return entry
