@@ -138,7 +138,7 @@ def test_export_refuses_an_entry_out_of_tolerance(checkpoints, tmp_path):
     with torch.no_grad():  # fp16 overflows on these weights: the entry cannot match fp32
         esm2.embed_tokens.weight.mul_(1e6)
     with pytest.raises(VerificationError, match=r"refused to write esm2 \(fp16\): max abs diff"):
-        export_esm2(tmp_path, esm2, "fp16")
+        export_esm2(tmp_path, esm2, "fp16", repo.TINY_SOURCE)
     assert not (tmp_path / repo.ESM2).exists()
 
 

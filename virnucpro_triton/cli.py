@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
-from virnucpro_triton.repository import CHUNK_SIZES, FP8_FEED_FORWARD, FP8_NONE
+from virnucpro_triton.repository import (
+    CHUNK_SIZES,
+    FP8_FEED_FORWARD,
+    FP8_NONE,
+    RepositoryError,
+    check_entries,
+    pipeline_entries,
+)
 
 DEFAULT_REPOSITORY = Path("model_repository")
 REPORT_TOP = 20  # report.TOP, not imported here to keep the CLI quick to start
@@ -79,6 +88,10 @@ def serve(
     """Run the embedded Triton server in the foreground until Ctrl-C."""
     from virnucpro_triton.server import EmbeddedServer, ServerError
 
+    try:
+        check_entries(repository, ())
+    except RepositoryError as error:
+        _fail(str(error))
     server = EmbeddedServer(
         repository,
         grpc_port=grpc_port,
@@ -87,7 +100,7 @@ def serve(
         address=address,
     )
     try:
-        server.start()
+        _start(server)
     except ServerError as error:
         _fail(str(error))
     click.echo(
@@ -158,16 +171,52 @@ def _addresses(urls: tuple[str, ...], urls_file: Path | None) -> list[str]:
     return addresses
 
 
+def _start_feedback() -> Callable[[float, list[str]], None]:
+    """What a server start is doing, on stderr: a line redrawn on a terminal, else a line
+    whenever the models loading change and every 10 s."""
+    said = {"what": "", "at": 0.0}
+
+    def show(seconds: float, loading: list[str]) -> None:
+        what = f"loading {', '.join(loading)}" if loading else "starting tritonserver"
+        if sys.stderr.isatty():
+            click.echo(f"{_REDRAW}{what} ... {seconds:.0f} s", err=True, nl=False)
+        elif what != said["what"] or seconds - said["at"] >= 10:
+            click.echo(f"virnucpro-triton: {what} ... {seconds:.0f} s", err=True)
+            said.update(what=what, at=seconds)
+
+    return show
+
+
+_REDRAW = "\r\033[K"  # back to the start of the line, erased
+
+
+def _start(server) -> float:
+    """Start `server` with feedback on stderr; the seconds it took."""
+    started = time.monotonic()
+    server.start(progress=_start_feedback())
+    seconds = time.monotonic() - started
+    prefix = _REDRAW if sys.stderr.isatty() else "virnucpro-triton: "
+    click.echo(f"{prefix}server ready in {seconds:.1f} s", err=True)
+    return seconds
+
+
 @contextmanager
-def _servers(addresses: list[str], repository: Path):
-    """The given servers, or an embedded one on `repository` for the length of the run."""
+def _servers(addresses: list[str], repository: Path, needed: tuple[str, ...]):
+    """(The given servers, None), or an embedded one on `repository` for the length of the run
+    and the seconds it took to start; a repository without the `needed` entries is refused
+    before a server start."""
     if addresses:
-        yield addresses
+        yield addresses, None
         return
     from virnucpro_triton.server import EmbeddedServer
 
-    with EmbeddedServer(repository) as server:
-        yield [server.grpc_url]
+    check_entries(repository, needed)
+    server = EmbeddedServer(repository)
+    start_seconds = _start(server)
+    try:
+        yield [server.grpc_url], start_seconds
+    finally:
+        server.stop()
 
 
 @main.command()
@@ -264,7 +313,8 @@ def predict(
         _fail(str(error))
     try:
         next(iter(read_fasta(fasta)))  # refuse a missing or non-FASTA file before starting a server
-        with _servers(addresses, repository) as servers:
+        needed = pipeline_entries(int(chunk_size))
+        with _servers(addresses, repository, needed) as (servers, start_seconds):
             summary = run(
                 fasta,
                 int(chunk_size),
@@ -278,7 +328,10 @@ def predict(
                 resume=resume,
                 thresholds=thresholds,
                 frame_format=frame_format,
+                start_seconds=start_seconds,
             )
+    except RepositoryError as error:
+        _fail(str(error))
     except (FastaError, ClientError, ServerError, OSError) as error:
         resumable = (out_dir / JOURNAL).exists() and not isinstance(error, FastaError)
         _fail(f"{error}{'; --resume goes on from here' if resumable else ''}")
@@ -347,7 +400,7 @@ def embed(
     _log_to_stderr()
     addresses = _addresses(urls, urls_file)
     try:
-        with _servers(addresses, repository) as servers:
+        with _servers(addresses, repository, (model,)) as (servers, _):
             count, dim = run(
                 fasta,
                 model,
@@ -356,7 +409,7 @@ def embed(
                 retry_seconds=retry_seconds,
                 max_message_mb=max_message_mb,
             )
-    except (FastaError, ClientError, ServerError, OSError) as error:
+    except (FastaError, ClientError, ServerError, OSError, RepositoryError) as error:
         _fail(str(error))
     click.echo(f"{count} x {dim} embeddings -> {out} (ids: {ids_path(out)})")
 
@@ -471,13 +524,17 @@ def demo(repository: Path, out_dir: Path, fasta: tuple[Path, ...]) -> None:
     inputs = fasta or tuple(sorted(Path("examples").glob("*.fasta")))
     try:
         export_repository(repository, tiny=True, report=click.echo)
-        with EmbeddedServer(repository) as server:
+        server = EmbeddedServer(repository)
+        _start(server)
+        try:
             click.echo(f"embedded Triton server ready at {server.grpc_url}")
             for path in inputs:
                 for size in CHUNK_SIZES:
                     target = out_dir / path.stem / f"chunk{size}"
                     s = run(path, size, target, server.grpc_url, progress=False)
                     click.echo(f"{path} @ {size} bp: {s.describe()} -> {target}/")
+        finally:
+            server.stop()
     except (FastaError, ClientError, ServerError, OSError) as error:
         _fail(str(error))
     click.secho(warning, fg="yellow", err=True)

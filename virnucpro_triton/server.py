@@ -26,6 +26,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -177,6 +178,9 @@ class EmbeddedServer:
             f"--model-repository={self.repository}",
             f"--backend-directory={backend_directory()}",
             "--model-control-mode=none",
+            # The configs are complete; auto-completing them costs each Python entry a stub
+            # process of its own before the instances' (seconds of imports each).
+            "--disable-auto-complete-config",
             f"--grpc-address={self.address}",
             f"--grpc-port={self.ports['gRPC']}",
             f"--http-address={self.address}",
@@ -205,9 +209,16 @@ class EmbeddedServer:
                 "another process (another server still running?). Stop it or choose other ports."
             )
 
-    def start(self, timeout: float = 900.0) -> EmbeddedServer:
+    def start(
+        self,
+        timeout: float = 900.0,
+        progress: Callable[[float, list[str]], None] | None = None,
+    ) -> EmbeddedServer:
         """Start the server and return once it and every model in the repository are ready
-        (on a GPU that includes compiling the embedding models: minutes for ESM-2 3B)."""
+        (on a GPU that includes compiling the embedding models: minutes for ESM-2 3B).
+
+        `progress` is called while waiting with the seconds so far and the models not ready yet
+        (empty until the server answers)."""
         if self._proc is not None:
             raise ServerError(f"tritonserver is already running (pid {self._proc.pid})")
         self._check_repository()
@@ -223,10 +234,19 @@ class EmbeddedServer:
                 env=_server_env(self.gpus),
                 start_new_session=True,
             )
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
+        # gRPC backs off up to 2 minutes between connection attempts to a port nobody listens
+        # on yet: capped here, the server is seen within a second of listening.
+        backoff = [
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 500),
+        ]
         try:
-            with grpcclient.InferenceServerClient(self.grpc_url) as client:
+            with grpcclient.InferenceServerClient(self.grpc_url, channel_args=backoff) as client:
                 while not self._ready(client):
+                    if progress is not None:
+                        progress(time.monotonic() - started, self._loading(client))
                     # With model control mode "none" the server exits when a model fails to load.
                     if (code := self._proc.poll()) is not None:
                         raise self._fail(f"tritonserver exited ({code}) before it was ready")
@@ -256,6 +276,14 @@ class EmbeddedServer:
             except OSError:
                 return False
         return self._proc is not None and self._proc.poll() is None
+
+    @staticmethod
+    def _loading(client: grpcclient.InferenceServerClient) -> list[str]:
+        try:
+            index = client.get_model_repository_index(client_timeout=5)
+        except InferenceServerException:  # not answering yet
+            return []
+        return [m.name for m in index.models if m.state != "READY"]
 
     def _fail(self, what: str) -> ServerError:
         """Stop the server and build an error explaining its failure from the log."""
