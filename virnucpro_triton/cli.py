@@ -88,10 +88,7 @@ def serve(
     """Run the embedded Triton server in the foreground until Ctrl-C."""
     from virnucpro_triton.server import EmbeddedServer, ServerError
 
-    try:
-        check_entries(repository, ())
-    except RepositoryError as error:
-        _fail(str(error))
+    _require(repository, ())
     server = EmbeddedServer(
         repository,
         grpc_port=grpc_port,
@@ -200,17 +197,23 @@ def _start(server) -> float:
     return seconds
 
 
+def _require(repository: Path, needed: tuple[str, ...]) -> None:
+    """Refuse a repository without the `needed` entries in one line, before anything slow."""
+    try:
+        check_entries(repository, needed)
+    except RepositoryError as error:
+        _fail(str(error))
+
+
 @contextmanager
-def _servers(addresses: list[str], repository: Path, needed: tuple[str, ...]):
+def _servers(addresses: list[str], repository: Path):
     """(The given servers, None), or an embedded one on `repository` for the length of the run
-    and the seconds it took to start; a repository without the `needed` entries is refused
-    before a server start."""
+    and the seconds it took to start."""
     if addresses:
         yield addresses, None
         return
     from virnucpro_triton.server import EmbeddedServer
 
-    check_entries(repository, needed)
     server = EmbeddedServer(repository)
     start_seconds = _start(server)
     try:
@@ -298,6 +301,9 @@ def predict(
     with_report: bool,
 ) -> None:
     """Classify FASTA (plain or gzip) and write VirNucPro's result files into OUT_DIR."""
+    addresses = _addresses(urls, urls_file)
+    if not addresses:
+        _require(repository, pipeline_entries(int(chunk_size)))
     from virnucpro_triton.client.connection import ClientError
     from virnucpro_triton.client.evidence import Thresholds
     from virnucpro_triton.client.journal import NAME as JOURNAL
@@ -306,15 +312,13 @@ def predict(
     from virnucpro_triton.server import ServerError
 
     _log_to_stderr()
-    addresses = _addresses(urls, urls_file)
     try:
         thresholds = Thresholds(viral_above, nonviral_below, min_chunks)
     except ValueError as error:
         _fail(str(error))
     try:
         next(iter(read_fasta(fasta)))  # refuse a missing or non-FASTA file before starting a server
-        needed = pipeline_entries(int(chunk_size))
-        with _servers(addresses, repository, needed) as (servers, start_seconds):
+        with _servers(addresses, repository) as (servers, start_seconds):
             summary = run(
                 fasta,
                 int(chunk_size),
@@ -330,8 +334,6 @@ def predict(
                 frame_format=frame_format,
                 start_seconds=start_seconds,
             )
-    except RepositoryError as error:
-        _fail(str(error))
     except (FastaError, ClientError, ServerError, OSError) as error:
         resumable = (out_dir / JOURNAL).exists() and not isinstance(error, FastaError)
         _fail(f"{error}{'; --resume goes on from here' if resumable else ''}")
@@ -391,6 +393,9 @@ def embed(
     max_message_mb: int,
 ) -> None:
     """Pooled DNABERT-S or ESM-2 embedding of every record, through the server."""
+    addresses = _addresses(urls, urls_file)
+    if not addresses:
+        _require(repository, (model,))
     from virnucpro_triton.client.connection import ClientError
     from virnucpro_triton.client.embed import embed as run
     from virnucpro_triton.client.embed import ids_path
@@ -398,9 +403,8 @@ def embed(
     from virnucpro_triton.server import ServerError
 
     _log_to_stderr()
-    addresses = _addresses(urls, urls_file)
     try:
-        with _servers(addresses, repository, (model,)) as (servers, _):
+        with _servers(addresses, repository) as (servers, _):
             count, dim = run(
                 fasta,
                 model,
@@ -409,7 +413,7 @@ def embed(
                 retry_seconds=retry_seconds,
                 max_message_mb=max_message_mb,
             )
-    except (FastaError, ClientError, ServerError, OSError, RepositoryError) as error:
+    except (FastaError, ClientError, ServerError, OSError) as error:
         _fail(str(error))
     click.echo(f"{count} x {dim} embeddings -> {out} (ids: {ids_path(out)})")
 

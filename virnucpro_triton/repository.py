@@ -418,6 +418,8 @@ def check_entries(repository: Path, needed: Iterable[str]) -> None:
     target = "" if repository == Path("model_repository") else f" REPOSITORY={repository}"
     export = " ".join(["make export", *(_EXPORT_ARGUMENTS[n] for n in weighted)]) + target
     listed = ", ".join(f"{n} {p}" for n, p in problems.items())
+    if not repository.is_dir():
+        listed = f"it does not exist (the run needs {', '.join(problems)})"
     raise RepositoryError(
         f"model repository {repository} cannot serve this run: {listed}. Export the real "
         f"checkpoints with `{export}` (README: Checkpoints), or run the demo's tiny "

@@ -217,8 +217,7 @@ class EmbeddedServer:
         """Start the server and return once it and every model in the repository are ready
         (on a GPU that includes compiling the embedding models: minutes for ESM-2 3B).
 
-        `progress` is called while waiting with the seconds so far and the models not ready yet
-        (empty until the server answers)."""
+        `progress` is called while waiting with the seconds so far and the models loading."""
         if self._proc is not None:
             raise ServerError(f"tritonserver is already running (pid {self._proc.pid})")
         self._check_repository()
@@ -246,7 +245,7 @@ class EmbeddedServer:
             with grpcclient.InferenceServerClient(self.grpc_url, channel_args=backoff) as client:
                 while not self._ready(client):
                     if progress is not None:
-                        progress(time.monotonic() - started, self._loading(client))
+                        progress(time.monotonic() - started, self._loading())
                     # With model control mode "none" the server exits when a model fails to load.
                     if (code := self._proc.poll()) is not None:
                         raise self._fail(f"tritonserver exited ({code}) before it was ready")
@@ -277,13 +276,12 @@ class EmbeddedServer:
                 return False
         return self._proc is not None and self._proc.poll() is None
 
-    @staticmethod
-    def _loading(client: grpcclient.InferenceServerClient) -> list[str]:
-        try:
-            index = client.get_model_repository_index(client_timeout=5)
-        except InferenceServerException:  # not answering yet
-            return []
-        return [m.name for m in index.models if m.state != "READY"]
+    def _loading(self) -> list[str]:
+        """The models loading now, from the log: Triton answers no request before all are."""
+        log = self.log_path.read_bytes()[self._log_start :].decode(errors="replace")
+        started = re.findall(r'"loading: ([^:"]+):', log)
+        done = set(re.findall(r"(?:successfully loaded|failed to load) '([^']+)'", log))
+        return [name for name in dict.fromkeys(started) if name not in done]
 
     def _fail(self, what: str) -> ServerError:
         """Stop the server and build an error explaining its failure from the log."""

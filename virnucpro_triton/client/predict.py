@@ -82,17 +82,17 @@ class RunSummary:
             self.describe(),
             f"{self.seconds:.1f} s{start}, {rate:.1f} frames/s, {self.retries} requests retried"
             f"{resumed}",
-            "models:",
-            *(f"  {run_info.describe(name, about)}" for name, about in self.models.items()),
         ]
-        if random := run_info.random_weights(self.models):
-            names = ", ".join(random)
-            lines.append(f"WARNING: {names} have RANDOM weights: the verdicts are meaningless")
         lines += [
             f"  {e.url}: {e.answered} requests answered, {e.failed} failed attempts, "
             f"{e.outages} times out of rotation"
             for e in self.endpoints
         ]
+        lines += ["models:"] * bool(self.models)
+        lines += [f"  {name}: {run_info.describe(about)}" for name, about in self.models.items()]
+        if random := run_info.random_weights(self.models):
+            names = ", ".join(random)
+            lines.append(f"WARNING: {names} have RANDOM weights: the verdicts are meaningless")
         return "\n".join(lines)
 
 

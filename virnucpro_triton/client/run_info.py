@@ -43,7 +43,7 @@ def provenance(url: str, names: Iterable[str]) -> dict[str, dict[str, str]]:
             config = client.get_model_config(name, as_json=True, client_timeout=30)["config"]
             parameters = config.get("parameters", {})
             found[name] = {
-                key: parameters[key]["string_value"]
+                key: parameters[key].get("string_value", "")
                 for key in (*PROVENANCE, "fp8")
                 if key in parameters
             }
@@ -71,10 +71,12 @@ def random_weights(models: dict[str, dict[str, str]]) -> list[str]:
     return [name for name, about in models.items() if about.get("random_weights") == "true"]
 
 
-def describe(name: str, about: dict[str, str]) -> str:
-    """One line about an entry's weights, for the end-of-run summary and the report."""
+def describe(about: dict[str, str]) -> str:
+    """An entry's weights in a few words, for the end-of-run summary and the report."""
     if not about.get("source"):
-        return f"{name}: no provenance recorded (exported by an older version)"
+        if "virnucpro_triton_version" in about:  # the pipeline: it holds no weights
+            return f"no weights, virnucpro-triton {about['virnucpro_triton_version']}"
+        return "no provenance recorded (exported by an older version)"
     parts = [about["source"]]
     if about.get("source_sha256"):
         parts.append(f"sha256 {about['source_sha256'][:12]}")
@@ -83,7 +85,7 @@ def describe(name: str, about: dict[str, str]) -> str:
         parts.append(f"fp8 {about['fp8']}")
     if about.get("random_weights") == "true":
         parts.append("RANDOM WEIGHTS")
-    return f"{name}: {', '.join(parts)}"
+    return ", ".join(parts)
 
 
 def write(
