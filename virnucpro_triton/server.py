@@ -64,7 +64,10 @@ def _wheel_dirs() -> tuple[Path, Path]:
     pytriton, whose import pulls in far more than we need."""
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
-        raise ServerError("the nvidia-pytriton package (which ships tritonserver) is not installed")
+        raise ServerError(
+            "the nvidia-pytriton package (which ships tritonserver) is not installed: "
+            "`pip install 'virnucpro-triton[server]'`, or give --url of a running server"
+        )
     package = Path(next(iter(spec.submodule_search_locations)))
     return package / "tritonserver", package.parent / "nvidia_pytriton.libs"
 
