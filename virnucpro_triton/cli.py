@@ -475,8 +475,11 @@ def export(
     tiny: bool,
 ) -> None:
     """Write verified model-repository entries from local checkpoints."""
-    from virnucpro_triton.checkpoints import CheckpointError
-    from virnucpro_triton.export import VerificationError, export_repository
+    try:
+        from virnucpro_triton.checkpoints import CheckpointError
+        from virnucpro_triton.export import VerificationError, export_repository
+    except ModuleNotFoundError as error:  # a client-only install
+        _fail(f"export needs {error.name}: pip install 'virnucpro-triton[export]'")
 
     classifiers = {s: p for s, p in ((300, classifier_300), (500, classifier_500)) if p}
     if not tiny and not (dnabert_s or esm2 or classifiers):
@@ -516,7 +519,11 @@ def demo(repository: Path, out_dir: Path, fasta: tuple[Path, ...]) -> None:
     """Tiny random models, one embedded server, every FASTA given (default examples/*.fasta)."""
     from virnucpro_triton.client.connection import ClientError
     from virnucpro_triton.client.predict import predict as run
-    from virnucpro_triton.export import export_repository
+
+    try:
+        from virnucpro_triton.export import export_repository
+    except ModuleNotFoundError as error:  # a client-only install
+        _fail(f"demo needs {error.name}: pip install 'virnucpro-triton[server,export]'")
     from virnucpro_triton.fasta import FastaError
     from virnucpro_triton.server import EmbeddedServer, ServerError
 
