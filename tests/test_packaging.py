@@ -21,6 +21,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).parent.parent
 EDITABLE = Path(sys.executable).parent
+READS = ROOT / "examples" / "reads.fasta"
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +84,7 @@ def test_the_client_install_predicts_embeds_and_reports_like_the_editable_one(
         predicted = run(bin_dir, "predict", mixed_fasta, "--chunk-size", 300, "-o", out / "run",
                         "--url", server.grpc_url, "--no-progress", "--report")  # fmt: skip
         assert predicted.returncode == 0, predicted.stderr
-        embedded = run(bin_dir, "embed", mixed_fasta, "--model", repo.DNABERT_S,
+        embedded = run(bin_dir, "embed", READS, "--model", repo.DNABERT_S,
                        "-o", out / "dna.npy", "--url", server.grpc_url)  # fmt: skip
         assert embedded.returncode == 0, embedded.stderr
         chunked = run(bin_dir, "preprocess", mixed_fasta, "--chunk-size", 300,
