@@ -24,10 +24,10 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.lock
-	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -m pip install --quiet --no-deps -e '.[server,export,dev]'
 	touch $(STAMP)
 
-venv: $(STAMP)  ## create .venv with the pinned dependencies and the virnucpro-triton command
+venv: $(STAMP)  ## create .venv: the pinned dependencies of every role (extras server, export, dev)
 
 $(TOOLS_STAMP): requirements-deploy.lock
 	rm -rf $(TOOLS)

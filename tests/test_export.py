@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +17,9 @@ from fake_checkpoints import (
     write_malicious_pth,
     write_virnucpro_classifier_pth,
 )
+from google.protobuf import text_format
 from tokenizers import Tokenizer
+from tritonclient.grpc import model_config_pb2
 
 from virnucpro_triton import repository as repo
 from virnucpro_triton.checkpoints import load_classifier, load_dnabert_s, load_esm2
@@ -88,6 +92,32 @@ def test_export_writes_complete_entries(exported):
     assert repo.read_architecture(exported / repo.ESM2 / "1")["config"]["embed_dim"] == 40
 
 
+def test_export_records_each_entrys_checkpoint_and_weights(exported, checkpoints):
+    """What `export` read, hashed: a file's sha256, a directory's as `sha256sum *` prints it."""
+    listing = "".join(
+        f"{repo.sha256_of(f)}  {f.name}\n"
+        for f in sorted(checkpoints["dnabert_s"].iterdir())
+        if f.is_file()
+    )
+    expected = {
+        repo.DNABERT_S: hashlib.sha256(listing.encode()).hexdigest(),
+        repo.ESM2: repo.sha256_of(checkpoints["esm2"]),
+        "classifier_300": repo.sha256_of(checkpoints["300"]),
+        "classifier_500": repo.sha256_of(checkpoints["500"]),
+    }
+    sources = {repo.DNABERT_S: "DNABERT-S", repo.ESM2: "esm2_t2_tiny.pt"}
+    for name, sha256 in expected.items():
+        config = text_format.Parse(
+            (exported / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
+        )
+        about = {k: v.string_value for k, v in config.parameters.items()}
+        assert about["source"] == sources.get(name, f"{name[-3:]}_model.pth")
+        assert about["source_sha256"] == sha256
+        assert about["random_weights"] == "false" and about["dtype"] == "fp32"
+        weights = exported / name / "1" / repo.WEIGHTS
+        assert json.loads(about["weights_sha256"])[repo.WEIGHTS] == repo.sha256_of(weights)
+
+
 def test_served_embeddings_equal_the_source_checkpoints(exported, checkpoints, tmp_path):
     dna = ["ATGGCTAGCAAAGGTAAACGTATTGCA" * 12, "acgtn", "GATTACA"]
     proteins = ["MKTAYIAKQRQISFVKSHFSRQLEERLG", "W", "MKV" * 50]
@@ -138,7 +168,7 @@ def test_export_refuses_an_entry_out_of_tolerance(checkpoints, tmp_path):
     with torch.no_grad():  # fp16 overflows on these weights: the entry cannot match fp32
         esm2.embed_tokens.weight.mul_(1e6)
     with pytest.raises(VerificationError, match=r"refused to write esm2 \(fp16\): max abs diff"):
-        export_esm2(tmp_path, esm2, "fp16")
+        export_esm2(tmp_path, esm2, "fp16", repo.TINY_SOURCE)
     assert not (tmp_path / repo.ESM2).exists()
 
 

@@ -148,7 +148,9 @@ def test_entries_are_onnxruntime_graphs_behind_weightless_python_entries(onnx_re
 def test_large_weights_go_to_one_external_data_file(models, tmp_path):
     classifier = models[3][300]
     # Threshold forced to 0 bytes: the path a > 2 GB model (ESM-2 650M, 3B) takes.
-    check = onnx_export.export_classifier(tmp_path, 300, classifier, external_data_bytes=0)
+    check = onnx_export.export_classifier(
+        tmp_path, 300, classifier, repo.TINY_SOURCE, external_data_bytes=0
+    )
     version = tmp_path / "classifier_300_onnx" / "1"
     assert sorted(p.name for p in version.iterdir()) == [repo.ONNX_MODEL, repo.ONNX_DATA]
     model = onnx.load(str(version / repo.ONNX_MODEL), load_external_data=False)
@@ -175,7 +177,7 @@ def test_a_graph_that_does_not_match_torch_is_refused(models, tmp_path, monkeypa
 
     monkeypatch.setattr(onnx_export, "export_graph", export_then_corrupt)
     with pytest.raises(VerificationError, match=r"refused to write esm2_onnx \(fp32\): max abs"):
-        onnx_export.export_esm2(tmp_path, models[2])
+        onnx_export.export_esm2(tmp_path, models[2], repo.TINY_SOURCE)
     assert list(tmp_path.iterdir()) == []  # the staging directory is gone, nothing was written
 
 

@@ -77,7 +77,8 @@ def build_repository(repository: Path, tiny: bool, device: torch.device) -> dict
         (repo.ESM2, esm2, esm_config.embed_dim),
     ]:
         config = repo.embedder_config(kind, dim)
-        repo.write_entry(repository, config, model, repo.architecture_of(kind, model, dtype))
+        architecture = repo.architecture_of(kind, model, dtype)
+        repo.write_entry(repository, config, model, architecture, source=repo.BENCH_SOURCE)
     tokenizer = repository / repo.DNABERT_S / "1" / repo.TOKENIZER
     build_dna_bpe_tokenizer(dna_config.vocab_size).save(str(tokenizer))
     _write_classifiers(repository, classifier)
@@ -105,7 +106,7 @@ def _write_classifiers(repository: Path, classifier: MLPClassifier) -> None:
         config = repo.model_config(
             name, *repo.classifier_tensors(features), repo.EMBEDDER_MAX_BATCH
         )
-        repo.write_entry(repository, config, classifier, architecture)
+        repo.write_entry(repository, config, classifier, architecture, source=repo.BENCH_SOURCE)
 
 
 @torch.inference_mode()
@@ -302,11 +303,12 @@ def served_fp8(
     repository, out = arguments[0], arguments[4].with_name(arguments[4].name + "_fp8")
     # Only the esm2 entry's config.pbtxt changes; its weights stay as they are.
     dim = models["esm2"].config.embed_dim
-    repo.write_entry(repository, repo.embedder_config(repo.ESM2, dim, FEED_FORWARD))
+    fp8_config = repo.embedder_config(repo.ESM2, dim, FEED_FORWARD)
+    repo.write_entry(repository, fp8_config, source=repo.BENCH_SOURCE)
     try:
         result = served(*arguments[:4], out, *arguments[5:])
     finally:
-        repo.write_entry(repository, repo.embedder_config(repo.ESM2, dim))
+        repo.write_entry(repository, repo.embedder_config(repo.ESM2, dim), source=repo.BENCH_SOURCE)
     fp8_verdicts = _verdicts(out / "run")
     return {
         **result,

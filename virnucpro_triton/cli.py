@@ -5,12 +5,21 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
-from virnucpro_triton.repository import CHUNK_SIZES, FP8_FEED_FORWARD, FP8_NONE
+from virnucpro_triton.repository import (
+    CHUNK_SIZES,
+    FP8_FEED_FORWARD,
+    FP8_NONE,
+    RepositoryError,
+    check_entries,
+    pipeline_entries,
+)
 
 DEFAULT_REPOSITORY = Path("model_repository")
 REPORT_TOP = 20  # report.TOP, not imported here to keep the CLI quick to start
@@ -103,6 +112,7 @@ def serve(
     """Run the embedded Triton server in the foreground until Ctrl-C."""
     from virnucpro_triton.server import EmbeddedServer, ServerError
 
+    _require(repository, ())
     server = EmbeddedServer(
         repository,
         grpc_port=grpc_port,
@@ -111,7 +121,7 @@ def serve(
         address=address,
     )
     try:
-        server.start()
+        _start(server)
     except ServerError as error:
         _fail(str(error))
     click.echo(
@@ -180,16 +190,58 @@ def _addresses(urls: tuple[str, ...], urls_file: Path | None) -> list[str]:
     return addresses
 
 
+def _start_feedback() -> Callable[[float, list[str]], None]:
+    """What a server start is doing, on stderr: a line redrawn on a terminal, else a line
+    whenever the models loading change and every 10 s."""
+    said = {"what": "", "at": 0.0}
+
+    def show(seconds: float, loading: list[str]) -> None:
+        what = f"loading {', '.join(loading)}" if loading else "starting tritonserver"
+        if sys.stderr.isatty():
+            click.echo(f"{_REDRAW}{what} ... {seconds:.0f} s", err=True, nl=False)
+        elif what != said["what"] or seconds - said["at"] >= 10:
+            click.echo(f"virnucpro-triton: {what} ... {seconds:.0f} s", err=True)
+            said.update(what=what, at=seconds)
+
+    return show
+
+
+_REDRAW = "\r\033[K"  # back to the start of the line, erased
+
+
+def _start(server) -> float:
+    """Start `server` with feedback on stderr; the seconds it took."""
+    started = time.monotonic()
+    server.start(progress=_start_feedback())
+    seconds = time.monotonic() - started
+    prefix = _REDRAW if sys.stderr.isatty() else "virnucpro-triton: "
+    click.echo(f"{prefix}server ready in {seconds:.1f} s", err=True)
+    return seconds
+
+
+def _require(repository: Path, needed: tuple[str, ...]) -> None:
+    """Refuse a repository without the `needed` entries in one line, before anything slow."""
+    try:
+        check_entries(repository, needed)
+    except RepositoryError as error:
+        _fail(str(error))
+
+
 @contextmanager
 def _servers(addresses: list[str], repository: Path):
-    """The given servers, or an embedded one on `repository` for the length of the run."""
+    """(The given servers, None), or an embedded one on `repository` for the length of the run
+    and the seconds it took to start."""
     if addresses:
-        yield addresses
+        yield addresses, None
         return
     from virnucpro_triton.server import EmbeddedServer
 
-    with EmbeddedServer(repository) as server:
-        yield [server.grpc_url]
+    server = EmbeddedServer(repository)
+    start_seconds = _start(server)
+    try:
+        yield [server.grpc_url], start_seconds
+    finally:
+        server.stop()
 
 
 @main.command()
@@ -271,6 +323,9 @@ def predict(
     with_report: bool,
 ) -> None:
     """Classify FASTA (plain or gzip) and write VirNucPro's result files into OUT_DIR."""
+    addresses = _addresses(urls, urls_file)
+    if not addresses:
+        _require(repository, pipeline_entries(int(chunk_size)))
     from virnucpro_triton.client.connection import ClientError
     from virnucpro_triton.client.evidence import Thresholds
     from virnucpro_triton.client.journal import NAME as JOURNAL
@@ -280,14 +335,13 @@ def predict(
 
     _log_to_stderr()
     click.get_current_context().meta[_RESUMABLE] = out_dir / JOURNAL
-    addresses = _addresses(urls, urls_file)
     try:
         thresholds = Thresholds(viral_above, nonviral_below, min_chunks)
     except ValueError as error:
         _fail(str(error))
     try:
         next(iter(read_fasta(fasta)))  # refuse a missing or non-FASTA file before starting a server
-        with _servers(addresses, repository) as servers:
+        with _servers(addresses, repository) as (servers, start_seconds):
             summary = run(
                 fasta,
                 int(chunk_size),
@@ -301,6 +355,7 @@ def predict(
                 resume=resume,
                 thresholds=thresholds,
                 frame_format=frame_format,
+                start_seconds=start_seconds,
             )
     except (FastaError, ClientError, ServerError, OSError) as error:
         resumable = (out_dir / JOURNAL).exists() and not isinstance(error, FastaError)
@@ -361,6 +416,9 @@ def embed(
     max_message_mb: int,
 ) -> None:
     """Pooled DNABERT-S or ESM-2 embedding of every record, through the server."""
+    addresses = _addresses(urls, urls_file)
+    if not addresses:
+        _require(repository, (model,))
     from virnucpro_triton.client.connection import ClientError
     from virnucpro_triton.client.embed import embed as run
     from virnucpro_triton.client.embed import ids_path
@@ -368,9 +426,8 @@ def embed(
     from virnucpro_triton.server import ServerError
 
     _log_to_stderr()
-    addresses = _addresses(urls, urls_file)
     try:
-        with _servers(addresses, repository) as servers:
+        with _servers(addresses, repository) as (servers, _):
             count, dim = run(
                 fasta,
                 model,
@@ -441,8 +498,11 @@ def export(
     tiny: bool,
 ) -> None:
     """Write verified model-repository entries from local checkpoints."""
-    from virnucpro_triton.checkpoints import CheckpointError
-    from virnucpro_triton.export import VerificationError, export_repository
+    try:
+        from virnucpro_triton.checkpoints import CheckpointError
+        from virnucpro_triton.export import VerificationError, export_repository
+    except ModuleNotFoundError as error:  # a client-only install
+        _fail(f"export needs {error.name}: pip install 'virnucpro-triton[export]'")
 
     classifiers = {s: p for s, p in ((300, classifier_300), (500, classifier_500)) if p}
     if not tiny and not (dnabert_s or esm2 or classifiers):
@@ -482,7 +542,11 @@ def demo(repository: Path, out_dir: Path, fasta: tuple[Path, ...]) -> None:
     """Tiny random models, one embedded server, every FASTA given (default examples/*.fasta)."""
     from virnucpro_triton.client.connection import ClientError
     from virnucpro_triton.client.predict import predict as run
-    from virnucpro_triton.export import export_repository
+
+    try:
+        from virnucpro_triton.export import export_repository
+    except ModuleNotFoundError as error:  # a client-only install
+        _fail(f"demo needs {error.name}: pip install 'virnucpro-triton[server,export]'")
     from virnucpro_triton.fasta import FastaError
     from virnucpro_triton.server import EmbeddedServer, ServerError
 
@@ -494,13 +558,17 @@ def demo(repository: Path, out_dir: Path, fasta: tuple[Path, ...]) -> None:
     inputs = fasta or tuple(sorted(Path("examples").glob("*.fasta")))
     try:
         export_repository(repository, tiny=True, report=click.echo)
-        with EmbeddedServer(repository) as server:
+        server = EmbeddedServer(repository)
+        _start(server)
+        try:
             click.echo(f"embedded Triton server ready at {server.grpc_url}")
             for path in inputs:
                 for size in CHUNK_SIZES:
                     target = out_dir / path.stem / f"chunk{size}"
                     s = run(path, size, target, server.grpc_url, progress=False)
                     click.echo(f"{path} @ {size} bp: {s.describe()} -> {target}/")
+        finally:
+            server.stop()
     except (FastaError, ClientError, ServerError, OSError) as error:
         _fail(str(error))
     click.secho(warning, fg="yellow", err=True)

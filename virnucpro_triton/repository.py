@@ -7,18 +7,21 @@ calls them: one description of the server API, used by all three.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from google.protobuf import json_format, text_format
-from tritonclient.grpc import model_config_pb2
-
-if TYPE_CHECKING:  # torch is imported where weights are handled: the client never pays for it
+if TYPE_CHECKING:
+    # torch is imported where weights are handled, protobuf where configs are written: the
+    # client and the pipeline's stubs (which import this module) never pay for them.
     import torch
+    from tritonclient.grpc import model_config_pb2
 
 DNABERT_S = "dnabert_s"
 ESM2 = "esm2"
@@ -94,7 +97,8 @@ TORCH, ONNX = "torch", "onnx"
 # Values of the esm2 entry's `fp8` parameter (models/fp8.py): FP8 matmuls nowhere, or in the
 # feed-forward layers.
 FP8_NONE, FP8_FEED_FORWARD = "none", "feed_forward"
-SOURCE_ENTRIES = Path(__file__).resolve().parent.parent / "model_repository"
+# Each Python entry's model.py, copied by export: package data, so a wheel's export works too.
+SOURCE_ENTRIES = Path(__file__).resolve().parent / "model_repository"
 
 
 @dataclass(frozen=True)
@@ -153,6 +157,9 @@ def _config(
         "dynamic_batching": {"max_queue_delay_microseconds": QUEUE_DELAY_US},
         **fields,
     }
+    from google.protobuf import json_format
+    from tritonclient.grpc import model_config_pb2
+
     return json_format.ParseDict(spec, model_config_pb2.ModelConfig())
 
 
@@ -164,6 +171,8 @@ def model_config(
     parameters: dict[str, str] | None = None,
 ) -> model_config_pb2.ModelConfig:
     """A Python-backend entry, with a bounded queue (clients and BLS calls all enter here)."""
+    from tritonclient.grpc import model_config_pb2
+
     config = _config(
         name,
         inputs,
@@ -183,8 +192,7 @@ def model_config(
 
 def embedder_config(name: str, dim: int, fp8: str = FP8_NONE) -> model_config_pb2.ModelConfig:
     """The `dnabert_s` or `esm2` entry; `fp8` is the esm2 entry's FP8 setting (models/fp8.py)."""
-    parameters = {"fp8": fp8} if fp8 != FP8_NONE else None
-    return model_config(name, *embedder_tensors(dim), EMBEDDER_MAX_BATCH, parameters)
+    return model_config(name, *embedder_tensors(dim), EMBEDDER_MAX_BATCH, {"fp8": fp8})
 
 
 def onnx_model_config(
@@ -194,24 +202,96 @@ def onnx_model_config(
     return _config(name, inputs, outputs, max_batch_size, platform="onnxruntime_onnx")
 
 
+@dataclass(frozen=True)
+class Source:
+    """The checkpoint an entry's weights came from, as the entry's config records it."""
+
+    name: str  # its file (or directory) name
+    sha256: str = ""
+    random_weights: bool = False
+
+    @classmethod
+    def of(cls, path: Path) -> Source:
+        """A file's sha256; a directory's is that of `LC_ALL=C sha256sum *` run in it (its
+        files in name order), so a user can check either with sha256sum."""
+        path = Path(path)
+        if path.is_file():
+            return cls(path.name, sha256_of(path))
+        listing = "".join(
+            f"{sha256_of(f)}  {f.name}\n"
+            for f in sorted(path.iterdir(), key=lambda f: f.name.encode())
+            if f.is_file() and not f.name.startswith(".")
+        )
+        return cls(path.name, hashlib.sha256(listing.encode()).hexdigest())
+
+
+# Written by `export --tiny` and the benchmark: the demo's verdicts mean nothing.
+TINY_SOURCE = Source("tiny demo model", random_weights=True)
+BENCH_SOURCE = Source("benchmark model", random_weights=True)
+# The config parameters that say where an entry comes from (besides the esm2 entry's `fp8`).
+# Any Triton client reads them with the model-config API; `predict` puts them into run.json.
+PROVENANCE = (
+    "source",
+    "source_sha256",
+    "weights_sha256",  # JSON: {file in 1/: sha256}
+    "dtype",
+    "random_weights",  # "true" or "false"
+    "virnucpro_triton_version",
+)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _provenance(version: Path, source: Source | None, dtype: str | None) -> dict[str, str]:
+    try:
+        found = {"virnucpro_triton_version": metadata.version("virnucpro-triton")}
+    except metadata.PackageNotFoundError:  # a source tree that was never installed
+        found = {"virnucpro_triton_version": "unknown"}
+    if source is not None:
+        weights = {
+            f.name: sha256_of(f)
+            for f in sorted(version.iterdir())
+            if f.is_file() and f.name not in (MODEL_PY, ARCHITECTURE)
+        }
+        found |= {
+            "source": source.name,
+            "source_sha256": source.sha256,
+            "weights_sha256": json.dumps(weights, sort_keys=True),
+            "random_weights": str(source.random_weights).lower(),
+        }
+    if dtype is not None:
+        found["dtype"] = dtype
+    return found
+
+
 def write_entry(
     repository: Path,
     config: model_config_pb2.ModelConfig,
     model: torch.nn.Module | None = None,
     architecture: dict[str, Any] | None = None,
     files: tuple[Path, ...] = (),
+    source: Source | None = None,
 ) -> Path:
-    """Write one entry: config.pbtxt, 1/model.py (Python backend), the weights when a model is
-    given, architecture.json when one is given, and copies of `files` into 1/."""
+    """Write one entry: 1/model.py (Python backend), the weights when a model is given,
+    architecture.json when one is given, copies of `files` into 1/, and config.pbtxt with the
+    entry's provenance (PROVENANCE; `source` names the weights' origin, whose files in 1/ it
+    hashes: those already there too, e.g. an ONNX graph)."""
+    from google.protobuf import text_format
+
     entry = repository / config.name
     version = entry / "1"
     version.mkdir(parents=True, exist_ok=True)
-    (entry / "config.pbtxt").write_text(text_format.MessageToString(config))
     if config.backend == "python":
-        source = SOURCE_ENTRIES / config.name / "1" / MODEL_PY
+        source_py = SOURCE_ENTRIES / config.name / "1" / MODEL_PY
         target = version / MODEL_PY
-        if source.resolve() != target.resolve():
-            target.write_text(source.read_text())
+        if source_py.resolve() != target.resolve():
+            target.write_text(source_py.read_text())
     if model is not None:
         from safetensors.torch import save_file
 
@@ -231,6 +311,10 @@ def write_entry(
         (version / ARCHITECTURE).write_text(json.dumps(architecture, indent=2) + "\n")
     for path in files:
         shutil.copyfile(path, version / path.name)
+    dtype_name = architecture["dtype"] if architecture else None
+    for key, value in _provenance(version, source, dtype_name).items():
+        config.parameters[key].string_value = value
+    (entry / "config.pbtxt").write_text(text_format.MessageToString(config))
     return entry
 
 
@@ -314,3 +398,69 @@ def load_model(
     state = load_file(str(version_dir / WEIGHTS), device=str(torch.device(device)))
     model.load_state_dict(state, strict=True, assign=True)
     return model.to(torch_dtype(architecture["dtype"])).eval(), architecture
+
+
+def pipeline_entries(chunk_size: int) -> tuple[str, ...]:
+    """The entries a `predict` run at `chunk_size` calls."""
+    return PIPELINE, DNABERT_S, ESM2, classifier_name(chunk_size)
+
+
+class RepositoryError(ValueError):
+    """A repository that cannot serve a run; the message says how to get one that can."""
+
+
+# How to export each entry: the Makefile's variable and the checkpoint it takes.
+_EXPORT_ARGUMENTS = {
+    DNABERT_S: "DNABERT_S=DNABERT-S_DIR",
+    ESM2: "ESM2=esm2_t36_3B_UR50D.pt",
+    classifier_name(300): "CLASSIFIER_300=300_model.pth",
+    classifier_name(500): "CLASSIFIER_500=500_model.pth",
+}
+
+
+def _entry_problem(entry: Path) -> str | None:
+    """Why the server could not load `entry`, or None."""
+    if not entry.is_dir():
+        return "missing"
+    if not (entry / "config.pbtxt").is_file():
+        return "not exported (no config.pbtxt)"
+    if entry.name == PIPELINE or entry.name.endswith("_onnx"):
+        return None
+    version = entry / "1"
+    if not (version / ARCHITECTURE).is_file():
+        return f"incomplete (no 1/{ARCHITECTURE})"
+    if runtime_of(read_architecture(version)) == ONNX:
+        return _entry_problem(entry.parent / onnx_name(entry.name))
+    return None if (version / WEIGHTS).is_file() else f"incomplete (no 1/{WEIGHTS})"
+
+
+def check_entries(repository: Path, needed: Iterable[str]) -> None:
+    """Raise RepositoryError unless `repository` holds every `needed` entry, complete, and
+    nothing the server would fail to load (it loads every entry there).
+
+    Checked in milliseconds before a server start, which would take a minute to fail.
+    """
+    repository = Path(repository)
+    present = (
+        sorted(p.name for p in repository.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if repository.is_dir()
+        else []
+    )
+    # Nothing asked for and nothing there (`serve` of an empty directory): a whole repository.
+    names = list(dict.fromkeys([*needed, *present])) or [PIPELINE, *_EXPORT_ARGUMENTS]
+    problems = {n: p for n in names if (p := _entry_problem(repository / n))}
+    if not problems:
+        return
+    weighted = [n for n in problems if n in _EXPORT_ARGUMENTS] or [
+        n for n in names if n in _EXPORT_ARGUMENTS
+    ]
+    target = "" if repository == Path("model_repository") else f" REPOSITORY={repository}"
+    export = " ".join(["make export", *(_EXPORT_ARGUMENTS[n] for n in weighted)]) + target
+    listed = ", ".join(f"{n} {p}" for n, p in problems.items())
+    if not repository.is_dir():
+        listed = f"it does not exist (the run needs {', '.join(problems)})"
+    raise RepositoryError(
+        f"model repository {repository} cannot serve this run: {listed}. Export the real "
+        f"checkpoints with `{export}` (README: Checkpoints), or run the demo's tiny "
+        "random-weight models with `--repository build/demo_repository` (`make demo` writes it)"
+    )

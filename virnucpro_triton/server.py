@@ -107,7 +107,10 @@ def _wheel_dirs() -> tuple[Path, Path]:
     pytriton, whose import pulls in far more than we need."""
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
-        raise ServerError("the nvidia-pytriton package (which ships tritonserver) is not installed")
+        raise ServerError(
+            "the nvidia-pytriton package (which ships tritonserver) is not installed: "
+            "`pip install 'virnucpro-triton[server]'`, or give --url of a running server"
+        )
     package = Path(next(iter(spec.submodule_search_locations)))
     return package / "tritonserver", package.parent / "nvidia_pytriton.libs"
 
@@ -223,6 +226,9 @@ class EmbeddedServer:
             f"--backend-directory={backend_directory()}",
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             *SERVER_FLAGS,
+            # The configs are complete; auto-completing them costs each Python entry a stub
+            # process of its own before the instances' (seconds of imports each).
+            "--disable-auto-complete-config",
             f"--grpc-address={self.address}",
             f"--grpc-port={self.ports['gRPC']}",
             f"--http-address={self.address}",
@@ -251,9 +257,15 @@ class EmbeddedServer:
                 "another process (another server still running?). Stop it or choose other ports."
             )
 
-    def start(self, timeout: float = 900.0) -> EmbeddedServer:
+    def start(
+        self,
+        timeout: float = 900.0,
+        progress: Callable[[float, list[str]], None] | None = None,
+    ) -> EmbeddedServer:
         """Start the server and return once it and every model in the repository are ready
-        (on a GPU that includes compiling the embedding models: minutes for ESM-2 3B)."""
+        (on a GPU that includes compiling the embedding models: minutes for ESM-2 3B).
+
+        `progress` is called while waiting with the seconds so far and the models loading."""
         if self._proc is not None:
             raise ServerError(f"tritonserver is already running (pid {self._proc.pid})")
         self._check_repository()
@@ -274,10 +286,19 @@ class EmbeddedServer:
                 start_new_session=True,
                 preexec_fn=_dies_with(os.getpid()) if main_thread else None,
             )
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
+        # gRPC backs off up to 2 minutes between connection attempts to a port nobody listens
+        # on yet: capped here, the server is seen within a second of listening.
+        backoff = [
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 500),
+        ]
         try:
-            with grpcclient.InferenceServerClient(self.grpc_url) as client:
+            with grpcclient.InferenceServerClient(self.grpc_url, channel_args=backoff) as client:
                 while not self._ready(client):
+                    if progress is not None:
+                        progress(time.monotonic() - started, self._loading())
                     # With model control mode "none" the server exits when a model fails to load.
                     if (code := self._proc.poll()) is not None:
                         raise self._fail(f"tritonserver exited ({code}) before it was ready")
@@ -315,6 +336,13 @@ class EmbeddedServer:
             except OSError:
                 return False
         return self._proc is not None and self._proc.poll() is None
+
+    def _loading(self) -> list[str]:
+        """The models loading now, from the log: Triton answers no request before all are."""
+        log = self.log_path.read_bytes()[self._log_start :].decode(errors="replace")
+        started = re.findall(r'"loading: ([^:"]+):', log)
+        done = set(re.findall(r"(?:successfully loaded|failed to load) '([^']+)'", log))
+        return [name for name in dict.fromkeys(started) if name not in done]
 
     def _fail(self, what: str) -> ServerError:
         """Stop the server and build an error explaining its failure from the log."""

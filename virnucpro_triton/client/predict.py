@@ -39,6 +39,7 @@ from virnucpro_triton.client.frame_table import Frames, FrameTable
 from virnucpro_triton.client.outputs import SUMMARY, VERDICTS, ChunkVerdicts, atomic_files, scores
 from virnucpro_triton.client.records import unique_ids
 from virnucpro_triton.fasta import read_fasta
+from virnucpro_triton.repository import pipeline_entries
 from virnucpro_triton.sequence import FRAME_NAMES, chunk_starts
 
 SUMMARY_COLUMNS = ("id", "length", "chunks", "chunks_without_frame", "chunks_virus", "max_p_virus")
@@ -57,6 +58,8 @@ class RunSummary:
     resumed_chunks: int = 0  # answered from the journal of an earlier, stopped run
     endpoints: tuple[EndpointStats, ...] = ()
     verdicts: dict[str, int] = field(default_factory=dict)  # sequences per weighted verdict
+    models: dict[str, dict[str, str]] = field(default_factory=dict)  # run_info.models
+    start_seconds: float | None = None  # of the embedded server, when one was started
 
     @property
     def retries(self) -> int:
@@ -74,15 +77,22 @@ class RunSummary:
         """The run's final log: throughput, retries and what each server answered."""
         rate = self.frames / self.seconds if self.seconds else 0.0
         resumed = f", {self.resumed_chunks} chunks from the stopped run" * bool(self.resumed_chunks)
+        start = "" if self.start_seconds is None else f" after a {self.start_seconds:.1f} s start"
         lines = [
             self.describe(),
-            f"{self.seconds:.1f} s, {rate:.1f} frames/s, {self.retries} requests retried{resumed}",
+            f"{self.seconds:.1f} s{start}, {rate:.1f} frames/s, {self.retries} requests retried"
+            f"{resumed}",
         ]
         lines += [
             f"  {e.url}: {e.answered} requests answered, {e.failed} failed attempts, "
             f"{e.outages} times out of rotation"
             for e in self.endpoints
         ]
+        lines += ["models:"] * bool(self.models)
+        lines += [f"  {name}: {run_info.describe(about)}" for name, about in self.models.items()]
+        if random := run_info.random_weights(self.models):
+            names = ", ".join(random)
+            lines.append(f"WARNING: {names} have RANDOM weights: the verdicts are meaningless")
         return "\n".join(lines)
 
 
@@ -168,13 +178,15 @@ def predict(
     resume: bool = False,
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
     frame_format: str = "tsv",
+    start_seconds: float | None = None,
 ) -> RunSummary:
     """Classify `fasta` into VirNucPro's result files in `out_dir`.
 
     `frame_format` (tsv, parquet, jsonl) is that of the per-frame table; `thresholds` those of
     the weighted verdicts in sequence_summary.tsv. Answers are journaled in `out_dir` as they
     come; `resume` continues a stopped run of the same input from its journal. The journal goes
-    when the result files are complete.
+    when the result files are complete. `start_seconds` (that of an embedded server started for
+    the run) goes into run.json beside the run's own seconds.
     """
     if frame_format not in frame_table.FORMATS:
         raise ClientError(f"format must be one of {frame_table.FORMATS}, not {frame_format}")
@@ -227,13 +239,16 @@ def predict(
                 asyncio.run(run_all(results, bar))
                 results.verdicts.write(out[VERDICTS])
                 counts, sequence_verdicts = results.counts, results.sequence_verdicts
+                models = run_info.models(classifier.connection.urls, pipeline_entries(chunk_size))
                 run_info.write(
                     out[run_info.RUN_INFO],
                     settings=settings,
                     counts={**counts, "verdicts": sequence_verdicts, "resumed_chunks": resumed},
                     endpoints=[asdict(e) for e in classifier.stats],
+                    models=models,
                     started=started_at,
                     seconds=time.monotonic() - started,
+                    start_seconds=start_seconds,
                 )
         except BaseException:
             journal.close()  # kept: --resume goes on from it
@@ -247,5 +262,7 @@ def predict(
         resumed_chunks=resumed,
         endpoints=tuple(classifier.stats),
         verdicts=sequence_verdicts,
+        models=models,
+        start_seconds=start_seconds,
         **counts,
     )

@@ -229,6 +229,7 @@ td, th { border: 1px solid #d5d8dc; padding: 0.2rem 0.5rem; text-align: left; }
 td:not(:first-child) { font-variant-numeric: tabular-nums; }
 img { max-width: 100%; display: block; margin: 0.5rem 0; }
 .note { color: #566573; font-size: 0.9rem; }
+.random { background: #c0392b; color: #fff; padding: 0.6rem 1rem; font-weight: bold; }
 """
 
 
@@ -261,7 +262,17 @@ def _page(
         "<b>uncertain</b> in between; <b>no_frames</b>: no chunk with a stop-free frame. "
         f"Low confidence: fewer than {settings['min_chunks']} chunks with a stop-free frame."
     )
+    models = info.get("models", {})  # run.json of older versions has none
+    random = run_info.random_weights(models)
+    banner = (
+        f'<p class="random">RANDOM WEIGHTS: {html.escape(", ".join(random))} hold random weights '
+        "(demo or benchmark models), so these verdicts are meaningless.</p>"
+        if random
+        else ""
+    )
+    model_rows = [(name, run_info.describe(about)) for name, about in models.items()]
     throughput = [
+        ("server start (s)", _number(info.get("start_seconds"), 2)),
         ("wall time (s)", _number(info.get("wall_seconds"), 2)),
         ("chunks per second", _number(info.get("chunks_per_second"))),
         ("frames per second", _number(info.get("frames_per_second"))),
@@ -283,6 +294,7 @@ def _page(
 <style>{_STYLE}</style>
 </head>
 <body>
+{banner}
 <h1>{html.escape(title)}</h1>
 <p class="note">Started {html.escape(str(info.get("started", "?")))}, chunk size
 {html.escape(str(settings["chunk_size"]))} bp, {counts["records"]:,} sequences.</p>
@@ -303,6 +315,7 @@ dots: single frames; grey: chunk without a stop-free frame.</p>
 {tracks}
 
 <h2>Run</h2>
+{_table(model_rows, ("model", "weights")) if model_rows else "<p>Models not recorded.</p>"}
 {_table(throughput)}
 {_table(count_rows)}
 {_table([(k, v) for k, v in settings.items()], ("setting", "value"))}

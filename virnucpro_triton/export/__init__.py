@@ -55,6 +55,8 @@ def export_repository(
         if tiny:
             dna_model, tokenizer, esm_model, classifier_models = tiny_models(Path(scratch))
             report("building tiny RANDOM-WEIGHT models (demo/tests only: verdicts are meaningless)")
+            keys = [repo.DNABERT_S, repo.ESM2, *classifier_models]
+            sources = dict.fromkeys(keys, repo.TINY_SOURCE)
         else:
             dna_model = tokenizer = esm_model = None
             if dnabert_s is not None:
@@ -65,14 +67,18 @@ def export_repository(
                 size: checkpoints.load_classifier(path)
                 for size, path in (classifiers or {}).items()
             }
+            # Hashed once here, recorded in each entry's config (repository.PROVENANCE).
+            given = {repo.DNABERT_S: dnabert_s, repo.ESM2: esm2, **(classifiers or {})}
+            sources = {key: repo.Source.of(path) for key, path in given.items() if path}
         _check_feature_sizes(out, dna_model, esm_model, classifier_models)
         write_dnabert_s, write_esm2, write_classifier = _writers(format, dtype, fp8)
         if dna_model is not None:
-            checks.append(write_dnabert_s(out, dna_model, tokenizer))
+            source = sources[repo.DNABERT_S]
+            checks.append(write_dnabert_s(out, dna_model, tokenizer, source=source))
         if esm_model is not None:
-            checks.append(write_esm2(out, esm_model))
+            checks.append(write_esm2(out, esm_model, source=sources[repo.ESM2]))
         for size, model in sorted(classifier_models.items()):
-            checks.append(write_classifier(out, size, model))
+            checks.append(write_classifier(out, size, model, source=sources[size]))
     export_pipeline(out)
     for check in checks:
         report(f"verified {check.describe()}")

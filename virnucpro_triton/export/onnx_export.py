@@ -153,13 +153,16 @@ def _graph_entry(
     example: tuple[torch.Tensor, ...],
     tensors: tuple[list[repo.Tensor], list[repo.Tensor]],
     external_data_bytes: int,
+    source: repo.Source,
 ) -> Path:
-    """The compute entry behind Python entry `name`: config.pbtxt and 1/model.onnx."""
+    """The compute entry behind Python entry `name`: 1/model.onnx and config.pbtxt (written
+    last: it records the graph's sha256)."""
     inputs, outputs = tensors
     config = repo.onnx_model_config(repo.onnx_name(name), inputs, outputs, repo.EMBEDDER_MAX_BATCH)
-    entry = repo.write_entry(staging, config)
-    export_graph(module, example, inputs, outputs, entry / "1", external_data_bytes)
-    return entry
+    version = staging / config.name / "1"
+    version.mkdir(parents=True)
+    export_graph(module, example, inputs, outputs, version, external_data_bytes)
+    return repo.write_entry(staging, config, source=source)
 
 
 def _python_entry(
@@ -168,12 +171,13 @@ def _python_entry(
     kind: str,
     model: nn.Module,
     tensors: tuple[list[repo.Tensor], list[repo.Tensor]],
+    source: repo.Source,
     files: tuple[Path, ...] = (),
 ) -> Path:
     """The string-facing entry `name`: architecture.json (runtime onnx) but no weights."""
     config = repo.model_config(name, *tensors, repo.EMBEDDER_MAX_BATCH)
     architecture = repo.architecture_of(kind, model, "fp32", runtime=repo.ONNX)
-    return repo.write_entry(staging, config, architecture=architecture, files=files)
+    return repo.write_entry(staging, config, architecture=architecture, files=files, source=source)
 
 
 def _staged_run(staging: Path, name: str, output: str) -> GraphRun:
@@ -184,6 +188,7 @@ def export_dnabert_s(
     repository: Path,
     model: DnabertS,
     tokenizer_json: Path,
+    source: repo.Source,
     external_data_bytes: int = EXTERNAL_DATA_BYTES,
 ) -> Check:
     """dnabert_s (tokenizer, BLS) + dnabert_s_onnx (graph), verified together."""
@@ -196,8 +201,8 @@ def export_dnabert_s(
         graph = (_DnaGraph(model), example, graph_tensors)
         tensors = repo.embedder_tensors(dim)
         return [
-            _graph_entry(staging, name, *graph, external_data_bytes),
-            _python_entry(staging, name, name, model, tensors, (tokenizer_json,)),
+            _graph_entry(staging, name, *graph, external_data_bytes, source),
+            _python_entry(staging, name, name, model, tensors, source, (tokenizer_json,)),
         ]
 
     def verify(staging: Path) -> Check:
@@ -212,7 +217,10 @@ def export_dnabert_s(
 
 
 def export_esm2(
-    repository: Path, model: Esm2, external_data_bytes: int = EXTERNAL_DATA_BYTES
+    repository: Path,
+    model: Esm2,
+    source: repo.Source,
+    external_data_bytes: int = EXTERNAL_DATA_BYTES,
 ) -> Check:
     """esm2 (tokenizer, BLS) + esm2_onnx (graph), verified together."""
     model = model.float().eval()
@@ -223,8 +231,8 @@ def export_esm2(
         ids, _ = _example(PAD_IDX)  # the graph derives its mask from <pad>
         graph = (_ProteinGraph(model), (ids,), graph_tensors)
         return [
-            _graph_entry(staging, name, *graph, external_data_bytes),
-            _python_entry(staging, name, name, model, repo.embedder_tensors(dim)),
+            _graph_entry(staging, name, *graph, external_data_bytes, source),
+            _python_entry(staging, name, name, model, repo.embedder_tensors(dim), source),
         ]
 
     def verify(staging: Path) -> Check:
@@ -242,6 +250,7 @@ def export_classifier(
     repository: Path,
     chunk_size: int,
     model: MLPClassifier,
+    source: repo.Source,
     external_data_bytes: int = EXTERNAL_DATA_BYTES,
 ) -> Check:
     """classifier_N (BLS) + classifier_N_onnx (graph), verified together."""
@@ -253,8 +262,8 @@ def export_classifier(
     def write(staging: Path) -> list[Path]:
         graph = (model, (torch.from_numpy(probe[:2]),), tensors)
         return [
-            _graph_entry(staging, name, *graph, external_data_bytes),
-            _python_entry(staging, name, "classifier", model, tensors),
+            _graph_entry(staging, name, *graph, external_data_bytes, source),
+            _python_entry(staging, name, "classifier", model, tensors, source),
         ]
 
     def verify(staging: Path) -> Check:

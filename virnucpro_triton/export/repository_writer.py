@@ -159,13 +159,14 @@ def _export(
     kind: str,
     dtype: str,
     verify: Callable[[Path], Check],
+    source: repo.Source,
     files: tuple[Path, ...] = (),
 ) -> Check:
     """One torch-format entry; `verify` gets its staged version directory."""
 
     def write(staging: Path) -> list[Path]:
         architecture = repo.architecture_of(kind, model, dtype)
-        return [repo.write_entry(staging, config, model, architecture, files)]
+        return [repo.write_entry(staging, config, model, architecture, files, source)]
 
     check = publish(repository, write, lambda staging: verify(staging / config.name / "1"))
     # An earlier ONNX export's compute entry is now orphaned, and unloadable without onnxruntime.
@@ -173,7 +174,9 @@ def _export(
     return check
 
 
-def export_dnabert_s(repository: Path, model: DnabertS, tokenizer_json: Path, dtype: str) -> Check:
+def export_dnabert_s(
+    repository: Path, model: DnabertS, tokenizer_json: Path, dtype: str, source: repo.Source
+) -> Check:
     model = model.float().eval()
 
     def verify(version: Path) -> Check:
@@ -184,10 +187,14 @@ def export_dnabert_s(repository: Path, model: DnabertS, tokenizer_json: Path, dt
         return compare(repo.DNABERT_S, dtype, reference_dna(model, served, dna), served(dna))
 
     config = repo.embedder_config(repo.DNABERT_S, model.config.hidden_size)
-    return _export(repository, config, model, repo.DNABERT_S, dtype, verify, (tokenizer_json,))
+    return _export(
+        repository, config, model, repo.DNABERT_S, dtype, verify, source, (tokenizer_json,)
+    )
 
 
-def export_esm2(repository: Path, model: Esm2, dtype: str, fp8: str = NONE) -> Check:
+def export_esm2(
+    repository: Path, model: Esm2, dtype: str, source: repo.Source, fp8: str = NONE
+) -> Check:
     """`fp8` (models/fp8.py) is written into the entry's config and verified where this machine's
     GPU has FP8; elsewhere the check runs bf16 and says so."""
     model = model.float().eval()
@@ -203,10 +210,12 @@ def export_esm2(repository: Path, model: Esm2, dtype: str, fp8: str = NONE) -> C
         return replace(compare(repo.ESM2, dtype, reference, served(protein)), note=note)
 
     config = repo.embedder_config(repo.ESM2, model.config.embed_dim, fp8)
-    return _export(repository, config, model, repo.ESM2, dtype, verify)
+    return _export(repository, config, model, repo.ESM2, dtype, verify, source)
 
 
-def export_classifier(repository: Path, chunk_size: int, model: MLPClassifier, dtype: str) -> Check:
+def export_classifier(
+    repository: Path, chunk_size: int, model: MLPClassifier, dtype: str, source: repo.Source
+) -> Check:
     model = model.float().eval()
     name = repo.classifier_name(chunk_size)
     input_dim = model.hidden_layer.in_features
@@ -221,7 +230,7 @@ def export_classifier(repository: Path, chunk_size: int, model: MLPClassifier, d
         return compare(name, dtype, reference, candidate)
 
     config = repo.model_config(name, *repo.classifier_tensors(input_dim), repo.EMBEDDER_MAX_BATCH)
-    return _export(repository, config, model, "classifier", dtype, verify)
+    return _export(repository, config, model, "classifier", dtype, verify, source)
 
 
 def export_pipeline(repository: Path) -> Path:

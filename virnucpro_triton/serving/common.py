@@ -1,16 +1,22 @@
 """What every served model needs from the Python backend: device, files, request decoding,
-error answers and calls to other served models (BLS)."""
+error answers and calls to other served models (BLS).
+
+No torch here: the pipeline entry computes nothing with it, and each of its instances would
+pay seconds of server start for the import.
+"""
 
 from __future__ import annotations
 
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-import torch
 import triton_python_backend_utils as pb_utils
+
+if TYPE_CHECKING:
+    import torch
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -27,11 +33,17 @@ class ModelError(RuntimeError):
     """
 
 
-def device_of(args: dict[str, Any]) -> torch.device:
+def device_name(args: dict[str, Any]) -> str:
     """The instance's device: Triton places one instance per GPU, or on the CPU without one."""
     if args["model_instance_kind"] == "GPU":
-        return torch.device("cuda", int(args["model_instance_device_id"]))
-    return torch.device("cpu")
+        return f"cuda:{int(args['model_instance_device_id'])}"
+    return "cpu"
+
+
+def device_of(args: dict[str, Any]) -> torch.device:
+    import torch  # by the entries that compute with it
+
+    return torch.device(device_name(args))
 
 
 def version_dir(args: dict[str, Any]) -> Path:
@@ -107,5 +119,5 @@ def bls_run(model: str, output: str) -> Callable[[dict[str, np.ndarray]], np.nda
 def log_loaded(args: dict[str, Any], what: str) -> None:
     # One line per instance load: the tests count them to prove models are not reloaded.
     pb_utils.Logger.log_info(
-        f"virnucpro-triton: loaded {args['model_name']} ({what}) on {device_of(args)}"
+        f"virnucpro-triton: loaded {args['model_name']} ({what}) on {device_name(args)}"
     )
