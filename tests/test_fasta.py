@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from inputs import corrupt_gzip, write_fifo
 
 from virnucpro_triton.alphabet import DNA, EXPECTED, PROTEIN, first_invalid, nucleotides_only
 from virnucpro_triton.client.records import unique_ids
@@ -88,14 +89,6 @@ def test_fastq_gives_the_records_of_the_same_fasta_qualities_ignored(tmp_path):
     assert [r.line for r in read_fasta(tmp_path / "reads.fastq")] == [1, 5]
 
 
-def corrupt_gzip() -> bytes:
-    """gzip whose deflate data is damaged: zlib itself fails ("invalid code lengths set")."""
-    data = bytearray(gzip.compress(b"".join(b">r%d\n%s\n" % (i, b"ACGT" * 75) for i in range(200))))
-    for i in range(12, 16):
-        data[i] ^= 0x55
-    return bytes(data)
-
-
 def test_corrupt_and_truncated_gzip_name_the_file_and_line(tmp_path):
     whole = gzip.compress(b"".join(b">r%d\n%s\n" % (i, b"ACGT" * 75) for i in range(2000)))
     (tmp_path / "corrupt.fa.gz").write_bytes(corrupt_gzip())
@@ -124,21 +117,6 @@ def test_what_is_not_a_file_is_named_for_what_it_is(tmp_path):
         with pytest.raises(FastaError) as error:
             list(read_fasta(path))
         assert str(error.value) == f"{path}: {message}"
-
-
-def write_fifo(path: Path, content: bytes, pieces: int = 1) -> threading.Thread:
-    """A FIFO at `path` fed `content` (in `pieces` writes) by a thread once a reader opens it."""
-    os.mkfifo(path)
-
-    def feed():
-        with open(path, "wb", buffering=0) as fifo:
-            step = -(-len(content) // pieces)
-            for i in range(0, len(content), step):
-                fifo.write(content[i : i + step])
-
-    writer = threading.Thread(target=feed, daemon=True)
-    writer.start()
-    return writer
 
 
 @pytest.mark.parametrize("compressed", [False, True])

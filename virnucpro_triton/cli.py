@@ -32,13 +32,21 @@ def _fail(message: str) -> None:
     sys.exit(1)
 
 
+# FASTA or FASTQ, plain or gzip (by content); `-` reads standard input, and pipes are read once.
+_input = click.argument("fasta", type=click.Path(allow_dash=True, path_type=Path))
+_progress = click.option(
+    "--progress/--no-progress", default=None, help="Progress bar (default: on a terminal)."
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="virnucpro-triton", prog_name="virnucpro-triton")
 def main() -> None:
     """VirNucPro viral DNA classification served by NVIDIA Triton Inference Server."""
 
 
 @main.command()
-@click.argument("fasta", type=click.Path(path_type=Path))
+@_input
 @_chunk_size
 @click.option("--out-dir", type=click.Path(path_type=Path), required=True)
 def preprocess(fasta: Path, chunk_size: str, out_dir: Path) -> None:
@@ -171,7 +179,7 @@ def _servers(addresses: list[str], repository: Path):
 
 
 @main.command()
-@click.argument("fasta", type=click.Path(path_type=Path))
+@_input
 @_chunk_size
 @click.option("-o", "--out-dir", type=click.Path(path_type=Path), required=True)
 @_server_options
@@ -193,9 +201,7 @@ def _servers(addresses: list[str], repository: Path):
     help="Go on from where a stopped run into the same OUT_DIR stopped (same input, same "
     "chunk size); answers already received are not asked again.",
 )
-@click.option(
-    "--progress/--no-progress", default=None, help="Progress bar (default: on a terminal)."
-)
+@_progress
 @click.option(
     "--format",
     "frame_format",
@@ -248,12 +254,16 @@ def predict(
     min_chunks: int,
     with_report: bool,
 ) -> None:
-    """Classify FASTA (plain or gzip) and write VirNucPro's result files into OUT_DIR."""
+    """Classify FASTA or FASTQ (plain or gzip; `-`: stdin) into VirNucPro's files in OUT_DIR.
+
+    OUT_DIR ends up holding this run's files only: those an earlier run left there (another
+    --format's table, report.html) are removed when the run completes; other files are kept."""
     from virnucpro_triton.client.connection import ClientError
     from virnucpro_triton.client.evidence import Thresholds
     from virnucpro_triton.client.journal import NAME as JOURNAL
+    from virnucpro_triton.client.journal import ResumeRefused
     from virnucpro_triton.client.predict import predict as run
-    from virnucpro_triton.fasta import FastaError, read_fasta
+    from virnucpro_triton.fasta import FastaError, check_input
     from virnucpro_triton.server import ServerError
 
     _log_to_stderr()
@@ -263,7 +273,7 @@ def predict(
     except ValueError as error:
         _fail(str(error))
     try:
-        next(iter(read_fasta(fasta)))  # refuse a missing or non-FASTA file before starting a server
+        check_input(fasta)  # refuse a missing or non-FASTA file before starting a server
         with _servers(addresses, repository) as servers:
             summary = run(
                 fasta,
@@ -280,7 +290,8 @@ def predict(
                 frame_format=frame_format,
             )
     except (FastaError, ClientError, ServerError, OSError) as error:
-        resumable = (out_dir / JOURNAL).exists() and not isinstance(error, FastaError)
+        refused = isinstance(error, (FastaError, ResumeRefused))
+        resumable = (out_dir / JOURNAL).exists() and not refused
         _fail(f"{error}{'; --resume goes on from here' if resumable else ''}")
     click.echo(f"{summary.report()}\nresults: {out_dir}/")
     if with_report:
@@ -312,7 +323,7 @@ def _write_report(out_dir: Path, top: int) -> None:
 
 
 @main.command()
-@click.argument("fasta", type=click.Path(path_type=Path))
+@_input
 @click.option(
     "--model",
     type=click.Choice(["dnabert_s", "esm2"]),
@@ -327,6 +338,7 @@ def _write_report(out_dir: Path, top: int) -> None:
     help="Output .npy (float32, one row per record, input order); ids go to OUT.ids.txt.",
 )
 @_server_options
+@_progress
 def embed(
     fasta: Path,
     model: str,
@@ -336,17 +348,19 @@ def embed(
     repository: Path,
     retry_seconds: float,
     max_message_mb: int,
+    progress: bool | None,
 ) -> None:
     """Pooled DNABERT-S or ESM-2 embedding of every record, through the server."""
     from virnucpro_triton.client.connection import ClientError
+    from virnucpro_triton.client.embed import ALPHABET, ids_path
     from virnucpro_triton.client.embed import embed as run
-    from virnucpro_triton.client.embed import ids_path
-    from virnucpro_triton.fasta import FastaError
+    from virnucpro_triton.fasta import FastaError, check_input
     from virnucpro_triton.server import ServerError
 
     _log_to_stderr()
     addresses = _addresses(urls, urls_file)
     try:
+        check_input(fasta, ALPHABET[model])
         with _servers(addresses, repository) as servers:
             count, dim = run(
                 fasta,
@@ -355,6 +369,7 @@ def embed(
                 servers,
                 retry_seconds=retry_seconds,
                 max_message_mb=max_message_mb,
+                progress=progress,
             )
     except (FastaError, ClientError, ServerError, OSError) as error:
         _fail(str(error))

@@ -59,13 +59,13 @@ def is_stream(path: Path | str) -> bool:
         return False  # reading reports it
 
 
-def check_input(path: Path | str) -> None:
+def check_input(path: Path | str, alphabet: str = DNA) -> None:
     """Refuse an unusable input before any server work: a regular file's first record is read;
     a stream is only looked at (opening a FIFO would take a writer's data away)."""
     if is_stream(path):
         _check_path(path)
     else:
-        next(iter(read_fasta(path)))
+        next(iter(read_fasta(path, alphabet)))
 
 
 def read_fasta(path: Path | str, alphabet: str = DNA) -> Iterator[Record]:
