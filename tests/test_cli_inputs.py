@@ -376,3 +376,29 @@ def test_embed_esm2_warns_once_of_dna_and_shows_progress_when_asked(server, tmp_
     assert stderr.count("warning") == 1 and warning in stderr.splitlines(), stderr
     assert re.search(r"embedding: 100%.* 4/4 ", stderr), stderr  # tqdm's bar, sized by the file
     assert embedded(out)[1] == ["prot1", "dna1", "prot2", "rna2"]
+
+
+def test_preprocess_reads_stdin_and_fastq_like_the_fasta_file(tmp_path):
+    (tmp_path / "in.fa").write_text(REFERENCE)
+    file = cli(
+        "preprocess",
+        str(tmp_path / "in.fa"),
+        "--chunk-size",
+        "300",
+        "--out-dir",
+        str(tmp_path / "file"),
+    )
+    piped = cli(
+        "preprocess",
+        "-",
+        "--chunk-size",
+        "300",
+        "--out-dir",
+        str(tmp_path / "stdin"),
+        stdin=gzip.compress(FASTQ.encode()),
+    )
+    assert file.returncode == 0 and piped.returncode == 0, piped.stderr.decode()
+    names = sorted(p.name for p in (tmp_path / "file").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "stdin").iterdir()) and len(names) == 3
+    for name in names:
+        assert (tmp_path / "stdin" / name).read_bytes() == (tmp_path / "file" / name).read_bytes()

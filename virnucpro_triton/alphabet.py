@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import string
+from collections.abc import Callable
 
 DNA = "dna"
 PROTEIN = "protein"
@@ -19,10 +20,13 @@ NUCLEOTIDE_CODES = "ACGTUNRYSWKMBDHV"
 # tokenizer maps those outside its vocabulary to <unk>.
 PROTEIN_LETTERS = string.ascii_uppercase
 
-_INVALID = {
-    DNA: re.compile(f"[^{NUCLEOTIDE_CODES}{NUCLEOTIDE_CODES.lower()}]"),
-    PROTEIN: re.compile(f"[^{PROTEIN_LETTERS}{PROTEIN_LETTERS.lower()}]"),
+_LETTERS = {
+    DNA: NUCLEOTIDE_CODES + NUCLEOTIDE_CODES.lower(),
+    PROTEIN: PROTEIN_LETTERS + PROTEIN_LETTERS.lower(),
 }
+_INVALID = {alphabet: re.compile(f"[^{letters}]") for alphabet, letters in _LETTERS.items()}
+# A sequence line as read from a file: the spaces and line ends that parsers strip pass too.
+_INVALID_IN_LINE = {a: re.compile(f"[^{letters} \r\n]") for a, letters in _LETTERS.items()}
 # What an invalid letter is not, for messages: "'1' is not <EXPECTED>".
 EXPECTED = {
     DNA: "a nucleotide code (allowed: A C G T U and the IUPAC codes N R Y S W K M B D H V)",
@@ -36,6 +40,12 @@ _PLAIN_BASES = re.compile("[ACGTUNacgtun]+")
 def first_invalid(sequence: str, alphabet: str = DNA) -> re.Match[str] | None:
     """Where `sequence` holds a character outside `alphabet` (DNA or PROTEIN), if anywhere."""
     return _INVALID[alphabet].search(sequence)
+
+
+def line_check(alphabet: str = DNA) -> Callable[[str], re.Match[str] | None]:
+    """first_invalid for raw sequence lines (spaces and the line end pass), as one bound
+    method: the reader calls it on every line."""
+    return _INVALID_IN_LINE[alphabet].search
 
 
 def nucleotides_only(sequence: str) -> bool:

@@ -28,13 +28,14 @@ from typing import BinaryIO
 from Bio.SeqIO.FastaIO import SimpleFastaParser
 from Bio.SeqIO.QualityIO import FastqGeneralIterator
 
-from virnucpro_triton.alphabet import DNA, EXPECTED, first_invalid
+from virnucpro_triton.alphabet import DNA, EXPECTED, first_invalid, line_check
 
 STDIN = "-"  # the input argument that reads standard input
 _GZIP_MAGIC = b"\x1f\x8b"
 # Control characters (tab, the id/description separator, aside): an id holding one would
 # reach the TSVs raw and break or spoof their rows and a terminal showing them.
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+_CONTROL_IN_LINE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # ends in \r\n
 
 
 class FastaError(ValueError):
@@ -76,7 +77,7 @@ def read_fasta(path: Path | str, alphabet: str = DNA) -> Iterator[Record]:
     name = "<stdin>" if str(path) == STDIN else str(path)
     with _open_binary(path) as binary:
         lines = _Lines(name, binary)
-        first = next(lines, None)
+        first = next(iter(lines), None)
         if first is None:
             raise FastaError(f"{name}: no FASTA or FASTQ records (the input is empty)")
         if first.startswith(">"):
@@ -150,10 +151,7 @@ class _Lines:
         self._lines = self._decoded(binary)
 
     def __iter__(self) -> Iterator[str]:
-        return self
-
-    def __next__(self) -> str:
-        return next(self._lines)
+        return self._lines
 
     def _decoded(self, binary: Iterable[bytes]) -> Iterator[str]:
         started = False
@@ -179,22 +177,28 @@ class _Lines:
 
 
 def _fasta(lines: _Lines, first: str, alphabet: str) -> Iterator[Record]:
-    headers: deque[tuple[str, int]] = deque()  # (id, line) read but not yet yielded as records
+    headers: deque[int] = deque()  # lines of the headers read but not yet yielded as records
 
     def checked() -> Iterator[str]:
-        """Each line checked as it is read, so that an error names its line."""
-        record_id = ""
+        """Each line checked as it is read, so that an error names its line (kept to a regex
+        per line: this runs for every line of every input)."""
+        header, invalid = "", line_check(alphabet)
         for line in chain([first], lines):
-            if line.startswith(">"):
-                record_id = _header_id(lines, line[1:].rstrip())
-                headers.append((record_id, lines.number))
-            else:
+            if line[0] == ">":
+                header = line
+                headers.append(lines.number)
+                if _CONTROL_IN_LINE.search(line):
+                    _header_id(lines, line[1:].rstrip())
+            elif invalid(line):
+                record_id = _header_id(lines, header[1:].rstrip(), headers[-1])
                 _check_letters(lines, record_id, line.rstrip().replace(" ", ""), alphabet)
             yield line
 
-    for _title, sequence in SimpleFastaParser(checked()):
-        record_id, line = headers.popleft()
-        yield Record(record_id, sequence, line)
+    for title, sequence in SimpleFastaParser(checked()):
+        line = headers.popleft()
+        yield Record(
+            title.split(None, 1)[0] if title else _header_id(lines, "", line), sequence, line
+        )
 
 
 def _fastq(lines: _Lines, first: str, alphabet: str) -> Iterator[Record]:
