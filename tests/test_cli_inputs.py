@@ -17,7 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
+from inputs import corrupt_gzip, write_fifo
 from reference import same_table
 
 from virnucpro_triton.client.outputs import PREDICTIONS, SUMMARY, VERDICTS
@@ -31,6 +33,8 @@ _rng = random.Random(3)
 A = "".join(_rng.choices(CODONS, k=240))  # 720 bp, 3 chunks of 300 with a stop-free frame
 B = "".join(_rng.choices(CODONS, k=110))
 REFERENCE = f">a first contig\n{A}\n>b\n{B}\n"
+# The same records as FASTQ, qualities (opening with '@' and '+' to be awkward) ignored.
+FASTQ = f"@a first contig\n{A}\n+\n@{'I' * (len(A) - 1)}\n@b\n{B}\n+b\n+{'#' * (len(B) - 1)}\n"
 
 
 def spaced(sequence: str) -> str:
@@ -46,6 +50,8 @@ SAME_AS_REFERENCE = {
     "lowercase.fa": f">a first contig\n{A.lower()}\n>b\n{B.lower()}\n".encode(),
     "rna.fa": f">a first contig\n{A.replace('T', 'U')}\n>b\n{B.replace('T', 'U')}\n".encode(),
     "spaces_in_lines.fa": f">a first contig\n{spaced(A)}\n>b\n{spaced(B)}\n".encode(),
+    "reads.fastq": FASTQ.encode(),
+    "reads_gzip.fq": gzip.compress(FASTQ.encode()),
 }
 # Inputs that must succeed, with these ids in sequence_summary.tsv.
 ACCEPTED = {
@@ -60,10 +66,21 @@ ACCEPTED = {
 }
 # Inputs that must fail, with a pattern of what the error line says after the file name.
 REFUSED = {
-    "empty.fa": (b"", ": no FASTA records"),
-    "reads.fastq": (b"@read1\nACGT\n+\nIIII\n", ":1: not a FASTA file"),
-    "record.gb": (b"LOCUS       X 10 bp DNA\nORIGIN\n        1 acgt\n//\n", ":1: not a FASTA file"),
-    "binary.fa": (random.Random(0).randbytes(4096), r"(:1)?: not a text FASTA file"),
+    "empty.fa": (b"", ": no FASTA or FASTQ records"),
+    "record.gb": (
+        b"LOCUS       X 10 bp DNA\nORIGIN\n        1 acgt\n//\n",
+        ":1: not a FASTA or FASTQ file",
+    ),
+    "binary.fa": (random.Random(0).randbytes(4096), r":\d+: not a text FASTA or FASTQ file"),
+    "corrupt.fa.gz": (corrupt_gzip(), r":\d+: cannot be read: corrupt or truncated gzip data"),
+    "nul_header.fa": (
+        f">ok\n{B}\n>bad\x00id\n{B}\n".encode(),
+        r":3: record header 'bad\\x00id' holds the control character '\\x00'",
+    ),
+    "malformed.fastq": (
+        f"@ok\n{B}\n+\n{'I' * len(B)}\n@short\nACGT\n+\nIII\n".encode(),
+        r":5: malformed FASTQ record: Lengths of sequence and quality values differs for short",
+    ),
     "digit.fa": (f">ok\n{B}\n>bad\nACGT\nAC1T\n".encode(), ":5: record 'bad': '1' is not"),
     "star.fa": (f">ok\n{B}\n>bad\nACGT*\n".encode(), r":4: record 'bad': '\*' is not"),
     "dash.fa": (f">ok\n{B}\n>bad\nAC-GT\n".encode(), ":4: record 'bad': '-' is not"),
@@ -152,3 +169,236 @@ def test_refused_input_gives_one_line_error_and_no_files(runs, name):
     assert len(run.stderr.strip().splitlines()) == 1, run.stderr
     assert re.search(re.escape(str(run.input)) + REFUSED[name][1], run.stderr), run.stderr
     assert not run.out.exists()
+
+
+def cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [CLI, *args],
+        input=stdin,
+        capture_output=True,
+        env={**os.environ, "NO_COLOR": "1"},
+        timeout=300,
+    )
+
+
+def predict_args(server, source: str, out: Path, *extra: str) -> list[str]:
+    url = ["--url", server.grpc_url, "--retry-seconds", "0"]
+    return ["predict", source, "--chunk-size", "300", "-o", str(out), *url, *extra]
+
+
+def embed_args(server, source: str, out: Path, model: str = "dnabert_s", *extra: str) -> list:
+    url = ["--url", server.grpc_url, "--retry-seconds", "0"]
+    return ["embed", source, "--model", model, "-o", str(out), *url, *extra]
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, expected: str) -> None:
+    stderr = result.stderr.decode()
+    assert result.returncode == 1, stderr
+    assert "Traceback" not in stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    assert re.fullmatch(f"virnucpro-triton: error: {expected}\n", stderr), stderr
+
+
+def test_what_is_not_a_readable_file_gets_its_own_message_in_every_command(server, tmp_path):
+    (tmp_path / "dir.fa").mkdir()
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    (tmp_path / "corrupt.fa.gz").write_bytes(corrupt_gzip())
+    cases = {
+        tmp_path / "dir.fa": ": is a directory, not a FASTA or FASTQ file",
+        tmp_path / "loop1": ": cannot be opened: symbolic link loop",
+        Path(os.devnull): r": no FASTA or FASTQ records \(the input is empty\)",
+        tmp_path / "corrupt.fa.gz": r":\d+: cannot be read: corrupt or truncated gzip data \(.*\)",
+    }
+    commands = {
+        "predict": lambda source, out: predict_args(server, source, out),
+        "preprocess": lambda source, out: [
+            "preprocess",
+            source,
+            "--chunk-size",
+            "300",
+            "--out-dir",
+            str(out),
+        ],
+        "embed": lambda source, out: embed_args(server, source, out / "e.npy"),
+    }
+    jobs = [(c, p) for c in commands for p in cases]
+    with ThreadPoolExecutor(4) as pool:
+        results = pool.map(
+            lambda job: cli(*commands[job[0]](str(job[1]), tmp_path / f"out_{jobs.index(job)}")),
+            jobs,
+        )
+        for (_, path), result in zip(jobs, results):
+            assert_one_line_error(result, re.escape(str(path)) + cases[path])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["dir.fa", "loop1", "loop2", "corrupt.fa.gz"]
+    )  # no output directory or file from any failed run
+
+
+@pytest.fixture(scope="module")
+def streamed(server, runs, tmp_path_factory) -> dict[str, Path]:
+    """REFERENCE through predict as stdin and as FIFOs (what `<(zcat x.gz)` hands over)."""
+    root = tmp_path_factory.mktemp("streams")
+    gzipped = gzip.compress(REFERENCE.encode())
+
+    def run(name: str) -> Path:
+        out = root / f"out_{name}"
+        if name.startswith("stdin"):
+            content = gzipped if name == "stdin_gzip" else FASTQ.encode()
+            result = cli(*predict_args(server, "-", out), stdin=content)
+        else:
+            fifo = root / name
+            writer = write_fifo(fifo, gzipped if name == "fifo_gzip" else REFERENCE.encode())
+            result = cli(*predict_args(server, str(fifo), out))
+            writer.join(timeout=60)
+            assert not writer.is_alive()
+        assert result.returncode == 0, result.stderr.decode()
+        return out
+
+    names = ["stdin_fastq", "stdin_gzip", "fifo", "fifo_gzip"]
+    with ThreadPoolExecutor(4) as pool:
+        return dict(zip(names, pool.map(run, names)))
+
+
+@pytest.mark.parametrize("name", ["stdin_fastq", "stdin_gzip", "fifo", "fifo_gzip"])
+def test_stdin_and_fifos_are_read_as_streams_with_identical_results(streamed, runs, name):
+    assert sorted(p.name for p in streamed[name].iterdir()) == sorted([*OUTPUTS, RUN_INFO])
+    for output in OUTPUTS:
+        reference = runs["reference.fa"].output(output)
+        assert same_table((streamed[name] / output).read_bytes(), reference), output
+
+
+def test_resume_of_a_stream_is_refused_with_what_to_do(server, tmp_path):
+    result = cli(*predict_args(server, "-", tmp_path / "out", "--resume"), stdin=b">a\nACGT\n")
+    assert_one_line_error(
+        result,
+        "--resume needs the input as a file: - is a stream, which cannot be checked to be "
+        "the same input as the stopped run's; run without --resume",
+    )
+
+
+def test_resume_refusal_does_not_also_say_resume_goes_on(server, tmp_path):
+    from virnucpro_triton.client import journal
+
+    (tmp_path / "other.fa").write_text(f">o\n{B}\n")
+    (tmp_path / "in.fa").write_text(REFERENCE)
+    out = tmp_path / "out"
+    stopped = journal.Journal(
+        out / journal.NAME, journal.fingerprint(tmp_path / "other.fa", 300), resume=False
+    )
+    stopped.close()
+    result = cli(*predict_args(server, str(tmp_path / "in.fa"), out, "--resume"))
+    assert_one_line_error(
+        result,
+        f"--resume: the unfinished run in {re.escape(str(out))} was made with another input or "
+        r"settings \(changed: .*\); run without --resume to start again",
+    )
+
+
+def test_a_reused_output_directory_keeps_only_the_last_runs_files(server, tmp_path):
+    (tmp_path / "in.fa").write_text(REFERENCE)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's own file\n")
+    first = cli(
+        *predict_args(server, str(tmp_path / "in.fa"), out, "--format", "jsonl", "--report")
+    )
+    assert first.returncode == 0, first.stderr.decode()
+    jsonl_run = {
+        "prediction_results.jsonl",
+        "report.html",
+        "notes.txt",
+        VERDICTS,
+        SUMMARY,
+        RUN_INFO,
+    }
+    assert {p.name for p in out.iterdir()} == jsonl_run
+    second = cli(*predict_args(server, str(tmp_path / "in.fa"), out))
+    assert second.returncode == 0, second.stderr.decode()
+    assert sorted(p.name for p in out.iterdir()) == sorted([*OUTPUTS, RUN_INFO, "notes.txt"])
+    assert (out / "notes.txt").read_text() == "the user's own file\n"
+
+
+def test_version_comes_from_the_package_metadata():
+    from importlib.metadata import version
+
+    result = cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.decode() == f"virnucpro-triton, version {version('virnucpro-triton')}\n"
+
+
+def embedded(out: Path) -> tuple[np.ndarray, list[str]]:
+    return np.load(out), out.with_suffix(".ids.txt").read_text().splitlines()
+
+
+def test_embed_reads_rna_stdin_and_fifos_like_the_dna_file(server, tmp_path):
+    """dnabert_s embeds the RNA predict accepts, as the same DNA; `-` and a FIFO read once."""
+    (tmp_path / "dna.fa").write_text(REFERENCE)
+    rna = REFERENCE.replace(A, A.replace("T", "U")).replace(B, B.replace("T", "u"))
+    (tmp_path / "rna.fa").write_text(rna)
+    writer = write_fifo(tmp_path / "fifo", gzip.compress(REFERENCE.encode()))
+    runs = {
+        "dna": embed_args(server, str(tmp_path / "dna.fa"), tmp_path / "dna.npy"),
+        "rna": embed_args(server, str(tmp_path / "rna.fa"), tmp_path / "rna.npy"),
+        "stdin": embed_args(server, "-", tmp_path / "stdin.npy"),
+        "fifo": embed_args(server, str(tmp_path / "fifo"), tmp_path / "fifo.npy"),
+    }
+    with ThreadPoolExecutor(4) as pool:
+        stdin = FASTQ.encode()
+        results = dict(zip(runs, pool.map(lambda n: cli(*runs[n], stdin=stdin), runs)))
+    writer.join(timeout=60)
+    for name, result in results.items():
+        assert result.returncode == 0, (name, result.stderr.decode())
+        assert result.stderr.decode() == ""  # no progress bar off a terminal, no warning
+    vectors, ids = embedded(tmp_path / "dna.npy")
+    assert ids == ["a", "b"] and vectors.shape[0] == 2 and np.isfinite(vectors).all()
+    for name in ["rna", "stdin", "fifo"]:
+        other, other_ids = embedded(tmp_path / f"{name}.npy")
+        assert other_ids == ids
+        np.testing.assert_allclose(other, vectors, atol=1e-6, rtol=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["dna.fa", "rna.fa", "fifo", *[f"{n}{s}" for n in runs for s in (".npy", ".ids.txt")]]
+    )  # no spooled rows or partial files left
+
+
+def test_embed_esm2_warns_once_of_dna_and_shows_progress_when_asked(server, tmp_path):
+    (tmp_path / "mixed.faa").write_text(
+        ">prot1\nMKVLAAGIWR\n>dna1\nACGTACGTNN\n>prot2\nMSTNPKPQRK\n>rna2\nacguacgu\n"
+    )
+    out = tmp_path / "mixed.npy"
+    result = cli(*embed_args(server, str(tmp_path / "mixed.faa"), out, "esm2", "--progress"))
+    stderr = result.stderr.decode()
+    assert result.returncode == 0, stderr
+    warning = (
+        "virnucpro-triton: warning: 2 records hold only nucleotide letters (the first: 'dna1'); "
+        "esm2 embeds them as protein, --model dnabert_s embeds DNA"
+    )
+    assert stderr.count("warning") == 1 and warning in stderr.splitlines(), stderr
+    assert re.search(r"embedding: 100%.* 4/4 ", stderr), stderr  # tqdm's bar, sized by the file
+    assert embedded(out)[1] == ["prot1", "dna1", "prot2", "rna2"]
+
+
+def test_preprocess_reads_stdin_and_fastq_like_the_fasta_file(tmp_path):
+    (tmp_path / "in.fa").write_text(REFERENCE)
+    file = cli(
+        "preprocess",
+        str(tmp_path / "in.fa"),
+        "--chunk-size",
+        "300",
+        "--out-dir",
+        str(tmp_path / "file"),
+    )
+    piped = cli(
+        "preprocess",
+        "-",
+        "--chunk-size",
+        "300",
+        "--out-dir",
+        str(tmp_path / "stdin"),
+        stdin=gzip.compress(FASTQ.encode()),
+    )
+    assert file.returncode == 0 and piped.returncode == 0, piped.stderr.decode()
+    names = sorted(p.name for p in (tmp_path / "file").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "stdin").iterdir()) and len(names) == 3
+    for name in names:
+        assert (tmp_path / "stdin" / name).read_bytes() == (tmp_path / "file" / name).read_bytes()

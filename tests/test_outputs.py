@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 from conftest import PEER
 
-from virnucpro_triton.client.outputs import ChunkVerdicts, atomic_files, prediction_rows, scores
+from virnucpro_triton.client.outputs import (
+    ChunkVerdicts,
+    atomic_files,
+    prediction_rows,
+    remove_stale,
+    scores,
+)
 
 
 @pytest.mark.parametrize("name", ["test_fixed_500bp", "test_with_orfs"])
@@ -80,3 +86,24 @@ def test_failed_run_leaves_no_output_and_keeps_the_previous_one(tmp_path):
         out["a.txt"].write("new")
     assert (tmp_path / "a.txt").read_text() == "new"
     assert (tmp_path / "b.txt").exists()
+
+
+def test_a_failed_run_takes_back_the_directory_it_created_only(tmp_path):
+    for existed in [False, True]:
+        directory = tmp_path / f"existed_{existed}" / "out"
+        if existed:
+            directory.mkdir(parents=True)
+        with pytest.raises(RuntimeError):
+            with atomic_files(directory, ["a.txt"]) as out:
+                out["a.txt"].write("half")
+                raise RuntimeError("bad record")
+        assert directory.exists() == existed
+        assert not directory.exists() or list(directory.iterdir()) == []
+
+
+def test_stale_files_of_the_program_go_and_foreign_files_stay(tmp_path):
+    for name in ["prediction_results.jsonl", "report.html", "run.json", "mine.txt"]:
+        (tmp_path / name).write_text("x")
+    owned = ["prediction_results.txt", "prediction_results.jsonl", "report.html", "run.json"]
+    remove_stale(tmp_path, owned, keep={"prediction_results.txt", "run.json"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt", "run.json"]

@@ -65,13 +65,21 @@ class _Commands(click.Group):
             sys.exit(stop.exit_status)
 
 
+# FASTA or FASTQ, plain or gzip (by content); `-` reads standard input, and pipes are read once.
+_input = click.argument("fasta", type=click.Path(allow_dash=True, path_type=Path))
+_progress = click.option(
+    "--progress/--no-progress", default=None, help="Progress bar (default: on a terminal)."
+)
+
+
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="virnucpro-triton", prog_name="virnucpro-triton")
 def main() -> None:
     """VirNucPro viral DNA classification served by NVIDIA Triton Inference Server."""
 
 
 @main.command()
-@click.argument("fasta", type=click.Path(path_type=Path))
+@_input
 @_chunk_size
 @click.option("--out-dir", type=click.Path(path_type=Path), required=True)
 def preprocess(fasta: Path, chunk_size: str, out_dir: Path) -> None:
@@ -245,7 +253,7 @@ def _servers(addresses: list[str], repository: Path):
 
 
 @main.command()
-@click.argument("fasta", type=click.Path(path_type=Path))
+@_input
 @_chunk_size
 @click.option("-o", "--out-dir", type=click.Path(path_type=Path), required=True)
 @_server_options
@@ -267,9 +275,7 @@ def _servers(addresses: list[str], repository: Path):
     help="Go on from where a stopped run into the same OUT_DIR stopped (same input, same "
     "chunk size); answers already received are not asked again.",
 )
-@click.option(
-    "--progress/--no-progress", default=None, help="Progress bar (default: on a terminal)."
-)
+@_progress
 @click.option(
     "--format",
     "frame_format",
@@ -322,15 +328,19 @@ def predict(
     min_chunks: int,
     with_report: bool,
 ) -> None:
-    """Classify FASTA (plain or gzip) and write VirNucPro's result files into OUT_DIR."""
+    """Classify FASTA or FASTQ (plain or gzip; `-`: stdin) into VirNucPro's files in OUT_DIR.
+
+    OUT_DIR ends up holding this run's files only: those an earlier run left there (another
+    --format's table, report.html) are removed when the run completes; other files are kept."""
     addresses = _addresses(urls, urls_file)
     if not addresses:
         _require(repository, pipeline_entries(int(chunk_size)))
     from virnucpro_triton.client.connection import ClientError
     from virnucpro_triton.client.evidence import Thresholds
     from virnucpro_triton.client.journal import NAME as JOURNAL
+    from virnucpro_triton.client.journal import ResumeRefused
     from virnucpro_triton.client.predict import predict as run
-    from virnucpro_triton.fasta import FastaError, read_fasta
+    from virnucpro_triton.fasta import FastaError, check_input
     from virnucpro_triton.server import ServerError
 
     _log_to_stderr()
@@ -340,7 +350,7 @@ def predict(
     except ValueError as error:
         _fail(str(error))
     try:
-        next(iter(read_fasta(fasta)))  # refuse a missing or non-FASTA file before starting a server
+        check_input(fasta)  # refuse a missing or non-FASTA file before starting a server
         with _servers(addresses, repository) as (servers, start_seconds):
             summary = run(
                 fasta,
@@ -358,7 +368,8 @@ def predict(
                 start_seconds=start_seconds,
             )
     except (FastaError, ClientError, ServerError, OSError) as error:
-        resumable = (out_dir / JOURNAL).exists() and not isinstance(error, FastaError)
+        refused = isinstance(error, (FastaError, ResumeRefused))
+        resumable = (out_dir / JOURNAL).exists() and not refused
         _fail(f"{error}{'; --resume goes on from here' if resumable else ''}")
     click.echo(f"{summary.report()}\nresults: {out_dir}/")
     if with_report:
@@ -390,7 +401,7 @@ def _write_report(out_dir: Path, top: int) -> None:
 
 
 @main.command()
-@click.argument("fasta", type=click.Path(path_type=Path))
+@_input
 @click.option(
     "--model",
     type=click.Choice(["dnabert_s", "esm2"]),
@@ -405,6 +416,7 @@ def _write_report(out_dir: Path, top: int) -> None:
     help="Output .npy (float32, one row per record, input order); ids go to OUT.ids.txt.",
 )
 @_server_options
+@_progress
 def embed(
     fasta: Path,
     model: str,
@@ -414,19 +426,21 @@ def embed(
     repository: Path,
     retry_seconds: float,
     max_message_mb: int,
+    progress: bool | None,
 ) -> None:
     """Pooled DNABERT-S or ESM-2 embedding of every record, through the server."""
     addresses = _addresses(urls, urls_file)
     if not addresses:
         _require(repository, (model,))
     from virnucpro_triton.client.connection import ClientError
+    from virnucpro_triton.client.embed import ALPHABET, ids_path
     from virnucpro_triton.client.embed import embed as run
-    from virnucpro_triton.client.embed import ids_path
-    from virnucpro_triton.fasta import FastaError
+    from virnucpro_triton.fasta import FastaError, check_input
     from virnucpro_triton.server import ServerError
 
     _log_to_stderr()
     try:
+        check_input(fasta, ALPHABET[model])
         with _servers(addresses, repository) as (servers, _):
             count, dim = run(
                 fasta,
@@ -435,6 +449,7 @@ def embed(
                 servers,
                 retry_seconds=retry_seconds,
                 max_message_mb=max_message_mb,
+                progress=progress,
             )
     except (FastaError, ClientError, ServerError, OSError) as error:
         _fail(str(error))

@@ -19,12 +19,10 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
+from virnucpro_triton.alphabet import DNA, EXPECTED, PROTEIN, as_dna, first_invalid
 from virnucpro_triton.models.dnabert_s import DnabertS
 from virnucpro_triton.models.esm2 import PAD_IDX, Esm2, encode_protein, pad_batch
 from virnucpro_triton.repository import MAX_DNA_LENGTH, MAX_PROTEIN_LENGTH
-
-DNA_LETTERS = frozenset("ACGTNRYSWKMBDHV")  # IUPAC; the tokenizer maps rare ones to [UNK]
-
 
 # Runs an exported graph somewhere: named input arrays -> its (one requested) output array.
 GraphRun = Callable[[dict[str, np.ndarray]], np.ndarray]
@@ -157,8 +155,8 @@ class DnaEmbedder(_Embedder):
         self.dim = model.dim if isinstance(model, GraphEmbedding) else model.config.hidden_size
 
     def tokenize(self, sequences: Sequence[str]) -> list[list[int]]:
-        upper = [s.upper() for s in sequences]
-        return [encoding.ids for encoding in self.tokenizer.encode_batch(upper)]
+        dna = [as_dna(s) for s in sequences]  # RNA is embedded as the same DNA
+        return [encoding.ids for encoding in self.tokenizer.encode_batch(dna)]
 
     def _embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model.embed(ids, ids != self.pad_id)
@@ -194,10 +192,7 @@ def check_dna(sequence: str) -> str | None:
         return "empty sequence"
     if len(sequence) > MAX_DNA_LENGTH:
         return f"sequence of {len(sequence)} bases is longer than {MAX_DNA_LENGTH}"
-    bad = set(sequence.upper()) - DNA_LETTERS
-    if bad:
-        return f"characters {''.join(sorted(bad))!r} are not DNA (A C G T or IUPAC codes)"
-    return None
+    return _invalid_letter(sequence, DNA)
 
 
 def check_protein(sequence: str) -> str | None:
@@ -205,9 +200,12 @@ def check_protein(sequence: str) -> str | None:
         return "empty sequence"
     if len(sequence) > MAX_PROTEIN_LENGTH:
         return f"protein of {len(sequence)} residues is longer than {MAX_PROTEIN_LENGTH}"
-    if not sequence.isascii() or not sequence.isalpha():
-        return "a protein must be letters only (one-letter amino-acid codes)"
-    return None
+    return _invalid_letter(sequence, PROTEIN)
 
 
-CHECKS: dict[str, Callable[[str], str | None]] = {"dna": check_dna, "protein": check_protein}
+def _invalid_letter(sequence: str, alphabet: str) -> str | None:
+    bad = first_invalid(sequence, alphabet)
+    return f"{bad.group()!r} is not {EXPECTED[alphabet]}" if bad else None
+
+
+CHECKS: dict[str, Callable[[str], str | None]] = {DNA: check_dna, PROTEIN: check_protein}

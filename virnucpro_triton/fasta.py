@@ -1,33 +1,41 @@
-"""Streaming FASTA input with errors that name the file, the line and the record.
+"""Streaming FASTA and FASTQ input with errors that name the input, the line and the record.
 
-Biopython's parser does the reading; this module adds what a service needs around it: gzip
-detected by content (not by suffix), a check that the file is FASTA at all, a nucleotide
-alphabet check, and line numbers in every error.
+Biopython's parsers do the reading; this module adds what a service needs around them: the
+format (FASTA or FASTQ) and gzip detected by content, not by suffix; `-` for standard input; any
+readable stream (a FIFO, `<(zcat ...)`) read once, front to back, never opened twice or sought;
+the alphabet check (`alphabet.py`) and a header check; and line numbers in every error.
+FASTQ qualities are read past and ignored: a record is its id and its sequence, as in FASTA.
 """
 
 from __future__ import annotations
 
+import errno
 import gzip
 import io
+import os
 import re
+import stat
+import sys
+import zlib
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
+from typing import BinaryIO
 
 from Bio.SeqIO.FastaIO import SimpleFastaParser
+from Bio.SeqIO.QualityIO import FastqGeneralIterator
 
-from virnucpro_triton.sequence import first_invalid
+from virnucpro_triton.alphabet import DNA, EXPECTED, first_invalid, line_check
 
-_NOT_PROTEIN = re.compile(r"[^A-Za-z]")
-# What each kind of input may hold, and how the error names it.
-ALPHABETS: dict[str, tuple[Callable[[str], re.Match[str] | None], str]] = {
-    "dna": (
-        first_invalid,
-        "a nucleotide code (allowed: A C G T U and the IUPAC codes N R Y S W K M B D H V)",
-    ),
-    "protein": (_NOT_PROTEIN.search, "an amino-acid letter"),
-}
+STDIN = "-"  # the input argument that reads standard input
+_GZIP_MAGIC = b"\x1f\x8b"
+# Control characters (tab, the id/description separator, aside): an id holding one would
+# reach the TSVs raw and break or spoof their rows and a terminal showing them.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+_CONTROL_IN_LINE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # ends in \r\n
 
 
 class FastaError(ValueError):
@@ -41,102 +49,211 @@ class Record:
     line: int  # line number of the header
 
 
-def open_text(path: Path) -> io.TextIOBase:
-    """Open plain or gzip-compressed text, whatever the suffix says."""
-    with open(path, "rb") as raw:
-        magic = raw.read(2)
-    if magic == b"\x1f\x8b":
-        return gzip.open(path, "rt", encoding="utf-8", newline=None)
-    return open(path, encoding="utf-8", newline=None)
+def is_stream(path: Path | str) -> bool:
+    """Whether the input can be read only once (stdin, a FIFO, a pipe): no counting pass, no
+    resumption, no second look when reporting an error."""
+    if str(path) == STDIN:
+        return True
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False  # reading reports it
 
 
-class _HeaderLines:
-    """Feeds lines to the parser, checks the first one and remembers where headers are."""
+def check_input(path: Path | str, alphabet: str = DNA) -> None:
+    """Refuse an unusable input before any server work: a regular file's first record is read;
+    a stream is only looked at (opening a FIFO would take a writer's data away)."""
+    if is_stream(path):
+        _check_path(path)
+    else:
+        next(iter(read_fasta(path, alphabet)))
 
-    def __init__(self, path: Path, handle: io.TextIOBase):
-        self.path = path
-        self.handle = handle
-        self.headers: deque[int] = deque()  # header lines read but not yet yielded as records
-        # The parser iterates its handle twice (first header, then the rest): one generator.
-        self._lines = self._read()
+
+def read_fasta(path: Path | str, alphabet: str = DNA) -> Iterator[Record]:
+    """Yield the records of a FASTA or FASTQ input one at a time (memory stays flat).
+
+    `alphabet` is alphabet.DNA (nucleotide sequences, the default) or alphabet.PROTEIN.
+    """
+    name = "<stdin>" if str(path) == STDIN else str(path)
+    with _open_binary(path) as binary:
+        lines = _Lines(name, binary)
+        first = next(iter(lines), None)
+        if first is None:
+            raise FastaError(f"{name}: no FASTA or FASTQ records (the input is empty)")
+        if first.startswith(">"):
+            yield from _fasta(lines, first, alphabet)
+        elif first.startswith("@"):
+            yield from _fastq(lines, first, alphabet)
+        else:
+            raise FastaError(
+                f"{name}:{lines.number}: not a FASTA or FASTQ file: expected a header line "
+                f"starting with '>' or '@', found {first.strip()[:40]!r}"
+            )
+
+
+def _check_path(path: Path | str) -> None:
+    """Say what the input is when it cannot be opened for reading, not just "no such file"."""
+    if str(path) == STDIN:
+        return
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise FastaError(f"{path}: broken symbolic link to {os.readlink(path)}") from None
+        raise FastaError(f"{path}: no such file") from None
+    except OSError as error:
+        reason = "symbolic link loop" if error.errno == errno.ELOOP else error.strerror
+        raise FastaError(f"{path}: cannot be opened: {reason}") from None
+    if stat.S_ISDIR(mode):
+        raise FastaError(f"{path}: is a directory, not a FASTA or FASTQ file")
+
+
+@contextmanager
+def _open_binary(path: Path | str) -> Iterator[BinaryIO]:
+    """The input's bytes, gunzipped when they start with gzip's magic; read once, in order."""
+    _check_path(path)
+    try:
+        raw = nullcontext(sys.stdin.buffer) if str(path) == STDIN else open(path, "rb")
+    except OSError as error:
+        raise FastaError(f"{path}: cannot be opened: {error.strerror}") from None
+    with raw as handle:
+        magic = handle.read(len(_GZIP_MAGIC))  # read, not peeked: a pipe may deliver one byte
+        stream = io.BufferedReader(_Prefixed(magic, handle))
+        yield gzip.GzipFile(fileobj=stream, mode="rb") if magic == _GZIP_MAGIC else stream
+
+
+class _Prefixed(io.RawIOBase):
+    """Bytes already taken from a stream, then the rest of it: lets a pipe's first bytes be
+    looked at without seeking back."""
+
+    def __init__(self, head: bytes, rest: BinaryIO):
+        self._head = head
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self._head:
+            n = min(len(buffer), len(self._head))
+            buffer[:n], self._head = self._head[:n], self._head[n:]
+            return n
+        return self._rest.readinto(buffer)
+
+
+class _Lines:
+    """The input's decoded lines from the first non-blank one, counted: `number` is the line
+    last read, which is what every error points at."""
+
+    def __init__(self, name: str, binary: Iterable[bytes]):
+        self.name = name
+        self.number = 0
+        self._lines = self._decoded(binary)
 
     def __iter__(self) -> Iterator[str]:
         return self._lines
 
-    def _read(self) -> Iterator[str]:
-        seen_content = False
-        for number, line in enumerate(self.handle, start=1):
-            if not seen_content:
-                if not line.strip():
-                    continue
-                if not line.startswith(">"):
-                    raise FastaError(
-                        f"{self.path}:{number}: not a FASTA file: expected a header line "
-                        f"starting with '>', found {line.strip()[:40]!r}"
-                    )
-                seen_content = True
-            if line.startswith(">"):
-                self.headers.append(number)
+    def _decoded(self, binary: Iterable[bytes]) -> Iterator[str]:
+        started = False
+        try:
+            for raw in binary:
+                self.number += 1
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    raise self.error(f"not a text FASTA or FASTQ file ({error.reason})") from None
+                if started or line.strip():
+                    started = True
+                    yield line
+        except (EOFError, zlib.error, gzip.BadGzipFile) as error:
+            self.number += 1
+            raise self.error(f"cannot be read: corrupt or truncated gzip data ({error})") from None
+        except OSError as error:
+            self.number += 1
+            raise self.error(f"cannot be read: {error.strerror or error}") from None
+
+    def error(self, message: str) -> FastaError:
+        return FastaError(f"{self.name}:{self.number}: {message}")
+
+
+def _fasta(lines: _Lines, first: str, alphabet: str) -> Iterator[Record]:
+    headers: deque[int] = deque()  # lines of the headers read but not yet yielded as records
+
+    def checked() -> Iterator[str]:
+        """Each line checked as it is read, so that an error names its line (kept to a regex
+        per line: this runs for every line of every input)."""
+        header, invalid = "", line_check(alphabet)
+        for line in chain([first], lines):
+            if line[0] == ">":
+                header = line
+                headers.append(lines.number)
+                if _CONTROL_IN_LINE.search(line):
+                    _header_id(lines, line[1:].rstrip())
+            elif invalid(line):
+                record_id = _header_id(lines, header[1:].rstrip(), headers[-1])
+                _check_letters(lines, record_id, line.rstrip().replace(" ", ""), alphabet)
             yield line
 
+    for title, sequence in SimpleFastaParser(checked()):
+        line = headers.popleft()
+        yield Record(
+            title.split(None, 1)[0] if title else _header_id(lines, "", line), sequence, line
+        )
 
-def read_fasta(path: Path | str, alphabet: str = "dna") -> Iterator[Record]:
-    """Yield the records of a FASTA file one at a time (memory stays flat).
 
-    `alphabet` is "dna" (nucleotide FASTA, the default) or "protein".
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FastaError(f"{path}: no such file")
+def _fastq(lines: _Lines, first: str, alphabet: str) -> Iterator[Record]:
+    header = lines.number  # the parser reads a record's next header before yielding it
     try:
-        with open_text(path) as handle:
-            lines = _HeaderLines(path, handle)
-            count = 0
-            for title, sequence in SimpleFastaParser(lines):
-                record = Record(
-                    title.split(None, 1)[0] if title else "", sequence, lines.headers.popleft()
-                )
-                _check(path, record, alphabet)
-                count += 1
-                yield record
-    except UnicodeDecodeError as error:
-        # error.start counts from the decoder's 8 KiB buffer, not the file: name the line instead.
+        for title, sequence, _ in FastqGeneralIterator(_TextHandle(chain([first], lines))):
+            record_id = _header_id(lines, title, header)
+            _check_letters(lines, record_id, sequence, alphabet, header + 1)
+            yield Record(record_id, sequence, header)
+            header = lines.number
+    except FastaError:
+        raise
+    except ValueError as error:  # Biopython's words for a malformed record
+        raise FastaError(f"{lines.name}:{header}: malformed FASTQ record: {error}") from None
+
+
+class _TextHandle:
+    """The text-mode handle FastqGeneralIterator asks for, over counted lines."""
+
+    def __init__(self, lines: Iterator[str]):
+        self._lines = lines
+
+    def read(self, size: int = -1) -> str:
+        if size:
+            raise io.UnsupportedOperation("read by lines only")
+        return ""  # the parser's check that the handle is in text mode
+
+    def readline(self) -> str:
+        return next(self._lines, "")
+
+    def __iter__(self) -> Iterator[str]:
+        return self._lines
+
+
+def _header_id(lines: _Lines, title: str, line: int | None = None) -> str:
+    """The record id of a header, refused when it cannot go into the result tables as it is."""
+    where = f"{lines.name}:{line or lines.number}"
+    control = _CONTROL.search(title)
+    if control:
         raise FastaError(
-            f"{path}:{_undecodable_line(path)}: not a text FASTA file ({error.reason})"
-        ) from None
-    except (EOFError, OSError) as error:  # truncated or corrupt gzip, unreadable file
-        raise FastaError(f"{path}: cannot be read: {error}") from None
-    if count == 0:
-        raise FastaError(f"{path}: no FASTA records (the file is empty)")
+            f"{where}: record header {title[:40]!r} holds the control character "
+            f"{control.group()!r}; headers must be printable text"
+        )
+    record_id = title.split(None, 1)[0] if title else ""
+    if not record_id:
+        raise FastaError(f"{where}: record has an empty id (a header with no name)")
+    return record_id
 
 
-def _check(path: Path, record: Record, alphabet: str) -> None:
-    if not record.id:
-        raise FastaError(f"{path}:{record.line}: record has an empty id ('>' alone)")
-    find_invalid, expected = ALPHABETS[alphabet]
-    bad = find_invalid(record.sequence)  # whitespace inside lines was removed by the parser
+def _check_letters(
+    lines: _Lines, record_id: str, sequence: str, alphabet: str, line: int | None = None
+) -> None:
+    bad = first_invalid(sequence, alphabet)
     if bad:
-        line = _line_of(path, record.line, bad.group())
-        raise FastaError(f"{path}:{line}: record {record.id!r}: {bad.group()!r} is not {expected}")
-
-
-def _undecodable_line(path: Path) -> int:
-    """Line of the first byte that is not UTF-8; only read again when reporting an error."""
-    with open(path, "rb") as raw:
-        gzipped = raw.read(2) == b"\x1f\x8b"
-    with gzip.open(path, "rb") if gzipped else open(path, "rb") as handle:
-        for number, line in enumerate(handle, start=1):
-            try:
-                line.decode("utf-8")
-            except UnicodeDecodeError:
-                return number
-    return 1
-
-
-def _line_of(path: Path, header_line: int, char: str) -> int:
-    """Line of the first `char` after a header; only read again when reporting an error."""
-    with open_text(path) as handle:
-        for number, line in enumerate(handle, start=1):
-            if number > header_line and char in line:
-                return number
-    return header_line
+        raise FastaError(
+            f"{lines.name}:{line or lines.number}: record {record_id!r}: {bad.group()!r} is not "
+            f"{EXPECTED[alphabet]}"
+        )

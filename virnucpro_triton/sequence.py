@@ -8,15 +8,12 @@ included, because the classifier was trained on its output (DESIGN.md section 2)
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from virnucpro_triton.alphabet import as_dna
+
 FRAME_NAMES = ("F1", "F2", "F3", "R1", "R2", "R3")
-# Accepted input letters, either case: A C G T, U (RNA, read as T) and the IUPAC ambiguity
-# codes (a codon holding one is dropped, as VirNucPro does).
-NUCLEOTIDE_CODES = "ACGTUNRYSWKMBDHV"
-_NOT_NUCLEOTIDE = re.compile(f"[^{NUCLEOTIDE_CODES}{NUCLEOTIDE_CODES.lower()}]")
 
 _BASES = "TCAG"
 _AMINO = "FFLLSSSSYY**CC*WLLLLPPPPHHQQRRRRIIIMTTTTNNKKSSRRVVVVAAAADDEEGGGG"
@@ -70,11 +67,6 @@ def chunks(record_id: str, sequence: str, chunk_size: int) -> Iterator[tuple[str
         yield f"{record_id}_chunk_{j}", sequence[start : start + chunk_size]
 
 
-def first_invalid(sequence: str) -> re.Match[str] | None:
-    """Where `sequence` holds a letter that is not a nucleotide code, if anywhere."""
-    return _NOT_NUCLEOTIDE.search(sequence)
-
-
 def reverse_complement(sequence: str) -> str:
     return sequence.translate(_COMPLEMENT)[::-1]
 
@@ -91,7 +83,7 @@ def six_frames(chunk: str) -> list[Frame | None]:
     A frame is kept when its protein is non-empty and stop-free. Its nucleotide is the
     original's slice `[k-1 : k + 3p]`, one base past the codons when that base exists.
     """
-    upper = chunk.upper().replace("U", "T")
+    upper = as_dna(chunk)
     strands = (upper, reverse_complement(upper))
     frames: list[Frame | None] = []
     for index, name in enumerate(FRAME_NAMES):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from virnucpro_triton.alphabet import first_invalid
 from virnucpro_triton.client.connection import (
     MAX_MESSAGE_MB,
     RETRY_SECONDS,
@@ -29,7 +30,7 @@ from virnucpro_triton.client.connection import (
 )
 from virnucpro_triton.client.journal import Journal
 from virnucpro_triton.repository import CHUNK_SIZES, PIPELINE
-from virnucpro_triton.sequence import FRAME_NAMES, chunk_starts, first_invalid
+from virnucpro_triton.sequence import FRAME_NAMES, chunk_starts
 
 IN_FLIGHT_PER_SERVER = 4
 

@@ -1,18 +1,26 @@
-"""`virnucpro-triton embed`: pooled DNABERT-S or ESM-2 embeddings of every FASTA record.
+"""`virnucpro-triton embed`: pooled DNABERT-S or ESM-2 embeddings of every FASTA/FASTQ record.
 
 Rows of the .npy follow the input order; the record ids go beside it (`OUT.ids.txt`, one per
-line, duplicates renamed as in `predict`). Both files appear only when the run succeeds.
+line, duplicates renamed as in `predict`). Both files appear only when the run succeeds. Rows
+are spooled as they come and the .npy is assembled at the end, so that a stream (stdin, a pipe)
+whose length is unknown is read once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
-from collections.abc import Sequence
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
+from virnucpro_triton.alphabet import DNA, PROTEIN, nucleotides_only
 from virnucpro_triton.client.connection import (
     MAX_MESSAGE_MB,
     RETRY_SECONDS,
@@ -20,11 +28,13 @@ from virnucpro_triton.client.connection import (
     in_order,
     text_column,
 )
+from virnucpro_triton.client.outputs import make_directory, remove_if_empty
 from virnucpro_triton.client.records import unique_ids
-from virnucpro_triton.fasta import read_fasta
+from virnucpro_triton.fasta import Record, is_stream, read_fasta
 from virnucpro_triton.repository import DNABERT_S, ESM2
 
-ALPHABET = {DNABERT_S: "dna", ESM2: "protein"}
+ALPHABET = {DNABERT_S: DNA, ESM2: PROTEIN}
+log = logging.getLogger("virnucpro_triton.client")
 
 
 def ids_path(out: Path) -> Path:
@@ -41,43 +51,86 @@ def embed(
     max_in_flight: int = 4,
     retry_seconds: float = RETRY_SECONDS,
     max_message_mb: int = MAX_MESSAGE_MB,
+    progress: bool | None = None,
 ) -> tuple[int, int]:
     """Write the embeddings; return (records, dimension)."""
     alphabet = ALPHABET[model]
-    count = sum(1 for _ in read_fasta(fasta, alphabet))  # sizes the .npy and checks the input
+    if progress is None:
+        progress = sys.stderr.isatty()
+    dna_as_protein = _DnaAsProtein(model)
+    total = None
+    if not is_stream(fasta):  # a file is checked whole before any server work; sizes the bar
+        total = sum(1 for _ in dna_as_protein.watch(read_fasta(fasta, alphabet)))
+        dna_as_protein.warn()
     connection = Connection(urls, model, retry_seconds=retry_seconds, max_message_mb=max_message_mb)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    created = make_directory(out.parent)
     partial = out.with_name(f".{out.name}.partial")
     partial_ids = ids_path(partial)
-    matrix = None
+    count, dim = 0, 0
 
-    async def write_all(id_file) -> np.ndarray:
-        nonlocal matrix
-        row = 0
-        jobs = _jobs(unique_ids(read_fasta(fasta, alphabet)), batch_size, connection)
+    async def write_all(rows, id_file, bar) -> None:
+        nonlocal count, dim
+        records = read_fasta(fasta, alphabet)
+        records = records if total is not None else dna_as_protein.watch(records)
+        jobs = _jobs(unique_ids(records), batch_size, connection)
         async for ids, result in in_order(jobs, max_in_flight):
-            vectors = result["EMBEDDING"]
-            if matrix is None:
-                matrix = np.lib.format.open_memmap(
-                    partial, mode="w+", dtype=np.float32, shape=(count, vectors.shape[1])
-                )
-            matrix[row : row + len(ids)] = vectors
-            row += len(ids)
+            vectors = np.ascontiguousarray(result["EMBEDDING"], "<f4")
+            rows.write(vectors.tobytes())
+            count, dim = count + len(ids), vectors.shape[1]
             id_file.writelines(f"{i}\n" for i in ids)
-        return vectors
+            bar.update(len(ids))
 
+    done = False
     try:
-        with open(partial_ids, "w") as id_file:
-            vectors = asyncio.run(write_all(id_file))
-        matrix.flush()
+        with (
+            tempfile.TemporaryFile(dir=out.parent) as rows,
+            open(partial_ids, "w") as id_file,
+            tqdm(total=total, unit="record", disable=not progress, desc="embedding") as bar,
+        ):
+            asyncio.run(write_all(rows, id_file, bar))
+            with open(partial, "wb") as matrix:
+                header = {"descr": "<f4", "fortran_order": False, "shape": (count, dim)}
+                np.lib.format.write_array_header_1_0(matrix, header)
+                rows.seek(0)
+                shutil.copyfileobj(rows, matrix)
+        if total is None:
+            dna_as_protein.warn()
         os.replace(partial, out)
         os.replace(partial_ids, ids_path(out))
+        done = True
     finally:
-        del matrix
         partial.unlink(missing_ok=True)
         partial_ids.unlink(missing_ok=True)
+        if not done:
+            remove_if_empty(out.parent, created)
         connection.close()
-    return count, vectors.shape[1]
+    return count, dim
+
+
+class _DnaAsProtein:
+    """Records given to esm2 that hold nucleotide letters only: DNA embedded as protein by
+    mistake, most likely; counted over one pass, told once."""
+
+    def __init__(self, model: str):
+        self.model = model
+        self.count = 0
+        self.first = ""
+
+    def watch(self, records: Iterable[Record]) -> Iterator[Record]:
+        for record in records:
+            if self.model == ESM2 and nucleotides_only(record.sequence):
+                self.count += 1
+                self.first = self.first or record.id
+            yield record
+
+    def warn(self) -> None:
+        if self.count:
+            log.warning(
+                "warning: %d records hold only nucleotide letters (the first: %r); esm2 embeds "
+                "them as protein, --model dnabert_s embeds DNA",
+                self.count,
+                self.first,
+            )
 
 
 def _jobs(records, batch_size: int, connection: Connection):

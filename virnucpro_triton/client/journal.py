@@ -26,6 +26,10 @@ _ROW_BYTES = 6 * 2 * 4 + 6  # float32 probabilities [6, 2] + bool kept [6]
 _SAMPLE = 1 << 20
 
 
+class ResumeRefused(ClientError):
+    """`--resume` cannot go on from this directory; the message says what to do instead."""
+
+
 def fingerprint(fasta: Path, chunk_size: int) -> dict:
     """What must not change between a run and its resumption: the input and the chunk size."""
     stat = fasta.stat()
@@ -69,10 +73,13 @@ class Journal:
             except ValueError:
                 earlier = None
             if earlier is None:
-                raise ClientError(f"--resume: {self.path} is not a journal of this program")
+                raise ResumeRefused(
+                    f"--resume: {self.path} is not a journal of this program; run without "
+                    "--resume to start again"
+                )
             if earlier != run:
                 changed = sorted(k for k in run if earlier.get(k) != run[k])
-                raise ClientError(
+                raise ResumeRefused(
                     f"--resume: the unfinished run in {self.path.parent} was made with another "
                     f"input or settings (changed: {', '.join(changed)}); run without --resume "
                     "to start again"

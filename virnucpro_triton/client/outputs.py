@@ -6,7 +6,7 @@ import heapq
 import os
 import tempfile
 from collections.abc import Collection, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, TextIO
 
@@ -15,6 +15,7 @@ import numpy as np
 PREDICTIONS = "prediction_results.txt"
 VERDICTS = "prediction_results_highestscore.csv"
 SUMMARY = "sequence_summary.tsv"
+REPORT = "report.html"
 LABELS = ("others", "virus")  # classifier classes 0 and 1
 
 
@@ -24,10 +25,10 @@ def atomic_files(
 ) -> Iterator[dict[str, IO]]:
     """Open `names` for writing as temporary files; rename them into place only on success.
 
-    A run that fails leaves no file that looks complete (and keeps an older complete set).
-    Names in `binary` are opened in binary mode, the others as text.
+    A run that fails leaves no file that looks complete (and keeps an older complete set), nor
+    a directory it created. Names in `binary` are opened in binary mode, the others as text.
     """
-    directory.mkdir(parents=True, exist_ok=True)
+    created = make_directory(directory)
     temps = {name: directory / f".{name}.partial" for name in names}
     handles = {
         name: open(temp, "wb") if name in binary else open(temp, "w", newline="\n")
@@ -40,11 +41,34 @@ def atomic_files(
             handle.close()
         for temp in temps.values():
             temp.unlink(missing_ok=True)
+        remove_if_empty(directory, created)
         raise
     for handle in handles.values():
         handle.close()
     for name, temp in temps.items():
         os.replace(temp, directory / name)
+
+
+def remove_stale(directory: Path, owned: Iterable[str], keep: Collection[str]) -> None:
+    """Remove the files named in `owned` but not in `keep`: what an earlier run into the same
+    directory left. Only the program's own file names are touched, never anything else."""
+    for name in owned:
+        if name not in keep:
+            (directory / name).unlink(missing_ok=True)
+
+
+def make_directory(directory: Path) -> bool:
+    """Create `directory` (and its parents) if needed; return whether it was created."""
+    created = not directory.exists()
+    directory.mkdir(parents=True, exist_ok=True)
+    return created
+
+
+def remove_if_empty(directory: Path, created: bool) -> None:
+    """Take back a directory a failed run created, unless something else went into it."""
+    if created:
+        with suppress(OSError):
+            directory.rmdir()
 
 
 def scores(values: np.ndarray) -> list[str]:

@@ -36,14 +36,31 @@ from virnucpro_triton.client.evidence import (
     Thresholds,
 )
 from virnucpro_triton.client.frame_table import Frames, FrameTable
-from virnucpro_triton.client.outputs import SUMMARY, VERDICTS, ChunkVerdicts, atomic_files, scores
+from virnucpro_triton.client.outputs import (
+    REPORT,
+    SUMMARY,
+    VERDICTS,
+    ChunkVerdicts,
+    atomic_files,
+    remove_stale,
+    scores,
+)
 from virnucpro_triton.client.records import unique_ids
-from virnucpro_triton.fasta import read_fasta
+from virnucpro_triton.fasta import is_stream, read_fasta
 from virnucpro_triton.repository import pipeline_entries
 from virnucpro_triton.sequence import FRAME_NAMES, chunk_starts
 
 SUMMARY_COLUMNS = ("id", "length", "chunks", "chunks_without_frame", "chunks_virus", "max_p_virus")
 SUMMARY_HEADER = "\t".join((*SUMMARY_COLUMNS, *COLUMNS)) + "\n"
+# Every file a run of `predict` may leave in its OUT_DIR (report.html comes from --report).
+RUN_FILES = (
+    *frame_table.FILES.values(),
+    VERDICTS,
+    SUMMARY,
+    run_info.RUN_INFO,
+    REPORT,
+    journals.NAME,
+)
 
 
 @dataclass(frozen=True)
@@ -194,9 +211,16 @@ def predict(
         progress = sys.stderr.isatty()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     started = time.monotonic()
-    # Reading the whole input first reports bad input before any server work or output file
+    # Reading a whole input file first reports bad input before any server work or output file
     # (a bad record at the end of a large file would waste the run), and sizes the progress bar.
-    total = _count_chunks(fasta, chunk_size)
+    # A stream (stdin, a pipe) is read once: checked as it goes, and not resumable.
+    stream = is_stream(fasta)
+    if stream and resume:
+        raise journals.ResumeRefused(
+            f"--resume needs the input as a file: {fasta} is a stream, which cannot be checked "
+            "to be the same input as the stopped run's; run without --resume"
+        )
+    total = None if stream else _count_chunks(fasta, chunk_size)
     classifier = Classifier(
         urls,
         chunk_size,
@@ -205,9 +229,11 @@ def predict(
         retry_seconds=retry_seconds,
         max_message_mb=max_message_mb,
     )
-    run = journals.fingerprint(fasta, chunk_size)
-    journal = journals.Journal(out_dir / journals.NAME, run, resume=resume)
-    resumed = journal.recorded
+    journal = None
+    if not stream:
+        run = journals.fingerprint(fasta, chunk_size)
+        journal = journals.Journal(out_dir / journals.NAME, run, resume=resume)
+    resumed = journal.recorded if journal else 0
 
     async def run_all(results: _Results, bar) -> None:
         pairs = ((r.id, r.sequence) for r in unique_ids(read_fasta(fasta)))
@@ -251,11 +277,16 @@ def predict(
                     start_seconds=start_seconds,
                 )
         except BaseException:
-            journal.close()  # kept: --resume goes on from it
+            if journal:
+                journal.close()  # kept: --resume goes on from it
             raise
         finally:
             classifier.close()
-    journal.remove()
+    if journal:
+        journal.remove()
+    # The directory now holds this run's results only: an earlier run's files of another
+    # format, its report and its journal would read as this run's.
+    remove_stale(out_dir, RUN_FILES, keep=names)
     return RunSummary(
         out_dir=out_dir,
         seconds=time.monotonic() - started,

@@ -24,10 +24,9 @@ from matplotlib.figure import Figure
 
 from virnucpro_triton.client import frame_table, run_info
 from virnucpro_triton.client.evidence import VERDICT_NAMES
-from virnucpro_triton.client.outputs import SUMMARY, atomic_files
+from virnucpro_triton.client.outputs import REPORT, SUMMARY, atomic_files
 from virnucpro_triton.sequence import chunk_starts
 
-REPORT = "report.html"
 TOP = 20
 P_BINS = 50  # histogram bins of P(virus) over [0, 1]
 SCORE_BINS = 40  # histogram bins of the weighted score over [-1, 1]

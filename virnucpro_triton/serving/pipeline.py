@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from virnucpro_triton.alphabet import first_invalid
 from virnucpro_triton.repository import (
     CHUNK_SIZES,
     DNABERT_S,
@@ -20,7 +21,7 @@ from virnucpro_triton.repository import (
     NUM_FRAMES,
     classifier_name,
 )
-from virnucpro_triton.sequence import Frame, first_invalid, six_frames
+from virnucpro_triton.sequence import Frame, six_frames
 from virnucpro_triton.serving.common import (
     BadRequest,
     answer,
