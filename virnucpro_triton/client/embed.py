@@ -15,6 +15,7 @@ import numpy as np
 
 from virnucpro_triton.client.connection import (
     MAX_MESSAGE_MB,
+    RESOLVE_SECONDS,
     RETRY_SECONDS,
     Connection,
     in_order,
@@ -40,12 +41,19 @@ def embed(
     batch_size: int = 32,
     max_in_flight: int = 4,
     retry_seconds: float = RETRY_SECONDS,
+    resolve_seconds: float = RESOLVE_SECONDS,
     max_message_mb: int = MAX_MESSAGE_MB,
 ) -> tuple[int, int]:
     """Write the embeddings; return (records, dimension)."""
     alphabet = ALPHABET[model]
     count = sum(1 for _ in read_fasta(fasta, alphabet))  # sizes the .npy and checks the input
-    connection = Connection(urls, model, retry_seconds=retry_seconds, max_message_mb=max_message_mb)
+    connection = Connection(
+        urls,
+        model,
+        retry_seconds=retry_seconds,
+        resolve_seconds=resolve_seconds,
+        max_message_mb=max_message_mb,
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.partial")
     partial_ids = ids_path(partial)
