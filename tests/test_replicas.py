@@ -10,6 +10,7 @@ server computes one request at a time here, so results are byte-identical betwee
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import shutil
 import subprocess
@@ -231,6 +232,29 @@ def test_one_name_resolving_to_two_replicas_spreads_the_work(
         assert classifier.max_in_flight == 8
     finally:
         classifier.close()
+
+
+def test_only_addresses_on_their_own_are_warned_about(replica_a, port, caplog):
+    """A name with one address that answers (localhost's 127.0.0.1 beside its ::1) starts
+    quietly; an address given on its own that does not answer, or a name that does not resolve,
+    is named on stderr; all are probed on."""
+    table = {NAME: ["127.0.0.2", "127.0.0.9"], "gone.test": []}  # nothing listens on .9
+    with caplog.at_level(logging.WARNING, "virnucpro_triton.client"):
+        quiet = Connection(f"{NAME}:{port}", PIPELINE, resolve=resolver(table))
+        quiet.close()
+        assert caplog.messages == []
+        loud = Connection(
+            [f"127.0.0.2:{port}", f"127.0.0.9:{port}", f"gone.test:{port}"],
+            PIPELINE,
+            resolve=lambda host, port: table.get(host, [host]),
+        )
+        loud.close()
+    assert [s.url for s in quiet.stats] == [replica_a.grpc_url, f"127.0.0.9:{port}"]
+    assert quiet.stats[1].outages == 1 and quiet.servers == 2
+    resolving, probing = caplog.messages
+    assert resolving == "gone.test resolves to no address; resolving it again every 30 s"
+    assert probing.startswith(f"cannot reach a Triton server at 127.0.0.9:{port}: ")
+    assert probing.endswith("; probing it until it is ready")
 
 
 def test_a_replica_that_appears_gets_work_and_one_that_vanishes_leaves(

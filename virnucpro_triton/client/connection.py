@@ -219,11 +219,14 @@ class Connection:
             self._refresh(probe_new=False)
         for reason in self._unresolved.values() if not said else ():
             log.warning("%s; resolving it again every %g s", reason, self._resolve_seconds)
+        # Quiet about an address whose name has another that answers: localhost's ::1 beside
+        # 127.0.0.1, for a server that listens on one of them.
+        answering = {e.stats.name for e in endpoints if not reasons[e.url]}
         with self._lock:
             for endpoint in endpoints:
                 endpoint.up = True  # taking out one that is not ready counts as an outage
                 if reasons[endpoint.url]:
-                    if not said:
+                    if not (said or endpoint.stats.name in answering):
                         log.warning("%s; probing it until it is ready", reasons[endpoint.url])
                     self._take_out(endpoint)
 
@@ -240,12 +243,11 @@ class Connection:
         for name in self._names:
             try:
                 hosts = self._resolve(name.host, name.port)
+                why = f"{name.host} resolves to no address"
             except (OSError, UnicodeError) as error:  # socket.gaierror; an invalid IDNA name
-                hosts, failure = [], f"{name.host}: {error}"
-            else:
-                failure = f"{name.host} resolves to no address"
+                hosts, why = [], f"cannot resolve {name.host}: {error}"
             if not hosts:
-                self._unresolved[str(name)] = f"cannot resolve {failure}"
+                self._unresolved[str(name)] = why
             for host in hosts:
                 found.setdefault(addresses.join(host, name.port), str(name))
         with self._lock:
