@@ -33,8 +33,6 @@ from virnucpro_triton.client.journal import Journal
 from virnucpro_triton.repository import CHUNK_SIZES, PIPELINE
 from virnucpro_triton.sequence import FRAME_NAMES, chunk_starts, first_invalid
 
-IN_FLIGHT_PER_SERVER = 4
-
 
 @dataclass(frozen=True)
 class SequenceResult:
@@ -145,7 +143,7 @@ class Classifier:
     @property
     def max_in_flight(self) -> int:
         """Requests awaiting an answer at most, now."""
-        return self._max_in_flight or IN_FLIGHT_PER_SERVER * max(1, self.connection.servers)
+        return self._max_in_flight or self.connection.default_in_flight
 
     @property
     def stats(self) -> list[EndpointStats]:

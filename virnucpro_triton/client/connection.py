@@ -43,6 +43,7 @@ FIRST_DELAY, MAX_DELAY = 0.5, 10.0  # readiness probes of a failed endpoint: dou
 START_MAX_DELAY = 2.0  # probes while waiting for a first server: a start is found within 2 s
 MAX_MESSAGE_MB = 64  # gRPC message limit; a 256-chunk request of 500 bp is ~0.2 MB
 PROBE_TIMEOUT = 5.0
+IN_FLIGHT_PER_SERVER = 4  # requests awaiting an answer per server, by default
 
 # Statuses of a server that is away or busy. NOT_FOUND is the model being unloaded by a server
 # that shuts down: the connection checked that it was ready when it opened.
@@ -188,6 +189,11 @@ class Connection:
         """Servers the names stand for now (in rotation or probed until they are ready)."""
         with self._lock:
             return sum(not e.stats.removed for e in self._endpoints)
+
+    @property
+    def default_in_flight(self) -> int:
+        """How many requests to keep in flight when the caller does not say: 4 per server."""
+        return IN_FLIGHT_PER_SERVER * max(1, self.servers)
 
     def _wait_for_a_server(self) -> None:
         """Return once an endpoint is ready; the others are probed until they are. Servers that

@@ -39,7 +39,7 @@ def embed(
     urls: str | Sequence[str],
     *,
     batch_size: int = 32,
-    max_in_flight: int = 4,
+    max_in_flight: int | None = None,
     retry_seconds: float = RETRY_SECONDS,
     resolve_seconds: float = RESOLVE_SECONDS,
     max_message_mb: int = MAX_MESSAGE_MB,
@@ -63,7 +63,8 @@ def embed(
         nonlocal matrix
         row = 0
         jobs = _jobs(unique_ids(read_fasta(fasta, alphabet)), batch_size, connection)
-        async for ids, result in in_order(jobs, max_in_flight):
+        in_flight = max_in_flight or (lambda: connection.default_in_flight)  # 4 per server
+        async for ids, result in in_order(jobs, in_flight):
             vectors = result["EMBEDDING"]
             if matrix is None:
                 matrix = np.lib.format.open_memmap(
