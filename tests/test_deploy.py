@@ -58,11 +58,19 @@ def load_all(path: Path) -> list[dict]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d]
 
 
-def manifests() -> dict[str, dict]:
-    """The resources kustomization.yaml applies, by kind."""
+def resources() -> list[dict]:
+    """The resources kustomization.yaml applies."""
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
-    docs = [d for name in kustomization["resources"] for d in load_all(K8S / name)]
-    return {d["kind"]: d for d in docs}
+    return [d for name in kustomization["resources"] for d in load_all(K8S / name)]
+
+
+def manifests() -> dict[str, dict]:
+    """The resources by kind, but the Services (there are two: `services()`)."""
+    return {d["kind"]: d for d in resources() if d["kind"] != "Service"}
+
+
+def services() -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for d in resources() if d["kind"] == "Service"}
 
 
 def pod_spec() -> dict:
@@ -163,7 +171,7 @@ def test_kubernetes_manifests_match_the_api_schemas(tools, version):
     assert result.returncode == 0, result.stdout
     # A kind without a schema is only a warning there: require a pass line per resource.
     passed = re.findall(r"^INFO .* passed for resource (\S+)", result.stdout, re.M)
-    assert len(passed) == len(files) and "WARN" not in result.stdout, result.stdout
+    assert len(passed) == len(resources()) and "WARN" not in result.stdout, result.stdout
 
 
 def test_kubernetes_validate_catches_a_misspelt_field(tools, tmp_path):
@@ -328,18 +336,35 @@ def test_resources_select_the_deployment():
     labels = resources["Deployment"]["spec"]["template"]["metadata"]["labels"]
     namespace = resources["Namespace"]["metadata"]["name"]
     namespaced = [r for kind, r in resources.items() if kind != "Namespace"]
+    namespaced += services().values()
     assert {r["metadata"]["namespace"] for r in namespaced} == {namespace}
-    service = resources["Service"]
-    assert service["spec"]["selector"].items() <= labels.items()
-    ports = {p["name"]: p["port"] for p in service["spec"]["ports"]}
-    assert ports == {"grpc": 8001, "http": 8000, "metrics": 8002}
     container_ports = {p["name"] for p in container()["ports"]}
-    assert {p["targetPort"] for p in service["spec"]["ports"]} <= container_ports
+    expected = {"virnucpro-triton": {"grpc": 8001, "http": 8000, "metrics": 8002}}
+    expected["virnucpro-triton-grpc"] = {"grpc": 8001}
+    for name, service in services().items():
+        assert service["spec"]["selector"].items() <= labels.items(), name
+        ports = {p["name"]: p["port"] for p in service["spec"]["ports"]}
+        assert ports == expected.pop(name)
+        assert {p["targetPort"] for p in service["spec"]["ports"]} <= container_ports
+    assert not expected, f"missing Services: {expected}"
     budget = resources["PodDisruptionBudget"]["spec"]
     assert budget["selector"]["matchLabels"].items() <= labels.items()
     policy = resources["NetworkPolicy"]["spec"]
     assert policy["podSelector"]["matchLabels"].items() <= labels.items()
     assert sorted(p["port"] for p in policy["ingress"][0]["ports"]) == [8000, 8001, 8002]
+
+
+def test_grpc_clients_are_pointed_at_a_headless_service():
+    """One HTTP/2 connection per gRPC client, balanced per connection by kube-proxy: through a
+    ClusterIP every request of a run lands on one pod. Headless, the name lists every ready pod,
+    and the client sends to all of them (tests/test_replicas.py)."""
+    headless = services()["virnucpro-triton-grpc"]["spec"]
+    assert headless["clusterIP"] == "None"
+    assert not headless.get("publishNotReadyAddresses")  # only pods whose models are loaded
+    address = "virnucpro-triton-grpc.virnucpro.svc.cluster.local:8001"
+    readme = (ROOT / "README.md").read_text()
+    assert f"--url {address}" in readme and address in (K8S / "service.yaml").read_text()
+    assert "--url virnucpro-triton.virnucpro:8001" not in readme
 
 
 def test_autoscaler_scales_the_deployment_on_the_adapter_metric():

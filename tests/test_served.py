@@ -237,6 +237,8 @@ def test_unreachable_server_is_a_clear_error(mixed_fasta, tmp_path):
             str(tmp_path / "o"),
             "--url",
             "127.0.0.1:1",
+            "--retry-seconds",  # else it waits 120 s for a server that may still be starting
+            "0",
         ],
         capture_output=True,
         text=True,

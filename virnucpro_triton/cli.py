@@ -145,14 +145,17 @@ def serve(
 
 
 def _server_options(command):
-    """--url (repeatable), --urls-file, --repository, --retry-seconds, --max-message-mb."""
+    """--url (repeatable), --urls-file, --repository, --retry-seconds, --resolve-seconds,
+    --max-message-mb."""
     options = [
         click.option(
             "--url",
             "urls",
             multiple=True,
-            help="gRPC address HOST:PORT of a running server; repeat it to spread the work over "
-            "several. Without any, an embedded server is started on --repository for this run.",
+            help="gRPC address HOST:PORT ([IPv6]:PORT) of a running server; repeat it to spread "
+            "the work over several. A name stands for every address it resolves to (e.g. a "
+            "Kubernetes headless Service: one per ready pod). Without any, an embedded server is "
+            "started on --repository for this run.",
         ),
         click.option(
             "--urls-file",
@@ -171,7 +174,16 @@ def _server_options(command):
             default=120,  # connection.RETRY_SECONDS, not imported to keep the CLI quick to start
             show_default=True,
             help="How long a request is sent again while no server can answer it (unreachable, "
-            "restarting, overloaded); 0: fail at once.",
+            "restarting, overloaded), and how long servers still starting are waited for; "
+            "0: fail at once.",
+        ),
+        click.option(
+            "--resolve-seconds",
+            type=click.FloatRange(min=0),
+            default=30,  # connection.RESOLVE_SECONDS
+            show_default=True,
+            help="How often server names are resolved again, so that replicas that appear get "
+            "work and those that vanish leave the rotation; 0: only at the start.",
         ),
         click.option(
             "--max-message-mb",
@@ -187,15 +199,23 @@ def _server_options(command):
 
 
 def _addresses(urls: tuple[str, ...], urls_file: Path | None) -> list[str]:
-    addresses = list(urls)
+    """The --url and --urls-file addresses, each checked as HOST:PORT."""
+    from virnucpro_triton.client.addresses import AddressError, parse
+
+    addresses = [("--url", url) for url in urls]
     if urls_file:
-        for line in urls_file.read_text().splitlines():
+        for number, line in enumerate(urls_file.read_text().splitlines(), 1):
             address = line.split("#", 1)[0].strip()
             if address:
-                addresses.append(address)
+                addresses.append((f"{urls_file} line {number}", address))
         if not addresses:
             _fail(f"{urls_file}: no server address in it")
-    return addresses
+    for where, address in addresses:
+        try:
+            parse(address)
+        except AddressError as error:
+            _fail(f"{where}: {error}")
+    return [address for _, address in addresses]
 
 
 def _start_feedback() -> Callable[[float, list[str]], None]:
@@ -317,6 +337,7 @@ def predict(
     urls_file: Path | None,
     repository: Path,
     retry_seconds: float,
+    resolve_seconds: float,
     max_message_mb: int,
     batch_chunks: int,
     max_in_flight: int | None,
@@ -361,6 +382,7 @@ def predict(
                 max_in_flight=max_in_flight,
                 progress=progress,
                 retry_seconds=retry_seconds,
+                resolve_seconds=resolve_seconds,
                 max_message_mb=max_message_mb,
                 resume=resume,
                 thresholds=thresholds,
@@ -425,6 +447,7 @@ def embed(
     urls_file: Path | None,
     repository: Path,
     retry_seconds: float,
+    resolve_seconds: float,
     max_message_mb: int,
     progress: bool | None,
 ) -> None:
@@ -448,6 +471,7 @@ def embed(
                 out,
                 servers,
                 retry_seconds=retry_seconds,
+                resolve_seconds=resolve_seconds,
                 max_message_mb=max_message_mb,
                 progress=progress,
             )

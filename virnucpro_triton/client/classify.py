@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from virnucpro_triton.alphabet import first_invalid
+from virnucpro_triton.client.addresses import Resolver, system_resolver
 from virnucpro_triton.client.connection import (
     MAX_MESSAGE_MB,
+    RESOLVE_SECONDS,
     RETRY_SECONDS,
     ClientError,
     Connection,
@@ -31,8 +33,6 @@ from virnucpro_triton.client.connection import (
 from virnucpro_triton.client.journal import Journal
 from virnucpro_triton.repository import CHUNK_SIZES, PIPELINE
 from virnucpro_triton.sequence import FRAME_NAMES, chunk_starts
-
-IN_FLIGHT_PER_SERVER = 4
 
 
 @dataclass(frozen=True)
@@ -121,15 +121,30 @@ class Classifier:
         max_in_flight: int | None = None,
         retry_seconds: float = RETRY_SECONDS,
         max_message_mb: int = MAX_MESSAGE_MB,
+        resolve: Resolver = system_resolver,
+        resolve_seconds: float = RESOLVE_SECONDS,
     ):
+        """`urls`: HOST:PORT addresses; a name stands for every address it resolves to, and is
+        resolved again every `resolve_seconds` (`resolve` turns a name into its addresses).
+        `max_in_flight`: default 4 per server, following the servers as they come and go."""
         if chunk_size not in CHUNK_SIZES:
             raise ClientError(f"chunk size must be one of {CHUNK_SIZES}, not {chunk_size}")
         self.chunk_size = chunk_size
         self.batch_chunks = batch_chunks
         self.connection = Connection(
-            urls, PIPELINE, retry_seconds=retry_seconds, max_message_mb=max_message_mb
+            urls,
+            PIPELINE,
+            retry_seconds=retry_seconds,
+            max_message_mb=max_message_mb,
+            resolve=resolve,
+            resolve_seconds=resolve_seconds,
         )
-        self.max_in_flight = max_in_flight or IN_FLIGHT_PER_SERVER * len(self.connection.urls)
+        self._max_in_flight = max_in_flight
+
+    @property
+    def max_in_flight(self) -> int:
+        """Requests awaiting an answer at most, now."""
+        return self._max_in_flight or self.connection.default_in_flight
 
     @property
     def stats(self) -> list[EndpointStats]:
@@ -172,7 +187,7 @@ class Classifier:
         batches = self._batches(sequences, journal.recorded if journal else 0)
         jobs = ((batch, self._request(batch)) async for batch in batches)
         waiting = [_EMPTY]  # answers of the chunks of sequences not complete yet
-        async for batch, answer in in_order(jobs, self.max_in_flight):
+        async for batch, answer in in_order(jobs, lambda: self.max_in_flight):
             if batch.from_journal:
                 waiting.append(journal.take(len(batch.chunks)))
             elif batch.chunks:

@@ -1,10 +1,18 @@
 """gRPC to one or more Triton servers: asynchronous requests spread over healthy endpoints.
 
+Every address a server name resolves to is a server of its own (a Kubernetes headless Service
+lists one per ready pod), and names are resolved again every `resolve_seconds`: a replica that
+appears joins the rotation once a readiness probe finds it ready, one that vanishes gets no new
+requests (those in flight finish or are retried elsewhere). One gRPC channel per address is the
+point: gRPC keeps one HTTP/2 connection per channel, so a channel to a name would send every
+request of a run to the one address it connected to.
+
 A request that fails because a server is away (restarting, overloaded, unreachable) is sent
 again, to another endpoint when one is up, until a retry window runs out; requests are
-idempotent, so this is safe. The failing endpoint is avoided until a readiness probe, repeated
-with exponential backoff, finds it ready again. A request a server refuses on its merits (bad
-input) fails at once.
+idempotent, and each request's answer is taken once, so this is safe. The failing endpoint is
+avoided until a readiness probe, repeated with exponential backoff, finds it ready again. A
+request a server refuses on its merits (bad input) fails at once. At the start, the connection
+waits up to the same window for a first server to be ready (one that is still starting).
 """
 
 from __future__ import annotations
@@ -23,13 +31,19 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from virnucpro_triton.client import addresses
+from virnucpro_triton.client.addresses import Resolver, system_resolver
+
 T = TypeVar("T")
 log = logging.getLogger("virnucpro_triton.client")
 
 RETRY_SECONDS = 120.0  # default retry window of one request, from its first failure
+RESOLVE_SECONDS = 30.0  # server names are resolved again this often
 FIRST_DELAY, MAX_DELAY = 0.5, 10.0  # readiness probes of a failed endpoint: doubling backoff
+START_MAX_DELAY = 2.0  # probes while waiting for a first server: a start is found within 2 s
 MAX_MESSAGE_MB = 64  # gRPC message limit; a 256-chunk request of 500 bp is ~0.2 MB
 PROBE_TIMEOUT = 5.0
+IN_FLIGHT_PER_SERVER = 4  # requests awaiting an answer per server, by default
 
 # Statuses of a server that is away or busy. NOT_FOUND is the model being unloaded by a server
 # that shuts down: the connection checked that it was ready when it opened.
@@ -71,31 +85,39 @@ def _one_line(message: str | None) -> str:
 
 @dataclass
 class EndpointStats:
-    url: str
+    url: str  # the server's IP address and port
     answered: int = 0  # requests this endpoint answered
     failed: int = 0  # attempts that met this endpoint away or busy
     outages: int = 0  # times it was taken out of rotation
+    name: str = ""  # the address given (--url) that resolved to it
+    removed: bool = False  # the name no longer resolves to it: it gets no new requests
 
 
 class _Endpoint:
-    def __init__(self, url: str, model: str, max_message_bytes: int):
-        # gRPC waits up to 2 minutes between reconnection attempts by default; a restarted
-        # server must be found as soon as it is back (probes have their own backoff).
-        options = [
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_reconnect_backoff_ms", 1000),
-        ]
-        self.client = grpcclient.InferenceServerClient(url, channel_args=options)
+    def __init__(self, url: str, name: str, model: str, max_message_bytes: int):
         self.model = model
-        self.stats = EndpointStats(url)
-        self.up = True
+        self.max_message_bytes = max_message_bytes
+        self.stats = EndpointStats(url, name=name)
+        self.client: grpcclient.InferenceServerClient | None = None
+        self.up = False  # in rotation: requests are sent to it
+        self.probing = False  # a probe thread uses its client
         self.in_flight = 0
         self.consecutive_outages = 0
+        self.open()
 
     @property
     def url(self) -> str:
         return self.stats.url
+
+    def open(self) -> None:
+        # gRPC waits up to 2 minutes between reconnection attempts by default; a restarted
+        # server must be found as soon as it is back (probes have their own backoff).
+        options = [
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+        ]
+        self.client = grpcclient.InferenceServerClient(self.url, channel_args=options)
 
     def not_ready_because(self) -> str | None:
         """None when the server and the model are ready, else why not."""
@@ -110,10 +132,12 @@ class _Endpoint:
 
 
 class Connection:
-    """One model on one or more servers; `submit` returns a Future of the named outputs.
+    """One model on the servers that one or more addresses stand for; `submit` returns a Future
+    of the named outputs.
 
-    Thread-safe: answers arrive on gRPC threads and probes run on their own threads, so nothing
-    ever blocks on another request.
+    `resolve` turns a host name into its addresses (default: getaddrinfo). Thread-safe: answers
+    arrive on gRPC threads, probes and the resolver run on their own threads, so nothing ever
+    blocks on another request.
     """
 
     def __init__(
@@ -124,33 +148,146 @@ class Connection:
         timeout: float = 600.0,
         retry_seconds: float = RETRY_SECONDS,
         max_message_mb: int = MAX_MESSAGE_MB,
+        resolve: Resolver = system_resolver,
+        resolve_seconds: float = RESOLVE_SECONDS,
     ):
         urls = [urls] if isinstance(urls, str) else list(dict.fromkeys(urls))
         if not urls:
             raise ClientError("no server address given")
+        try:
+            self._names = [addresses.parse(url) for url in urls]
+        except addresses.AddressError as error:
+            raise ClientError(str(error)) from None
         self.urls = urls
         self.model = model
         self.timeout = timeout
         self.retry_seconds = retry_seconds
-        self._endpoints = [_Endpoint(url, model, max_message_mb << 20) for url in urls]
+        self._max_message_bytes = max_message_mb << 20
+        self._resolve = resolve
+        self._resolve_seconds = resolve_seconds
+        self._endpoints: list[_Endpoint] = []  # every server the names stood for, by discovery
+        self._unresolved: dict[str, str] = {}  # name -> why it resolves to nothing now
         self._lock = threading.Lock()  # guards endpoint state, the waiting list and closing
         self._closed = threading.Event()
         self._waiting: list[Callable[[], None]] = []  # sends waiting for an endpoint to be up
-        # A server missing at the start is a wrong address more often than a restart: fail
-        # fast when none is ready; with several, the others are probed until they come up.
-        reasons = {e.url: e.not_ready_because() for e in self._endpoints}
-        if all(reasons.values()):
+        try:
+            self._refresh(probe_new=False)
+            self._wait_for_a_server()
+        except BaseException:  # e.g. Ctrl-C while waiting
             self.close()
-            raise ClientError("; ".join(reasons.values()))
-        for endpoint in self._endpoints:
-            if reasons[endpoint.url]:
-                reason = reasons[endpoint.url]
-                log.warning("%s; probing it until it is ready", reason)
-                self._take_out(endpoint)
+            raise
+        if resolve_seconds > 0:
+            threading.Thread(target=self._keep_resolving, daemon=True).start()
 
     @property
     def stats(self) -> list[EndpointStats]:
-        return [e.stats for e in self._endpoints]
+        with self._lock:
+            return [e.stats for e in self._endpoints]
+
+    @property
+    def servers(self) -> int:
+        """Servers the names stand for now (in rotation or probed until they are ready)."""
+        with self._lock:
+            return sum(not e.stats.removed for e in self._endpoints)
+
+    @property
+    def default_in_flight(self) -> int:
+        """How many requests to keep in flight when the caller does not say: 4 per server."""
+        return IN_FLIGHT_PER_SERVER * max(1, self.servers)
+
+    def _wait_for_a_server(self) -> None:
+        """Return once an endpoint is ready; the others are probed until they are. Servers that
+        are still starting are waited for up to the retry window, saying so once."""
+        deadline = time.monotonic() + self.retry_seconds
+        delay, said = FIRST_DELAY, False
+        while True:
+            endpoints = [e for e in self._endpoints if not e.stats.removed]
+            reasons = {e.url: e.not_ready_because() for e in endpoints}
+            if not all(reasons.values()):
+                break
+            why = "; ".join([*self._unresolved.values(), *reasons.values()])
+            left = deadline - time.monotonic()
+            if left <= 0:
+                within = f"no server was ready within {self.retry_seconds:g} s (--retry-seconds)"
+                raise ClientError(f"{within}: {why}" if said else why)
+            if not said:
+                servers = "server at " if len(self.urls) == 1 else "servers at "
+                log.warning(
+                    "waiting up to %.0f s for the Triton %s%s to be ready (%s)",
+                    left,
+                    servers,
+                    ", ".join(self.urls),
+                    why,
+                )
+                said = True
+            self._closed.wait(min(delay, left))
+            delay = min(delay * 2, START_MAX_DELAY)
+            self._refresh(probe_new=False)
+        for reason in self._unresolved.values() if not said else ():
+            log.warning("%s; resolving it again every %g s", reason, self._resolve_seconds)
+        # Quiet about an address whose name has another that answers: localhost's ::1 beside
+        # 127.0.0.1, for a server that listens on one of them.
+        answering = {e.stats.name for e in endpoints if not reasons[e.url]}
+        with self._lock:
+            for endpoint in endpoints:
+                endpoint.up = True  # taking out one that is not ready counts as an outage
+                if reasons[endpoint.url]:
+                    if not (said or endpoint.stats.name in answering):
+                        log.warning("%s; probing it until it is ready", reasons[endpoint.url])
+                    self._take_out(endpoint)
+
+    def _keep_resolving(self) -> None:
+        while not self._closed.wait(self._resolve_seconds):
+            self._refresh(probe_new=True)
+
+    def _refresh(self, *, probe_new: bool) -> None:
+        """Resolve every name again: addresses new to the rotation are probed and join it when
+        ready, addresses that no name resolves to leave it. A name that does not resolve keeps
+        its servers (a DNS hiccup must not empty the rotation: failing servers leave anyway)."""
+        found: dict[str, str] = {}  # url -> the name it came from
+        self._unresolved = {}
+        for name in self._names:
+            try:
+                hosts = self._resolve(name.host, name.port)
+                why = f"{name.host} resolves to no address"
+            except (OSError, UnicodeError) as error:  # socket.gaierror; an invalid IDNA name
+                hosts, why = [], f"cannot resolve {name.host}: {error}"
+            if not hosts:
+                self._unresolved[str(name)] = why
+            for host in hosts:
+                found.setdefault(addresses.join(host, name.port), str(name))
+        with self._lock:
+            if self._closed.is_set():
+                return
+            kept = {e.stats.name for e in self._endpoints} & set(self._unresolved)
+            known = {e.url: e for e in self._endpoints}
+            for url, name in found.items():
+                endpoint = known.get(url)
+                if endpoint is None:
+                    endpoint = _Endpoint(url, name, self.model, self._max_message_bytes)
+                    self._endpoints.append(endpoint)
+                    log.info("%s resolves to %s too: probing it", name, url)
+                elif endpoint.stats.removed:
+                    endpoint.stats.removed = False
+                    if endpoint.client is None:
+                        endpoint.open()
+                else:
+                    continue
+                if probe_new:
+                    self._start_probing(endpoint, 0.0)
+            idle = []
+            for endpoint in self._endpoints:
+                if endpoint.url in found or endpoint.stats.name in kept:
+                    continue
+                if not endpoint.stats.removed:
+                    log.info("%s no longer resolves to %s", endpoint.stats.name, endpoint.url)
+                    endpoint.stats.removed, endpoint.up = True, False
+                # Closed once nothing uses its channel: no request in flight, no probe.
+                if endpoint.client and not (endpoint.in_flight or endpoint.probing):
+                    idle.append(endpoint.client)
+                    endpoint.client = None
+        for client in idle:
+            client.close()
 
     def _pick(self) -> _Endpoint | None:
         up = [e for e in self._endpoints if e.up]
@@ -165,18 +302,32 @@ class Connection:
         endpoint.stats.outages += 1
         endpoint.consecutive_outages += 1
         delay = min(FIRST_DELAY * 2 ** (endpoint.consecutive_outages - 1), MAX_DELAY)
+        self._start_probing(endpoint, delay)
+
+    def _start_probing(self, endpoint: _Endpoint, delay: float) -> None:
+        """Probe `endpoint` until it is ready, then bring it into rotation (lock held)."""
+        if endpoint.probing:
+            return
+        endpoint.probing = True
         threading.Thread(target=self._probe, args=(endpoint, delay), daemon=True).start()
 
     def _probe(self, endpoint: _Endpoint, delay: float) -> None:
+        waiting: list[Callable[[], None]] = []
         while not self._closed.wait(delay):
-            if endpoint.not_ready_because() is None:
-                with self._lock:
-                    endpoint.up = True
-                    waiting, self._waiting = self._waiting, []
-                for send in waiting:
-                    send()
-                return
-            delay = min(delay * 2, MAX_DELAY)
+            ready = not endpoint.stats.removed and endpoint.not_ready_because() is None
+            with self._lock:
+                gone = endpoint.stats.removed or self._closed.is_set()
+                if ready or gone:
+                    # Under the lock: a refresh that brings the endpoint back either finds
+                    # this probe going on or none, and then starts one.
+                    endpoint.probing = False
+                    if not gone:
+                        endpoint.up = True
+                        waiting, self._waiting = self._waiting, []
+                    break
+            delay = min(max(delay, FIRST_DELAY) * 2, MAX_DELAY)
+        for send in waiting:
+            send()
 
     def submit(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> Future:
         future: Future = Future()
@@ -287,20 +438,23 @@ class Connection:
         with self._lock:
             self._closed.set()
             self._waiting.clear()  # their futures are cancelled by the callers that stop waiting
-        for endpoint in self._endpoints:
-            endpoint.client.close()
+            clients = [e.client for e in self._endpoints if e.client]
+        for client in clients:
+            client.close()
 
 
 async def in_order(
     jobs: Iterable[tuple[T, Callable[[], Future] | None]]
     | AsyncIterable[tuple[T, Callable[[], Future] | None]],
-    max_in_flight: int,
+    max_in_flight: int | Callable[[], int],
 ) -> AsyncIterator[tuple[T, dict[str, np.ndarray] | None]]:
     """Start each job's request, keep at most `max_in_flight` unanswered, yield in input order.
 
-    A job without a request (None) is yielded in its place with None, so items that need no
-    server work (an empty record) keep their position in the output.
+    `max_in_flight` may be a function, asked before each request: a limit that follows the
+    servers as they come and go. A job without a request (None) is yielded in its place with
+    None, so items that need no server work (an empty record) keep their position in the output.
     """
+    limit = max_in_flight if callable(max_in_flight) else lambda: max_in_flight
     pending: deque[tuple[T, asyncio.Future | None]] = deque()
 
     async def oldest() -> tuple[T, dict[str, np.ndarray] | None]:
@@ -309,7 +463,7 @@ async def in_order(
 
     try:
         async for item, start in as_async(jobs):
-            while len(pending) >= max_in_flight:
+            while len(pending) >= limit():
                 yield await oldest()
             pending.append((item, asyncio.wrap_future(start()) if start else None))
         while pending:

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from virnucpro_triton.alphabet import DNA, PROTEIN, nucleotides_only
 from virnucpro_triton.client.connection import (
     MAX_MESSAGE_MB,
+    RESOLVE_SECONDS,
     RETRY_SECONDS,
     Connection,
     in_order,
@@ -48,8 +49,9 @@ def embed(
     urls: str | Sequence[str],
     *,
     batch_size: int = 32,
-    max_in_flight: int = 4,
+    max_in_flight: int | None = None,
     retry_seconds: float = RETRY_SECONDS,
+    resolve_seconds: float = RESOLVE_SECONDS,
     max_message_mb: int = MAX_MESSAGE_MB,
     progress: bool | None = None,
 ) -> tuple[int, int]:
@@ -62,7 +64,13 @@ def embed(
     if not is_stream(fasta):  # a file is checked whole before any server work; sizes the bar
         total = sum(1 for _ in dna_as_protein.watch(read_fasta(fasta, alphabet)))
         dna_as_protein.warn()
-    connection = Connection(urls, model, retry_seconds=retry_seconds, max_message_mb=max_message_mb)
+    connection = Connection(
+        urls,
+        model,
+        retry_seconds=retry_seconds,
+        resolve_seconds=resolve_seconds,
+        max_message_mb=max_message_mb,
+    )
     created = make_directory(out.parent)
     partial = out.with_name(f".{out.name}.partial")
     partial_ids = ids_path(partial)
@@ -73,7 +81,8 @@ def embed(
         records = read_fasta(fasta, alphabet)
         records = records if total is not None else dna_as_protein.watch(records)
         jobs = _jobs(unique_ids(records), batch_size, connection)
-        async for ids, result in in_order(jobs, max_in_flight):
+        in_flight = max_in_flight or (lambda: connection.default_in_flight)  # 4 per server
+        async for ids, result in in_order(jobs, in_flight):
             vectors = np.ascontiguousarray(result["EMBEDDING"], "<f4")
             rows.write(vectors.tobytes())
             count, dim = count + len(ids), vectors.shape[1]

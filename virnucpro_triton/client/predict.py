@@ -24,6 +24,7 @@ from virnucpro_triton.client import journal as journals
 from virnucpro_triton.client.classify import Classifier, ResultBatch
 from virnucpro_triton.client.connection import (
     MAX_MESSAGE_MB,
+    RESOLVE_SECONDS,
     RETRY_SECONDS,
     ClientError,
     EndpointStats,
@@ -191,6 +192,7 @@ def predict(
     max_in_flight: int | None = None,
     progress: bool | None = None,
     retry_seconds: float = RETRY_SECONDS,
+    resolve_seconds: float = RESOLVE_SECONDS,
     max_message_mb: int = MAX_MESSAGE_MB,
     resume: bool = False,
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
@@ -227,6 +229,7 @@ def predict(
         batch_chunks=batch_chunks,
         max_in_flight=max_in_flight,
         retry_seconds=retry_seconds,
+        resolve_seconds=resolve_seconds,
         max_message_mb=max_message_mb,
     )
     journal = None
@@ -248,6 +251,7 @@ def predict(
         batch_chunks=batch_chunks,
         max_in_flight=classifier.max_in_flight,
         retry_seconds=retry_seconds,
+        resolve_seconds=resolve_seconds,
         format=frame_format,
         viral_above=thresholds.viral_above,
         nonviral_below=thresholds.nonviral_below,
