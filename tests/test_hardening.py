@@ -90,7 +90,7 @@ def test_shared_memory_apis_are_closed(server, tiny_repository):
             header,
             json.dumps(register).encode(),
         )
-        assert status in (400, 403), (header, status)
+        assert status in (0, 400, 403), (header, status)  # 0: closed without an answer
     with grpcclient.InferenceServerClient(server.grpc_url) as client:
         calls = [
             lambda: client.register_system_shared_memory("x", f"/{region}", 1 << 20),
@@ -103,7 +103,7 @@ def test_shared_memory_apis_are_closed(server, tiny_repository):
         for call in calls:
             with pytest.raises(InferenceServerException, match="restricted"):
                 call()
-    # The second call: nothing was registered, so it is an error of its own.
+    # The second call: nothing was registered (by any of the above), so it fails on its own.
     features = httpclient.InferInput("FEATURES", [1, dim], "FP32")
     features.set_data_from_numpy(np.zeros((1, dim), np.float32))
     output = httpclient.InferRequestedOutput("PROBABILITIES")
