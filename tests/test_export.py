@@ -219,8 +219,11 @@ def test_fp8_export_is_written_and_served_as_bf16_where_no_gpu_has_fp8(mixed_fas
     )
     esm2_check = next(c for c in checks if c.entry == repo.ESM2)
     assert esm2_check.note == "fp8 feed_forward not applied: cpu is not a CUDA GPU"
-    assert 'key: "fp8"' in (fp8 / repo.ESM2 / "config.pbtxt").read_text()
-    assert "fp8" not in (plain / repo.ESM2 / "config.pbtxt").read_text()
+    for repository, setting in ((fp8, "feed_forward"), (plain, "none")):  # recorded either way
+        config = text_format.Parse(
+            (repository / repo.ESM2 / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
+        )
+        assert config.parameters["fp8"].string_value == setting
     outputs = {}
     for repository in (plain, fp8):
         log = repository / "server.log"
