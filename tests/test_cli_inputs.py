@@ -79,7 +79,7 @@ REFUSED = {
     ),
     "malformed.fastq": (
         f"@ok\n{B}\n+\n{'I' * len(B)}\n@short\nACGT\n+\nIII\n".encode(),
-        r":5: malformed FASTQ record: Lengths of sequence and quality values differs for short",
+        r":5: malformed FASTQ record 'short': Lengths of sequence and quality values differ",
     ),
     "digit.fa": (f">ok\n{B}\n>bad\nACGT\nAC1T\n".encode(), ":5: record 'bad': '1' is not"),
     "star.fa": (f">ok\n{B}\n>bad\nACGT*\n".encode(), r":4: record 'bad': '\*' is not"),

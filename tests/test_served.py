@@ -194,8 +194,8 @@ def test_predict_cli_with_embedded_server(tiny_repository, mixed_fasta, tmp_path
     ("content", "message"),
     [
         (None, "no such file"),
-        (b"", "no FASTA records"),
-        (b"@r\nACGT\n+\nIIII\n", "not a FASTA file"),
+        (b"", "no FASTA or FASTQ records"),
+        (b"LOCUS       X 10 bp DNA\n", "not a FASTA or FASTQ file"),
     ],
 )
 def test_bad_input_gives_one_line_error(tmp_path, content, message):

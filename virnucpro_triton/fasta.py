@@ -202,24 +202,36 @@ def _fasta(lines: _Lines, first: str, alphabet: str) -> Iterator[Record]:
 
 
 def _fastq(lines: _Lines, first: str, alphabet: str) -> Iterator[Record]:
-    header = lines.number  # the parser reads a record's next header before yielding it
+    # The parser reads a record's header, the line after the last record, before yielding it.
+    header, header_text = lines.number, first
+    handle = _TextHandle(chain([first], lines))
     try:
-        for title, sequence, _ in FastqGeneralIterator(_TextHandle(chain([first], lines))):
+        for title, sequence, _ in FastqGeneralIterator(handle):
             record_id = _header_id(lines, title, header)
             _check_letters(lines, record_id, sequence, alphabet, header + 1)
             yield Record(record_id, sequence, header)
-            header = lines.number
+            header, header_text = lines.number, handle.last
     except FastaError:
         raise
     except ValueError as error:  # Biopython's words for a malformed record
-        raise FastaError(f"{lines.name}:{header}: malformed FASTQ record: {error}") from None
+        name = header_text[1:].split(None, 1)[:1] if header_text.startswith("@") else ""
+        record = f" {name[0]!r}" if name else ""
+        raise FastaError(
+            f"{lines.name}:{header}: malformed FASTQ record{record}: {error}"
+        ) from None
 
 
 class _TextHandle:
-    """The text-mode handle FastqGeneralIterator asks for, over counted lines."""
+    """The text-mode handle FastqGeneralIterator asks for, over counted lines; `last` is the
+    line it read last."""
 
     def __init__(self, lines: Iterator[str]):
-        self._lines = lines
+        self.last = ""
+        self._lines = self._remembered(lines)
+
+    def _remembered(self, lines: Iterator[str]) -> Iterator[str]:
+        for self.last in lines:
+            yield self.last
 
     def read(self, size: int = -1) -> str:
         if size:
