@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,12 +42,14 @@ from virnucpro_triton.client.outputs import (
     REPORT,
     SUMMARY,
     VERDICTS,
+    VIRUSES,
     ChunkVerdicts,
     atomic_files,
+    fasta_record,
     remove_stale,
     scores,
 )
-from virnucpro_triton.client.records import unique_ids
+from virnucpro_triton.client.records import InputRecord, unique_ids
 from virnucpro_triton.fasta import is_stream, read_fasta
 from virnucpro_triton.repository import pipeline_entries
 from virnucpro_triton.sequence import FRAME_NAMES, chunk_starts
@@ -58,6 +61,7 @@ RUN_FILES = (
     *frame_table.FILES.values(),
     VERDICTS,
     SUMMARY,
+    VIRUSES,
     run_info.RUN_INFO,
     REPORT,
     journals.NAME,
@@ -125,10 +129,20 @@ class _Results:
         self.verdicts = ChunkVerdicts()
         self.counts = dict(records=0, chunks=0, frames=0, chunks_virus=0, chunks_without_frame=0)
         self.sequence_verdicts = dict.fromkeys(VERDICT_NAMES, 0)
+        # Records sent but not answered yet, in input order (answers come in that order): their
+        # letters as read, for virus.fna. Bounded by the requests in flight.
+        self._sent: deque[InputRecord] = deque()
         out[SUMMARY].write(SUMMARY_HEADER)
+
+    def sent(self, records: Iterator[InputRecord]) -> Iterator[tuple[str, str]]:
+        """The (id, sequence) pairs of `records` for the classifier, each kept until answered."""
+        for record in records:
+            self._sent.append(record)
+            yield record.id, record.sequence
 
     def write(self, batch: ResultBatch) -> None:
         results = batch.results
+        records = [self._sent.popleft() for _ in results]
         names = [r.id for r in results]
         chunks = np.array([len(r.kept) for r in results])
         sequence = np.repeat(np.arange(len(results)), chunks)  # of each chunk
@@ -169,8 +183,18 @@ class _Results:
             f"{name}\t{length}\t{n}\t{without}\t{v}\t{b}\t{rest}\n"
             for name, length, n, without, v, b, rest in zip(*columns)
         )
-        for verdict in evidence.verdicts(self._thresholds):
+        verdicts = evidence.verdicts(self._thresholds)
+        for verdict in verdicts:
             self.sequence_verdicts[verdict] += 1
+        viral = [s for s, verdict in enumerate(verdicts) if verdict == "viral"]
+        self._out[VIRUSES].writelines(
+            fasta_record(
+                records[s].id,
+                records[s].sequence,
+                f"weighted_score={text} chunks={chunks[s]} length={len(records[s].sequence)}",
+            )
+            for s, text in zip(viral, scores(evidence.scores[viral]))
+        )
         self.counts["records"] += len(results)
         self.counts["chunks"] += len(batch.kept)
         self.counts["frames"] += len(chunk)
@@ -239,7 +263,7 @@ def predict(
     resumed = journal.recorded if journal else 0
 
     async def run_all(results: _Results, bar) -> None:
-        pairs = ((r.id, r.sequence) for r in unique_ids(read_fasta(fasta)))
+        pairs = results.sent(unique_ids(read_fasta(fasta)))
         batches = classifier.classify_batches(pairs, journal=journal, on_batch=bar.update)
         async for batch in batches:
             results.write(batch)
@@ -258,7 +282,7 @@ def predict(
         min_chunks=thresholds.min_chunks,
     )
     frames_file = frame_table.FILES[frame_format]
-    names = (frames_file, VERDICTS, SUMMARY, run_info.RUN_INFO)
+    names = (frames_file, VERDICTS, SUMMARY, VIRUSES, run_info.RUN_INFO)
     with tqdm(total=total, unit="chunk", disable=not progress, desc="classifying") as bar:
         try:
             with (
