@@ -327,6 +327,13 @@ def _servers(addresses: list[str], repository: Path):
     help="Sequences with fewer chunks having a stop-free frame are flagged low-confidence.",
 )
 @click.option(
+    "--min-length",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Records shorter than this (bp) are not sent: their summary verdict is too_short.",
+)
+@click.option(
     "--report", "with_report", is_flag=True, help="Also write report.html (see `report`)."
 )
 def predict(
@@ -347,6 +354,7 @@ def predict(
     viral_above: float,
     nonviral_below: float,
     min_chunks: int,
+    min_length: int,
     with_report: bool,
 ) -> None:
     """Classify FASTA or FASTQ (plain or gzip; `-`: stdin) into VirNucPro's files in OUT_DIR.
@@ -388,6 +396,7 @@ def predict(
                 thresholds=thresholds,
                 frame_format=frame_format,
                 start_seconds=start_seconds,
+                min_length=min_length,
             )
     except (FastaError, ClientError, ServerError, OSError) as error:
         refused = isinstance(error, (FastaError, ResumeRefused))

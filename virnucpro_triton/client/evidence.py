@@ -4,8 +4,9 @@ Each chunk with a kept frame gives δ = max P(virus) − max P(others) over its 
 sequence score Σ δ·√|δ| / Σ √|δ| is a mean of the δ weighted by √|δ|: confident chunks count
 more than indecisive ones, and one confident chunk does not outvote many opposing ones the way
 a max does. It lies in [−1, 1]; the verdict is `viral` above `viral_above`, `nonviral` below
-`nonviral_below`, `uncertain` in between (a score equal to a bound too) and `no_frames` when
-no chunk had a kept frame. A sequence with fewer than `min_chunks` such chunks is flagged
+`nonviral_below`, `uncertain` in between (a score equal to a bound too), `no_frames` when
+no chunk had a kept frame and `too_short` for a record shorter than `--min-length`, which was
+not sent. A sequence with fewer than `min_chunks` such chunks is flagged
 low-confidence.
 """
 
@@ -17,7 +18,7 @@ import numpy as np
 
 from virnucpro_triton.client.outputs import scores as printed
 
-VERDICT_NAMES = ("viral", "nonviral", "uncertain", "no_frames")
+VERDICT_NAMES = ("viral", "nonviral", "uncertain", "no_frames", "too_short")
 COLUMNS = ("weighted_score", "verdict", "low_confidence")  # appended to sequence_summary.tsv
 
 
@@ -58,11 +59,19 @@ class Evidence:
 
     chunks: np.ndarray  # [sequences] chunks with at least one kept frame
     scores: np.ndarray  # [sequences] float64; NaN where no chunk had one
+    too_short: np.ndarray  # [sequences] bool: shorter than --min-length, not classified
 
     @classmethod
-    def of(cls, maxima: np.ndarray, sequence: np.ndarray, sequences: int) -> Evidence:
+    def of(
+        cls,
+        maxima: np.ndarray,
+        sequence: np.ndarray,
+        sequences: int,
+        too_short: np.ndarray | None = None,
+    ) -> Evidence:
         """From max P(others), max P(virus) [n, 2] of every chunk with a kept frame and the
-        sequence (0 .. sequences - 1) each chunk is of, chunks in input order."""
+        sequence (0 .. sequences - 1) each chunk is of, chunks in input order; `too_short`
+        marks the sequences that were not sent (they have no chunk)."""
         delta = maxima[:, 1].astype(np.float64) - maxima[:, 0]
         weight = np.sqrt(np.abs(delta))
         weighted, weights = np.zeros(sequences), np.zeros(sequences)
@@ -74,10 +83,13 @@ class Evidence:
         # 0 when every δ is 0 (no evidence either way), NaN without any chunk
         scores = np.divide(weighted, weights, out=np.zeros(sequences), where=weights > 0)
         scores[chunks == 0] = np.nan
-        return cls(chunks, scores)
+        short = np.zeros(sequences, bool) if too_short is None else np.asarray(too_short, bool)
+        return cls(chunks, scores, short)
 
     def verdicts(self, thresholds: Thresholds) -> list[str]:
-        return thresholds.verdicts(self.scores)
+        verdicts = np.array(thresholds.verdicts(self.scores), dtype=object)
+        verdicts[self.too_short] = "too_short"
+        return verdicts.tolist()
 
     def columns(self, thresholds: Thresholds) -> list[str]:
         """The summary cells `weighted_score verdict low_confidence` of each sequence,

@@ -122,10 +122,13 @@ class _Results:
     """Writes the result files of a run, one `ResultBatch` at a time: work per batch is numpy
     over all its chunks and one string join per file, not Python per chunk or frame."""
 
-    def __init__(self, out: dict, table: FrameTable, thresholds: Thresholds) -> None:
+    def __init__(
+        self, out: dict, table: FrameTable, thresholds: Thresholds, min_length: int
+    ) -> None:
         self._out = out
         self._table = table
         self._thresholds = thresholds
+        self._min_length = min_length
         self.verdicts = ChunkVerdicts()
         self.counts = dict(records=0, chunks=0, frames=0, chunks_virus=0, chunks_without_frame=0)
         self.sequence_verdicts = dict.fromkeys(VERDICT_NAMES, 0)
@@ -135,14 +138,19 @@ class _Results:
         out[SUMMARY].write(SUMMARY_HEADER)
 
     def sent(self, records: Iterator[InputRecord]) -> Iterator[tuple[str, str]]:
-        """The (id, sequence) pairs of `records` for the classifier, each kept until answered."""
+        """The (id, sequence) pairs of `records` for the classifier, each kept until answered.
+
+        A record shorter than the minimum length goes as an empty sequence: no chunk, no
+        request, and its answer keeps its place in input order."""
         for record in records:
             self._sent.append(record)
-            yield record.id, record.sequence
+            short = len(record.sequence) < self._min_length
+            yield record.id, "" if short else record.sequence
 
     def write(self, batch: ResultBatch) -> None:
         results = batch.results
         records = [self._sent.popleft() for _ in results]
+        lengths = [len(r.sequence) for r in records]
         names = [r.id for r in results]
         chunks = np.array([len(r.kept) for r in results])
         sequence = np.repeat(np.arange(len(results)), chunks)  # of each chunk
@@ -166,13 +174,14 @@ class _Results:
             )
         )
 
-        evidence = Evidence.of(maxima, sequence, len(results))
+        too_short = np.array(lengths, int) < self._min_length
+        evidence = Evidence.of(maxima, sequence, len(results), too_short)
         virus = np.bincount(sequence[maxima[:, 1] >= maxima[:, 0]], minlength=len(results))
         best = np.full(len(results), np.nan, np.float32)  # max P(virus) of each sequence
         np.fmax.at(best, sequence, maxima[:, 1])
         columns = (
             names,
-            [r.length for r in results],
+            lengths,
             chunks.tolist(),
             (chunks - evidence.chunks).tolist(),
             virus.tolist(),
@@ -191,7 +200,7 @@ class _Results:
             fasta_record(
                 records[s].id,
                 records[s].sequence,
-                f"weighted_score={text} chunks={chunks[s]} length={len(records[s].sequence)}",
+                f"weighted_score={text} chunks={chunks[s]} length={lengths[s]}",
             )
             for s, text in zip(viral, scores(evidence.scores[viral]))
         )
@@ -202,8 +211,9 @@ class _Results:
         self.counts["chunks_virus"] += int(virus.sum())
 
 
-def _count_chunks(fasta: Path, chunk_size: int) -> int:
-    return sum(len(chunk_starts(len(r.sequence), chunk_size)) for r in read_fasta(fasta))
+def _count_chunks(fasta: Path, chunk_size: int, min_length: int) -> int:
+    lengths = (len(r.sequence) for r in read_fasta(fasta))
+    return sum(len(chunk_starts(n, chunk_size)) for n in lengths if n >= min_length)
 
 
 def predict(
@@ -222,11 +232,13 @@ def predict(
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
     frame_format: str = "tsv",
     start_seconds: float | None = None,
+    min_length: int = 0,
 ) -> RunSummary:
     """Classify `fasta` into VirNucPro's result files in `out_dir`.
 
     `frame_format` (tsv, parquet, jsonl) is that of the per-frame table; `thresholds` those of
-    the weighted verdicts in sequence_summary.tsv. Answers are journaled in `out_dir` as they
+    the weighted verdicts in sequence_summary.tsv. Records shorter than `min_length` are not
+    sent: their summary row says `too_short`. Answers are journaled in `out_dir` as they
     come; `resume` continues a stopped run of the same input from its journal. The journal goes
     when the result files are complete. `start_seconds` (that of an embedded server started for
     the run) goes into run.json beside the run's own seconds.
@@ -246,7 +258,9 @@ def predict(
             f"--resume needs the input as a file: {fasta} is a stream, which cannot be checked "
             "to be the same input as the stopped run's; run without --resume"
         )
-    total = None if stream else _count_chunks(fasta, chunk_size)
+    if min_length < 0:
+        raise ClientError(f"the minimum length must be >= 0, not {min_length}")
+    total = None if stream else _count_chunks(fasta, chunk_size, min_length)
     classifier = Classifier(
         urls,
         chunk_size,
@@ -258,7 +272,7 @@ def predict(
     )
     journal = None
     if not stream:
-        run = journals.fingerprint(fasta, chunk_size)
+        run = journals.fingerprint(fasta, chunk_size, min_length)
         journal = journals.Journal(out_dir / journals.NAME, run, resume=resume)
     resumed = journal.recorded if journal else 0
 
@@ -271,6 +285,7 @@ def predict(
     settings = dict(
         input=str(fasta),
         chunk_size=chunk_size,
+        min_length=min_length,
         urls=classifier.connection.urls,
         batch_chunks=batch_chunks,
         max_in_flight=classifier.max_in_flight,
@@ -289,7 +304,7 @@ def predict(
                 atomic_files(out_dir, names, binary=frame_table.BINARY) as out,
                 FrameTable(frame_format, out[frames_file]) as table,
             ):
-                results = _Results(out, table, thresholds)
+                results = _Results(out, table, thresholds, min_length)
                 asyncio.run(run_all(results, bar))
                 results.verdicts.write(out[VERDICTS])
                 counts, sequence_verdicts = results.counts, results.sequence_verdicts

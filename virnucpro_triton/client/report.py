@@ -30,7 +30,13 @@ from virnucpro_triton.sequence import chunk_starts
 TOP = 20
 P_BINS = 50  # histogram bins of P(virus) over [0, 1]
 SCORE_BINS = 40  # histogram bins of the weighted score over [-1, 1]
-COLORS = {"viral": "#c0392b", "nonviral": "#2471a3", "uncertain": "#b7950b", "no_frames": "#7f8c8d"}
+COLORS = {
+    "viral": "#c0392b",
+    "nonviral": "#2471a3",
+    "uncertain": "#b7950b",
+    "no_frames": "#7f8c8d",
+    "too_short": "#bdc3c7",
+}
 
 
 _NUMBERS = ("weighted_score", "max_p_virus")  # summary columns read as numbers ("NA": NaN)
@@ -258,7 +264,8 @@ def _page(
     rule = (
         "Per chunk δ = max P(virus) − max P(others) over its stop-free frames; sequence score "
         f"Σ δ·√|δ| / Σ √|δ|: <b>viral</b> above {above:g}, <b>nonviral</b> below {below:g}, "
-        "<b>uncertain</b> in between; <b>no_frames</b>: no chunk with a stop-free frame. "
+        "<b>uncertain</b> in between; <b>no_frames</b>: no chunk with a stop-free frame; "
+        "<b>too_short</b>: shorter than --min-length, not classified. "
         f"Low confidence: fewer than {settings['min_chunks']} chunks with a stop-free frame."
     )
     models = info.get("models", {})  # run.json of older versions has none
