@@ -324,7 +324,8 @@ def _servers(addresses: list[str], repository: Path):
     type=click.IntRange(min=0),
     default=5,
     show_default=True,
-    help="Sequences with fewer chunks having a stop-free frame are flagged low-confidence.",
+    help="Verdicts resting on fewer chunks with a stop-free frame than this, or than the "
+    "sequence has if it has fewer, are flagged low-confidence.",
 )
 @click.option(
     "--min-length",

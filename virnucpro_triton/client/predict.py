@@ -175,7 +175,7 @@ class _Results:
         )
 
         too_short = np.array(lengths, int) < self._min_length
-        evidence = Evidence.of(maxima, sequence, len(results), too_short)
+        evidence = Evidence.of(maxima, sequence, chunks, too_short)
         virus = np.bincount(sequence[maxima[:, 1] >= maxima[:, 0]], minlength=len(results))
         best = np.full(len(results), np.nan, np.float32)  # max P(virus) of each sequence
         np.fmax.at(best, sequence, maxima[:, 1])

@@ -266,7 +266,8 @@ def _page(
         f"Σ δ·√|δ| / Σ √|δ|: <b>viral</b> above {above:g}, <b>nonviral</b> below {below:g}, "
         "<b>uncertain</b> in between; <b>no_frames</b>: no chunk with a stop-free frame; "
         "<b>too_short</b>: shorter than --min-length, not classified. "
-        f"Low confidence: fewer than {settings['min_chunks']} chunks with a stop-free frame."
+        "Low confidence: fewer chunks with a stop-free frame than "
+        f"min({settings['min_chunks']}, the chunks the sequence has)."
     )
     models = info.get("models", {})  # run.json of older versions has none
     random = run_info.random_weights(models)
