@@ -415,7 +415,7 @@ def predict(
     type=click.IntRange(0, 1000),
     default=REPORT_TOP,
     show_default=True,
-    help="Sequences drawn chunk by chunk: those with the highest weighted score.",
+    help="Sequences drawn chunk by chunk: the best-scored of those with enough evidence.",
 )
 def report(out_dir: Path, top: int) -> None:
     """Write OUT_DIR/report.html about a `predict` run: verdicts, P(virus), tracks, throughput."""

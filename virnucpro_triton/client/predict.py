@@ -133,7 +133,7 @@ class _Results:
         self.counts = dict(records=0, chunks=0, frames=0, chunks_virus=0, chunks_without_frame=0)
         self.sequence_verdicts = dict.fromkeys(VERDICT_NAMES, 0)
         # Records sent but not answered yet, in input order (answers come in that order): their
-        # letters as read, for virus.fna. Bounded by the requests in flight.
+        # letters as read, for virus.fna. Only what the classifier has read ahead of its answers.
         self._sent: deque[InputRecord] = deque()
         out[SUMMARY].write(SUMMARY_HEADER)
 
