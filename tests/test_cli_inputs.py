@@ -22,11 +22,11 @@ import pytest
 from inputs import corrupt_gzip, write_fifo
 from reference import same_table
 
-from virnucpro_triton.client.outputs import PREDICTIONS, SUMMARY, VERDICTS
+from virnucpro_triton.client.outputs import PREDICTIONS, SUMMARY, VERDICTS, VIRUSES
 from virnucpro_triton.client.run_info import RUN_INFO
 
 CLI = str(Path(sys.executable).parent / "virnucpro-triton")
-OUTPUTS = [PREDICTIONS, VERDICTS, SUMMARY]
+OUTPUTS = [PREDICTIONS, VERDICTS, SUMMARY]  # compared between equivalent inputs
 STOPS = {"TAA", "TAG", "TGA"}
 CODONS = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in STOPS]
 _rng = random.Random(3)
@@ -134,7 +134,7 @@ def runs(server, tmp_path_factory) -> dict[str, Run]:
 
 def assert_succeeded(run: Run) -> None:
     assert run.returncode == 0, run.stderr
-    assert sorted(p.name for p in run.out.iterdir()) == sorted([*OUTPUTS, RUN_INFO])
+    assert sorted(p.name for p in run.out.iterdir()) == sorted([*OUTPUTS, VIRUSES, RUN_INFO])
     assert sorted(p.name for p in run.input.parent.iterdir()) == sorted(
         [run.input.name, "cwd", "out"]
     )
@@ -262,7 +262,7 @@ def streamed(server, runs, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.mark.parametrize("name", ["stdin_fastq", "stdin_gzip", "fifo", "fifo_gzip"])
 def test_stdin_and_fifos_are_read_as_streams_with_identical_results(streamed, runs, name):
-    assert sorted(p.name for p in streamed[name].iterdir()) == sorted([*OUTPUTS, RUN_INFO])
+    assert sorted(p.name for p in streamed[name].iterdir()) == sorted([*OUTPUTS, VIRUSES, RUN_INFO])
     for output in OUTPUTS:
         reference = runs["reference.fa"].output(output)
         assert same_table((streamed[name] / output).read_bytes(), reference), output
@@ -310,12 +310,15 @@ def test_a_reused_output_directory_keeps_only_the_last_runs_files(server, tmp_pa
         "notes.txt",
         VERDICTS,
         SUMMARY,
+        VIRUSES,
         RUN_INFO,
     }
     assert {p.name for p in out.iterdir()} == jsonl_run
     second = cli(*predict_args(server, str(tmp_path / "in.fa"), out))
     assert second.returncode == 0, second.stderr.decode()
-    assert sorted(p.name for p in out.iterdir()) == sorted([*OUTPUTS, RUN_INFO, "notes.txt"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [*OUTPUTS, VIRUSES, RUN_INFO, "notes.txt"]
+    )
     assert (out / "notes.txt").read_text() == "the user's own file\n"
 
 

@@ -20,13 +20,13 @@ from servers import served, wait_for
 from virnucpro_triton.client import journal as journals
 from virnucpro_triton.client.classify import Classifier
 from virnucpro_triton.client.connection import ClientError
-from virnucpro_triton.client.outputs import PREDICTIONS, SUMMARY, VERDICTS
+from virnucpro_triton.client.outputs import PREDICTIONS, SUMMARY, VERDICTS, VIRUSES
 from virnucpro_triton.client.predict import predict
 from virnucpro_triton.client.run_info import RUN_INFO
 from virnucpro_triton.fasta import read_fasta
 from virnucpro_triton.server import EmbeddedServer
 
-RESULTS = (PREDICTIONS, VERDICTS, SUMMARY)
+RESULTS = (PREDICTIONS, VERDICTS, SUMMARY, VIRUSES)
 # One request at a time per server: each batch is then computed alone and results are
 # byte-identical between runs (see test_faults.py).
 SETTINGS = dict(batch_chunks=4, progress=False)

@@ -139,6 +139,7 @@ def test_served_run_writes_the_same_numbers_in_every_format(server, mixed_fasta,
                 FILES[format],
                 "prediction_results_highestscore.csv",
                 "sequence_summary.tsv",
+                "virus.fna",
                 "run.json",
             ]
         )

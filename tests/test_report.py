@@ -1,8 +1,8 @@
 """Weighted verdicts in a real run, run.json, and the HTML report made from a run's outputs.
 
-Chromium is not part of the project's installs (nor CI's), so the page is checked as a browser
-would need it: HTML that parses with every tag closed, nothing loaded from elsewhere, and images
-that decode to pictures with something drawn on them.
+The page is checked as a browser would need it (HTML that parses with every tag closed, nothing
+loaded from elsewhere, images that decode to pictures with something drawn on them) here, and in
+a real headless Chromium in test_report_browser.py.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ import pytest
 from PIL import Image
 from reference import MIXED, read_rows
 
-from virnucpro_triton.client import frame_table
+from virnucpro_triton.client import frame_table, report
 from virnucpro_triton.client.evidence import DEFAULT_THRESHOLDS
-from virnucpro_triton.client.outputs import PREDICTIONS, SUMMARY
+from virnucpro_triton.client.outputs import PREDICTIONS, SUMMARY, VERDICTS, VIRUSES
 from virnucpro_triton.client.predict import predict
 from virnucpro_triton.client.report import REPORT, write_report
 
@@ -87,6 +87,8 @@ class Page(HTMLParser):
         self.open: list[str] = []
         self.tags: set[str] = set()
         self.urls: list[str] = []  # every attribute that loads something
+        self.links: list[str] = []  # where <a> elements lead
+        self.scripts: list[dict] = []  # attributes of each <script>
         self.tables: list[list[list[str]]] = []  # table -> row -> cell text (th and td)
         self._cell: list[str] | None = None
         self.feed(text)
@@ -95,7 +97,12 @@ class Page(HTMLParser):
 
     def handle_starttag(self, tag, attrs):
         self.tags.add(tag)
-        self.urls += [v for k, v in attrs if k in {"src", "href", "srcset", "data", "poster"}]
+        if tag == "a":
+            self.links += [v for k, v in attrs if k == "href"]
+        else:
+            self.urls += [v for k, v in attrs if k in {"src", "href", "srcset", "data", "poster"}]
+        if tag == "script":
+            self.scripts.append(dict(attrs))
         if tag not in self.VOID:
             self.open.append(tag)
         if tag == "table":
@@ -149,7 +156,7 @@ def test_summary_verdicts_follow_the_frames_of_the_run(run):
     for row in rows:
         deltas = [p_virus - p_others for p_others, p_virus in chunks[row["id"]].values()]
         assert int(row["chunks"]) - int(row["chunks_without_frame"]) == len(deltas), row
-        assert row["low_confidence"] == str(len(deltas) < 5)
+        assert row["low_confidence"] == str(len(deltas) < min(5, max(int(row["chunks"]), 1)))
         if not deltas:
             assert (row["weighted_score"], row["verdict"]) == ("NA", "no_frames"), row
             continue
@@ -192,11 +199,16 @@ def test_report_is_self_contained_html(run):
     text = (run / REPORT).read_text()
     assert text.startswith("<!DOCTYPE html>")
     page = Page(text)
-    assert {"html", "head", "body", "title", "table", "img"} <= page.tags
-    assert not page.tags & {"script", "link", "iframe", "object", "embed"}
+    assert {"html", "head", "body", "title", "table", "img", "script"} <= page.tags
+    assert not page.tags & {"link", "iframe", "object", "embed"}
+    assert page.scripts == [{}]  # one inline script, no src
     assert "url(" not in text.split("</style>")[0]  # no stylesheet loads anything
     assert page.urls and all(u.startswith("data:image/png;base64,") for u in page.urls)
-    assert len(page.urls) == 3 + TOP  # verdicts, two histograms, one track per top sequence
+    # verdicts, two histograms, score by length, one track per top sequence
+    assert len(page.urls) == 4 + TOP
+    # links to the run's files beside the page, and nowhere else
+    assert page.links == [PREDICTIONS, VERDICTS, SUMMARY, VIRUSES, "run.json"]
+    assert all((run / name).is_file() for name in page.links)
 
 
 def test_report_images_are_pictures_with_something_drawn(run):
@@ -215,7 +227,8 @@ def test_report_states_verdicts_throughput_and_top_sequences(run):
         assert verdicts[verdict] == f"{n:,}"
     assert f"{info['frames_per_second']:,.1f}" in page.cells()
     assert f"{info['chunks_per_second']:,.1f}" in page.cells()
-    rows = [r for r in summary_rows(run) if r["weighted_score"] != "NA"]
+    rows = [r for r in summary_rows(run) if r["low_confidence"] == "False"]
+    assert 0 < len(rows) < len(summary_rows(run))  # the top list leaves some out
     ranked = sorted(
         enumerate(rows),
         key=lambda ir: (float(ir[1]["weighted_score"]), float(ir[1]["max_p_virus"]), -ir[0]),
@@ -268,9 +281,8 @@ def test_predict_report_flag_and_thresholds(server, fasta, tmp_path):
             assert row["verdict"] == (
                 "viral" if score > 0.1 else "nonviral" if score < -0.2 else "uncertain"
             )
-        assert row["low_confidence"] == str(
-            int(row["chunks"]) - int(row["chunks_without_frame"]) < 2
-        )
+        scored = int(row["chunks"]) - int(row["chunks_without_frame"])
+        assert row["low_confidence"] == str(scored < min(2, max(int(row["chunks"]), 1)))
 
 
 def test_predict_refuses_crossed_thresholds(fasta, tmp_path):
@@ -319,4 +331,47 @@ def test_report_command_with_top(run, tmp_path):
     shutil.copytree(run, out)
     result = cli("report", str(out), "--top", "1")
     assert result.returncode == 0, result.stderr
-    assert len(Page((out / REPORT).read_text()).urls) == 3 + 1
+    assert len(Page((out / REPORT).read_text()).urls) == 4 + 1
+
+
+def ranked_ids(rows: list[dict[str, str]]) -> list[str]:
+    """Ids by weighted score, then max P(virus), then input order; no score last."""
+
+    def key(item):
+        index, row = item
+        score, max_p = (
+            float(row[c].replace("NA", "nan")) for c in ("weighted_score", "max_p_virus")
+        )
+        return (-2 if math.isnan(score) else score, -1 if math.isnan(max_p) else max_p, -index)
+
+    return [row["id"] for _, row in sorted(enumerate(rows), key=key, reverse=True)]
+
+
+def test_sequence_table_lists_every_sequence_ranked(run):
+    page = Page((run / REPORT).read_text())
+    rows = page.table("rank")
+    assert [r[1] for r in rows] == ranked_ids(summary_rows(run))
+    assert [r[0] for r in rows] == [str(i) for i in range(1, len(rows) + 1)]
+    assert "best ranked of" not in (run / REPORT).read_text()
+
+
+def test_sequence_table_past_its_cap_lists_the_top_rows_and_says_so(run, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    shutil.copytree(run, out)
+    monkeypatch.setattr(report, "TABLE_ROWS", 5)
+    write_report(out, top=TOP)
+    text = (out / REPORT).read_text()
+    assert [r[1] for r in Page(text).table("rank")] == ranked_ids(summary_rows(out))[:5]
+    assert "The 5 best ranked of 18 sequences (the table holds 5 at most" in text
+
+
+def test_total_time_counts_the_server_start(run, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(run, out)
+    info = json.loads((out / "run.json").read_text())
+    info["start_seconds"] = 41.5
+    (out / "run.json").write_text(json.dumps(info))
+    write_report(out, top=TOP)
+    cells = Page((out / REPORT).read_text()).cells()
+    total = cells[cells.index("total time incl. server start (s)") + 1]
+    assert total == f"{41.5 + info['wall_seconds']:,.2f}"

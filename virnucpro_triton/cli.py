@@ -324,7 +324,15 @@ def _servers(addresses: list[str], repository: Path):
     type=click.IntRange(min=0),
     default=5,
     show_default=True,
-    help="Sequences with fewer chunks having a stop-free frame are flagged low-confidence.",
+    help="Verdicts resting on fewer chunks with a stop-free frame than this, or than the "
+    "sequence has if it has fewer, are flagged low-confidence.",
+)
+@click.option(
+    "--min-length",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Records shorter than this (bp) are not sent: their summary verdict is too_short.",
 )
 @click.option(
     "--report", "with_report", is_flag=True, help="Also write report.html (see `report`)."
@@ -347,6 +355,7 @@ def predict(
     viral_above: float,
     nonviral_below: float,
     min_chunks: int,
+    min_length: int,
     with_report: bool,
 ) -> None:
     """Classify FASTA or FASTQ (plain or gzip; `-`: stdin) into VirNucPro's files in OUT_DIR.
@@ -388,6 +397,7 @@ def predict(
                 thresholds=thresholds,
                 frame_format=frame_format,
                 start_seconds=start_seconds,
+                min_length=min_length,
             )
     except (FastaError, ClientError, ServerError, OSError) as error:
         refused = isinstance(error, (FastaError, ResumeRefused))
@@ -405,7 +415,7 @@ def predict(
     type=click.IntRange(0, 1000),
     default=REPORT_TOP,
     show_default=True,
-    help="Sequences drawn chunk by chunk: those with the highest weighted score.",
+    help="Sequences drawn chunk by chunk: the best-scored of those with enough evidence.",
 )
 def report(out_dir: Path, top: int) -> None:
     """Write OUT_DIR/report.html about a `predict` run: verdicts, P(virus), tracks, throughput."""

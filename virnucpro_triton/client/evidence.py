@@ -4,9 +4,17 @@ Each chunk with a kept frame gives δ = max P(virus) − max P(others) over its 
 sequence score Σ δ·√|δ| / Σ √|δ| is a mean of the δ weighted by √|δ|: confident chunks count
 more than indecisive ones, and one confident chunk does not outvote many opposing ones the way
 a max does. It lies in [−1, 1]; the verdict is `viral` above `viral_above`, `nonviral` below
-`nonviral_below`, `uncertain` in between (a score equal to a bound too) and `no_frames` when
-no chunk had a kept frame. A sequence with fewer than `min_chunks` such chunks is flagged
-low-confidence.
+`nonviral_below`, `uncertain` in between (a score equal to a bound too), `no_frames` when
+no chunk had a kept frame and `too_short` for a record shorter than `--min-length`, which was
+not sent.
+
+A verdict is flagged low-confidence when it rests on fewer scored chunks (chunks with a kept
+frame) than min(`min_chunks`, the chunks the sequence has, at least 1). `min_chunks` asks for
+evidence from that many separate stretches; a sequence shorter than `min_chunks` chunks cannot
+give more than it has, so it is asked for all of its own: a 150 bp read whose one chunk is
+scored is not low-confidence (how confident that chunk is, the thresholds judge), while a
+1,000 bp contig with 3 of its 4 chunks scored is. A sequence without any scored chunk (no
+frames, too short, empty) is always flagged, unless `min_chunks` is 0, which flags nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import numpy as np
 
 from virnucpro_triton.client.outputs import scores as printed
 
-VERDICT_NAMES = ("viral", "nonviral", "uncertain", "no_frames")
+VERDICT_NAMES = ("viral", "nonviral", "uncertain", "no_frames", "too_short")
 COLUMNS = ("weighted_score", "verdict", "low_confidence")  # appended to sequence_summary.tsv
 
 
@@ -48,6 +56,12 @@ class Thresholds:
         verdict[np.isnan(value)] = "no_frames"
         return verdict.tolist()
 
+    def low_confidence(self, scored: np.ndarray, possible: np.ndarray) -> np.ndarray:
+        """Whether each verdict rests on too few chunks: `scored` chunks with a kept frame out
+        of the `possible` chunks of each sequence (see the module's docstring)."""
+        required = np.minimum(self.min_chunks, np.maximum(possible, 1))
+        return np.asarray(scored) < required
+
 
 DEFAULT_THRESHOLDS = Thresholds()
 
@@ -58,11 +72,23 @@ class Evidence:
 
     chunks: np.ndarray  # [sequences] chunks with at least one kept frame
     scores: np.ndarray  # [sequences] float64; NaN where no chunk had one
+    possible: np.ndarray  # [sequences] chunks each sequence has, with a kept frame or not
+    too_short: np.ndarray  # [sequences] bool: shorter than --min-length, not classified
 
     @classmethod
-    def of(cls, maxima: np.ndarray, sequence: np.ndarray, sequences: int) -> Evidence:
-        """From max P(others), max P(virus) [n, 2] of every chunk with a kept frame and the
-        sequence (0 .. sequences - 1) each chunk is of, chunks in input order."""
+    def of(
+        cls,
+        maxima: np.ndarray,
+        sequence: np.ndarray,
+        possible: np.ndarray,
+        too_short: np.ndarray | None = None,
+    ) -> Evidence:
+        """From max P(others), max P(virus) [n, 2] of every chunk with a kept frame, the
+        sequence (0 .. sequences - 1) each chunk is of, chunks in input order, and the number
+        of chunks of each sequence; `too_short` marks the sequences that were not sent (they
+        have no chunk)."""
+        possible = np.asarray(possible, int)
+        sequences = len(possible)
         delta = maxima[:, 1].astype(np.float64) - maxima[:, 0]
         weight = np.sqrt(np.abs(delta))
         weighted, weights = np.zeros(sequences), np.zeros(sequences)
@@ -74,15 +100,18 @@ class Evidence:
         # 0 when every δ is 0 (no evidence either way), NaN without any chunk
         scores = np.divide(weighted, weights, out=np.zeros(sequences), where=weights > 0)
         scores[chunks == 0] = np.nan
-        return cls(chunks, scores)
+        short = np.zeros(sequences, bool) if too_short is None else np.asarray(too_short, bool)
+        return cls(chunks, scores, possible, short)
 
     def verdicts(self, thresholds: Thresholds) -> list[str]:
-        return thresholds.verdicts(self.scores)
+        verdicts = np.array(thresholds.verdicts(self.scores), dtype=object)
+        verdicts[self.too_short] = "too_short"
+        return verdicts.tolist()
 
     def columns(self, thresholds: Thresholds) -> list[str]:
         """The summary cells `weighted_score verdict low_confidence` of each sequence,
         tab-separated."""
         texts = np.where(self.chunks == 0, "NA", printed(self.scores)).tolist()
-        low = (self.chunks < thresholds.min_chunks).tolist()
+        low = thresholds.low_confidence(self.chunks, self.possible).tolist()
         rows = zip(texts, self.verdicts(thresholds), low)
         return [f"{text}\t{verdict}\t{low}" for text, verdict, low in rows]

@@ -30,8 +30,9 @@ class ResumeRefused(ClientError):
     """`--resume` cannot go on from this directory; the message says what to do instead."""
 
 
-def fingerprint(fasta: Path, chunk_size: int) -> dict:
-    """What must not change between a run and its resumption: the input and the chunk size."""
+def fingerprint(fasta: Path, chunk_size: int, min_length: int = 0) -> dict:
+    """What must not change between a run and its resumption: the input, the chunk size and
+    the minimum length (which records send chunks: the journal counts chunks in input order)."""
     stat = fasta.stat()
     digest = hashlib.sha256()
     with open(fasta, "rb") as handle:  # head and tail: cheap on any size, catches edits
@@ -44,6 +45,7 @@ def fingerprint(fasta: Path, chunk_size: int) -> dict:
         "mtime_ns": stat.st_mtime_ns,
         "sha256_head_tail": digest.hexdigest(),
         "chunk_size": chunk_size,
+        "min_length": min_length,
     }
 
 

@@ -11,11 +11,14 @@ from pathlib import Path
 from typing import IO, TextIO
 
 import numpy as np
+from Bio.Seq import Seq
+from Bio.SeqRecord import SeqRecord
 
 PREDICTIONS = "prediction_results.txt"
 VERDICTS = "prediction_results_highestscore.csv"
 SUMMARY = "sequence_summary.tsv"
 REPORT = "report.html"
+VIRUSES = "virus.fna"  # the records called viral, as geNomad's _virus.fna
 LABELS = ("others", "virus")  # classifier classes 0 and 1
 
 
@@ -86,6 +89,12 @@ def prediction_rows(frame_ids: list[str], p_others: np.ndarray, p_virus: np.ndar
     """Lines of VirNucPro's `prediction_results.txt`."""
     columns = (frame_ids, predictions(p_others, p_virus), scores(p_others), scores(p_virus))
     return [f"{i}\t{label}\t{o}\t{v}\n" for i, label, o, v in zip(*columns)]
+
+
+def fasta_record(record_id: str, sequence: str, description: str) -> str:
+    """One FASTA record, `>{id} {description}`, the sequence wrapped at 60 columns (Biopython's
+    and NCBI's width), its letters as given."""
+    return format(SeqRecord(Seq(sequence), id=record_id, description=description), "fasta")
 
 
 class ChunkVerdicts:

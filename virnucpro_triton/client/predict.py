@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,12 +42,14 @@ from virnucpro_triton.client.outputs import (
     REPORT,
     SUMMARY,
     VERDICTS,
+    VIRUSES,
     ChunkVerdicts,
     atomic_files,
+    fasta_record,
     remove_stale,
     scores,
 )
-from virnucpro_triton.client.records import unique_ids
+from virnucpro_triton.client.records import InputRecord, unique_ids
 from virnucpro_triton.fasta import is_stream, read_fasta
 from virnucpro_triton.repository import pipeline_entries
 from virnucpro_triton.sequence import FRAME_NAMES, chunk_starts
@@ -58,6 +61,7 @@ RUN_FILES = (
     *frame_table.FILES.values(),
     VERDICTS,
     SUMMARY,
+    VIRUSES,
     run_info.RUN_INFO,
     REPORT,
     journals.NAME,
@@ -118,17 +122,35 @@ class _Results:
     """Writes the result files of a run, one `ResultBatch` at a time: work per batch is numpy
     over all its chunks and one string join per file, not Python per chunk or frame."""
 
-    def __init__(self, out: dict, table: FrameTable, thresholds: Thresholds) -> None:
+    def __init__(
+        self, out: dict, table: FrameTable, thresholds: Thresholds, min_length: int
+    ) -> None:
         self._out = out
         self._table = table
         self._thresholds = thresholds
+        self._min_length = min_length
         self.verdicts = ChunkVerdicts()
         self.counts = dict(records=0, chunks=0, frames=0, chunks_virus=0, chunks_without_frame=0)
         self.sequence_verdicts = dict.fromkeys(VERDICT_NAMES, 0)
+        # Records sent but not answered yet, in input order (answers come in that order): their
+        # letters as read, for virus.fna. Only what the classifier has read ahead of its answers.
+        self._sent: deque[InputRecord] = deque()
         out[SUMMARY].write(SUMMARY_HEADER)
+
+    def sent(self, records: Iterator[InputRecord]) -> Iterator[tuple[str, str]]:
+        """The (id, sequence) pairs of `records` for the classifier, each kept until answered.
+
+        A record shorter than the minimum length goes as an empty sequence: no chunk, no
+        request, and its answer keeps its place in input order."""
+        for record in records:
+            self._sent.append(record)
+            short = len(record.sequence) < self._min_length
+            yield record.id, "" if short else record.sequence
 
     def write(self, batch: ResultBatch) -> None:
         results = batch.results
+        records = [self._sent.popleft() for _ in results]
+        lengths = [len(r.sequence) for r in records]
         names = [r.id for r in results]
         chunks = np.array([len(r.kept) for r in results])
         sequence = np.repeat(np.arange(len(results)), chunks)  # of each chunk
@@ -152,13 +174,14 @@ class _Results:
             )
         )
 
-        evidence = Evidence.of(maxima, sequence, len(results))
+        too_short = np.array(lengths, int) < self._min_length
+        evidence = Evidence.of(maxima, sequence, chunks, too_short)
         virus = np.bincount(sequence[maxima[:, 1] >= maxima[:, 0]], minlength=len(results))
         best = np.full(len(results), np.nan, np.float32)  # max P(virus) of each sequence
         np.fmax.at(best, sequence, maxima[:, 1])
         columns = (
             names,
-            [r.length for r in results],
+            lengths,
             chunks.tolist(),
             (chunks - evidence.chunks).tolist(),
             virus.tolist(),
@@ -169,8 +192,18 @@ class _Results:
             f"{name}\t{length}\t{n}\t{without}\t{v}\t{b}\t{rest}\n"
             for name, length, n, without, v, b, rest in zip(*columns)
         )
-        for verdict in evidence.verdicts(self._thresholds):
+        verdicts = evidence.verdicts(self._thresholds)
+        for verdict in verdicts:
             self.sequence_verdicts[verdict] += 1
+        viral = [s for s, verdict in enumerate(verdicts) if verdict == "viral"]
+        self._out[VIRUSES].writelines(
+            fasta_record(
+                records[s].id,
+                records[s].sequence,
+                f"weighted_score={text} chunks={chunks[s]} length={lengths[s]}",
+            )
+            for s, text in zip(viral, scores(evidence.scores[viral]))
+        )
         self.counts["records"] += len(results)
         self.counts["chunks"] += len(batch.kept)
         self.counts["frames"] += len(chunk)
@@ -178,8 +211,9 @@ class _Results:
         self.counts["chunks_virus"] += int(virus.sum())
 
 
-def _count_chunks(fasta: Path, chunk_size: int) -> int:
-    return sum(len(chunk_starts(len(r.sequence), chunk_size)) for r in read_fasta(fasta))
+def _count_chunks(fasta: Path, chunk_size: int, min_length: int) -> int:
+    lengths = (len(r.sequence) for r in read_fasta(fasta))
+    return sum(len(chunk_starts(n, chunk_size)) for n in lengths if n >= min_length)
 
 
 def predict(
@@ -198,11 +232,13 @@ def predict(
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
     frame_format: str = "tsv",
     start_seconds: float | None = None,
+    min_length: int = 0,
 ) -> RunSummary:
     """Classify `fasta` into VirNucPro's result files in `out_dir`.
 
     `frame_format` (tsv, parquet, jsonl) is that of the per-frame table; `thresholds` those of
-    the weighted verdicts in sequence_summary.tsv. Answers are journaled in `out_dir` as they
+    the weighted verdicts in sequence_summary.tsv. Records shorter than `min_length` are not
+    sent: their summary row says `too_short`. Answers are journaled in `out_dir` as they
     come; `resume` continues a stopped run of the same input from its journal. The journal goes
     when the result files are complete. `start_seconds` (that of an embedded server started for
     the run) goes into run.json beside the run's own seconds.
@@ -222,7 +258,9 @@ def predict(
             f"--resume needs the input as a file: {fasta} is a stream, which cannot be checked "
             "to be the same input as the stopped run's; run without --resume"
         )
-    total = None if stream else _count_chunks(fasta, chunk_size)
+    if min_length < 0:
+        raise ClientError(f"the minimum length must be >= 0, not {min_length}")
+    total = None if stream else _count_chunks(fasta, chunk_size, min_length)
     classifier = Classifier(
         urls,
         chunk_size,
@@ -234,12 +272,12 @@ def predict(
     )
     journal = None
     if not stream:
-        run = journals.fingerprint(fasta, chunk_size)
+        run = journals.fingerprint(fasta, chunk_size, min_length)
         journal = journals.Journal(out_dir / journals.NAME, run, resume=resume)
     resumed = journal.recorded if journal else 0
 
     async def run_all(results: _Results, bar) -> None:
-        pairs = ((r.id, r.sequence) for r in unique_ids(read_fasta(fasta)))
+        pairs = results.sent(unique_ids(read_fasta(fasta)))
         batches = classifier.classify_batches(pairs, journal=journal, on_batch=bar.update)
         async for batch in batches:
             results.write(batch)
@@ -247,6 +285,7 @@ def predict(
     settings = dict(
         input=str(fasta),
         chunk_size=chunk_size,
+        min_length=min_length,
         urls=classifier.connection.urls,
         batch_chunks=batch_chunks,
         max_in_flight=classifier.max_in_flight,
@@ -258,14 +297,14 @@ def predict(
         min_chunks=thresholds.min_chunks,
     )
     frames_file = frame_table.FILES[frame_format]
-    names = (frames_file, VERDICTS, SUMMARY, run_info.RUN_INFO)
+    names = (frames_file, VERDICTS, SUMMARY, VIRUSES, run_info.RUN_INFO)
     with tqdm(total=total, unit="chunk", disable=not progress, desc="classifying") as bar:
         try:
             with (
                 atomic_files(out_dir, names, binary=frame_table.BINARY) as out,
                 FrameTable(frame_format, out[frames_file]) as table,
             ):
-                results = _Results(out, table, thresholds)
+                results = _Results(out, table, thresholds, min_length)
                 asyncio.run(run_all(results, bar))
                 results.verdicts.write(out[VERDICTS])
                 counts, sequence_verdicts = results.counts, results.sequence_verdicts
