@@ -27,14 +27,30 @@ CLI = str(Path(sys.executable).parent / "virnucpro-triton")
 RESUME_HINT = "the same command with --resume goes on from here"
 
 
+STARTED: list[subprocess.Popen[str]] = []
+
+
 def start(*args: str | Path, wrapper: tuple[str, ...] = ()) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+    process = subprocess.Popen(
         [*wrapper, CLI, *map(str, args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,  # a signal to this test's group never reaches it by accident
     )
+    STARTED.append(process)
+    return process
+
+
+@pytest.fixture(autouse=True)
+def no_process_outlives_its_test():
+    """A failed assertion must not leave a `serve` (and its server) running."""
+    yield
+    while STARTED:
+        process = STARTED.pop()
+        if process.poll() is None:
+            process.terminate()
+            process.communicate(timeout=120)
 
 
 def stop(process: subprocess.Popen[str], signum: int) -> tuple[int, str]:
