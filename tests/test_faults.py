@@ -14,7 +14,7 @@ from tritonclient.utils import InferenceServerException
 
 from virnucpro_triton.client.connection import ClientError, Connection, is_transient, text_column
 from virnucpro_triton.client.journal import NAME as JOURNAL
-from virnucpro_triton.client.outputs import PREDICTIONS, SUMMARY, VERDICTS
+from virnucpro_triton.client.outputs import PREDICTIONS, SUMMARY, VERDICTS, VIRUSES
 from virnucpro_triton.client.predict import predict
 from virnucpro_triton.client.run_info import RUN_INFO
 from virnucpro_triton.repository import PIPELINE
@@ -51,7 +51,7 @@ def test_run_survives_a_server_restart(server, fixed_server, contigs, tmp_path):
     assert served(fixed_server) > 0  # the run went on against the new process
     for name in [PREDICTIONS, VERDICTS, SUMMARY]:
         assert (out / name).read_bytes() == (reference / name).read_bytes(), name
-    assert {p.name for p in out.iterdir()} == {PREDICTIONS, VERDICTS, SUMMARY, RUN_INFO}
+    assert {p.name for p in out.iterdir()} == {PREDICTIONS, VERDICTS, SUMMARY, VIRUSES, RUN_INFO}
 
 
 def test_server_that_stays_away_ends_the_run_within_the_retry_window(

@@ -446,8 +446,11 @@ def check_entries(repository: Path, needed: Iterable[str]) -> None:
         if repository.is_dir()
         else []
     )
-    # Nothing asked for and nothing there (`serve` of an empty directory): a whole repository.
-    names = list(dict.fromkeys([*needed, *present])) or [PIPELINE, *_EXPORT_ARGUMENTS]
+    # Our entries there must be complete; entries of the user's own beside them are Triton's to
+    # judge. Nothing asked for and nothing there (`serve` of an empty directory): a whole one.
+    ours = [n for n in present if n == PIPELINE or n in _EXPORT_ARGUMENTS]
+    whole = [] if present else [PIPELINE, *_EXPORT_ARGUMENTS]
+    names = list(dict.fromkeys([*needed, *ours])) or whole
     problems = {n: p for n in names if (p := _entry_problem(repository / n))}
     if not problems:
         return
