@@ -44,8 +44,7 @@ def test_run_survives_a_server_restart(server, fixed_server, contigs, tmp_path):
         wait_for(lambda: served(fixed_server) >= before + 10)  # mid-run, not before it began
         fixed_server.stop()  # graceful: in-flight requests finish, new ones are refused
         assert not run.done(), run.exception()
-        time.sleep(2)
-        fixed_server.start()  # a new tritonserver process on the same ports
+        fixed_server.start()  # a new tritonserver process on the same ports, seconds later
         run.result(timeout=120)
         uninterrupted.result()
     assert served(fixed_server) > 0  # the run went on against the new process

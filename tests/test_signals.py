@@ -53,6 +53,14 @@ def no_process_outlives_its_test():
             process.communicate(timeout=120)
 
 
+def slow_predict(fasta: Path, out: Path, *server: str | Path) -> subprocess.Popen[str]:
+    """`predict` one chunk per request, one request at a time: long enough to be stopped."""
+    return start(
+        "predict", fasta, "--chunk-size", "300", "-o", out, *server,
+        "--batch-chunks", "1", "--max-in-flight", "1",
+    )  # fmt: skip
+
+
 def stop(process: subprocess.Popen[str], signum: int) -> tuple[int, str]:
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
@@ -162,20 +170,7 @@ def test_a_signal_to_predict_url_keeps_the_journal_and_names_resume(
 ):
     out = tmp_path / "out"
     before = served(server)
-    process = start(
-        "predict",
-        long_fasta,
-        "--chunk-size",
-        "300",
-        "-o",
-        out,
-        "--url",
-        server.grpc_url,
-        "--batch-chunks",
-        "1",
-        "--max-in-flight",
-        "1",
-    )
+    process = slow_predict(long_fasta, out, "--url", server.grpc_url)
     wait_for(lambda: served(server) > before + 5 or process.poll() is not None, timeout=300)
     code, stderr = stop(process, signum)
     assert code == 128 + signum, stderr
@@ -192,20 +187,7 @@ def test_sigterm_to_predict_stops_its_embedded_server(
     repository = tmp_path / "repository"  # a path of its own: the session server shares none
     shutil.copytree(tiny_repository, repository)
     out = tmp_path / "out"
-    process = start(
-        "predict",
-        long_fasta,
-        "--chunk-size",
-        "300",
-        "-o",
-        out,
-        "--repository",
-        repository,
-        "--batch-chunks",
-        "1",
-        "--max-in-flight",
-        "1",
-    )
+    process = slow_predict(long_fasta, out, "--repository", repository)
     # The journal appears once the server is up and the first answers came.
     wait_for(lambda: (out / JOURNAL).exists() or process.poll() is not None, timeout=600)
     wait_for(lambda: (out / JOURNAL).stat().st_size > 1000 or process.poll() is not None)
