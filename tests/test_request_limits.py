@@ -12,6 +12,7 @@ import socket
 import stat
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -250,8 +251,8 @@ def door_processes(marker: str) -> set[int]:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_the_door_command_stops_on_a_signal_and_leaves_nothing(tmp_path, sig):
-    """What the image runs (its ENTRYPOINT): a signal stops tritonserver gracefully; no process,
-    port or socket directory is left."""
+    """What the image runs (its ENTRYPOINT): a signal stops tritonserver gracefully, also after
+    HTTP requests (a container's health checks); no process, port or socket directory is left."""
     repository = make_repository(tmp_path / "repo", echo=ECHO_MODEL)
     ports = {"grpc": free_port(), "http": free_port(), "metrics": free_port()}
     tritonserver = str(_wheel_dirs()[0] / "bin" / "tritonserver")
@@ -264,6 +265,9 @@ def test_the_door_command_stops_on_a_signal_and_leaves_nothing(tmp_path, sig):
             f"--backend-directory={backend_directory()}",
             *(f"--{n}-address=127.0.0.1" for n in ports),
             *(f"--{n}-port={p}" for n, p in ports.items()),
+            # Shorter than aiohttp's 15 s keep-alive: a connection the door kept open to
+            # tritonserver's HTTP socket would hold the shutdown past it (exit status 1).
+            "--exit-timeout-secs=10",
         ],
         env=env,
         stderr=subprocess.PIPE,
@@ -273,6 +277,8 @@ def test_the_door_command_stops_on_a_signal_and_leaves_nothing(tmp_path, sig):
         url = f"127.0.0.1:{ports['grpc']}"
         wait_for(lambda: _ready(url), timeout=300)
         np.testing.assert_array_equal(infer(url, np.ones(3, np.float32)).as_numpy("y"), [2, 2, 2])
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports['http']}/v2/health/ready") as ready:
+            assert ready.status == 200  # as a container's health check asks
         assert list(tmp_path.glob("vt-door-*")), "the door's socket directory"
         door.send_signal(sig)
         _, err = door.communicate(timeout=120)

@@ -248,8 +248,10 @@ def _http_app(upstream: Path, limit: int) -> web.Application:
             return web.json_response({"error": "tritonserver is not answering yet"}, status=503)
 
     async def session(app: web.Application) -> AsyncIterator[None]:
-        # The answer's body passes as it is (compressed or not): Triton set its headers.
-        connector = UnixConnector(path=str(upstream), limit=0)
+        # The answer's body passes as it is (compressed or not): Triton set its headers. No
+        # connection is kept alive: on SIGTERM Triton waits (up to its exit timeout) for its open
+        # HTTP connections to close, and a Unix socket costs little to open per request.
+        connector = UnixConnector(path=str(upstream), limit=0, force_close=True)
         timeout = ClientTimeout(total=None)
         async with ClientSession(connector=connector, timeout=timeout, auto_decompress=False) as s:
             app["session"] = s
