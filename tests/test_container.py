@@ -26,8 +26,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_request_limits import OVERSIZE, http_exchange, oversize_http_head, pipeline_request
+from tritonclient.grpc import InferenceServerClient
+from tritonclient.utils import InferenceServerException
 
 from virnucpro_triton.client.outputs import PREDICTIONS, SUMMARY, VERDICTS
+from virnucpro_triton.repository import PIPELINE
 from virnucpro_triton.server import free_port
 
 pytestmark = pytest.mark.container
@@ -232,6 +236,16 @@ def test_the_installed_project_carries_its_spdx_licence(served):
 def test_predict_through_the_container_equals_the_embedded_server(served, reference, tmp_path):
     predict_through(served.address(8001), tmp_path)
     assert_same_results(tmp_path, reference)
+
+
+def test_the_container_refuses_oversize_requests_at_its_ports(served):
+    """The image's ENTRYPOINT is the front door: the same request limit as the embedded server."""
+    with InferenceServerClient(served.address(8001)) as client:
+        with pytest.raises(InferenceServerException, match="larger than max"):
+            client.infer(PIPELINE, pipeline_request(b"A" * OVERSIZE))
+        assert client.is_model_ready(PIPELINE)
+    head = oversize_http_head(f"/v2/models/{PIPELINE}/infer", b"Content-Length: %d\r\n" % OVERSIZE)
+    assert http_exchange(served.address(8000), head)[0] == 413
 
 
 def test_docker_stop_ends_triton_within_its_grace_period(served, timings):

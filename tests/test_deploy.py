@@ -235,6 +235,8 @@ def test_dockerfile_runtime_stage():
     (healthcheck,) = [i for i in runtime if i.startswith("HEALTHCHECK")]
     assert "/v2/health/ready" in healthcheck
     assert runtime[-1].startswith("CMD ")
+    # The front door wraps the command: oversize requests never reach tritonserver.
+    assert runtime[-2] == 'ENTRYPOINT ["virnucpro-triton-door"]'
     cmd = image_command()
     assert cmd[0] == "tritonserver"
     assert {"--model-repository=/models", "--model-control-mode=none"} <= set(cmd)
@@ -525,6 +527,8 @@ def test_compose_kubernetes_and_kserve_run_the_image_command():
     assert "command" not in triton and triton["args"] == command
     model = load_all(KSERVE)[0]["spec"]["predictor"]["model"]
     assert model["args"] == [a for a in command[1:] if not a.startswith(KSERVE_RUNTIME_FLAGS)]
+    # None of them replaces the image's ENTRYPOINT, the front door that limits requests.
+    assert "command" not in model
 
 
 def test_ports_and_probes_match_the_image():

@@ -171,7 +171,8 @@ def test_busy_port_is_detected_from_the_server_log(
             EmbeddedServer(repo, http_port=port).start(timeout=60)
     message = str(err.value)
     assert f"HTTP port {port} on 127.0.0.1 is already in use" in message
-    assert f"failed to start HTTP service: Unavailable - Socket '127.0.0.1:{port}'" in message
+    # The front door, which serves the ports, quoted from the log.
+    assert f"cannot listen on 127.0.0.1:{port} for HTTP: address already in use" in message
     assert processes_mentioning(str(repo)) == set()
 
 
@@ -217,7 +218,7 @@ def test_stop_ends_server_and_stubs(tmp_path: Path, timeout: float) -> None:
     srv = EmbeddedServer(repo).start()
     stub_pid = int(infer(srv.grpc_url, np.zeros(1, np.float32)).as_numpy("pid")[0])
     running = processes_mentioning(str(repo))
-    assert stub_pid in running and len(running) == 2  # tritonserver + the model's stub
+    assert stub_pid in running and len(running) == 3  # the door, tritonserver, the model's stub
     exit_codes: list[int] = []
     waiter = threading.Thread(target=lambda: exit_codes.append(srv.wait()))  # as `serve` does
     waiter.start()

@@ -111,7 +111,7 @@ def serve(
 def test_a_signal_to_serve_stops_the_server(echo_repository, signum):
     process, ports = serve(echo_repository)
     running = processes_mentioning(str(echo_repository))
-    assert process.pid in running and len(running) == 3  # the CLI, tritonserver, the stub
+    assert process.pid in running and len(running) == 4  # the CLI, the door, tritonserver, a stub
     code, stderr = stop(process, signum)
     assert code == 128 + signum, stderr
     assert f"virnucpro-triton: stopped by {signal.Signals(signum).name}" in stderr

@@ -65,6 +65,11 @@ QUEUE_TIMEOUT_US = 600_000_000
 # Chunks sent to the pipeline are at most their CHUNK_SIZE long.
 MAX_DNA_LENGTH = 20_000
 MAX_PROTEIN_LENGTH = 4_000
+# Largest request body or gRPC message the servers take (front_door.py refuses larger ones
+# before they reach tritonserver). The largest legal request is a full dnabert_s batch
+# (EMBEDDER_MAX_BATCH sequences of MAX_DNA_LENGTH bases: 20.5 MB); the client's own are far
+# smaller (PIPELINE_MAX_BATCH chunks of at most 500 bases: 2 MB).
+MAX_REQUEST_BYTES = 32 * 2**20
 
 # Flags every server of this project runs with: the embedded one (server.py), docker/Dockerfile,
 # docker/k8s and docker/kserve (tests/test_hardening.py checks they agree).

@@ -1,4 +1,5 @@
-"""Run the tritonserver binary shipped in the ``nvidia-pytriton`` wheel as a child process.
+"""Run the tritonserver binary shipped in the ``nvidia-pytriton`` wheel as a child process,
+behind the project's front door (front_door.py), which serves its ports and limits requests.
 
 The wheel carries Triton 2.51 (``bin/tritonserver``), the Python backend and one backend stub per
 Python version, but not laid out as Triton expects, so we assemble a backend directory and the
@@ -220,7 +221,12 @@ class EmbeddedServer:
 
     def _command(self) -> list[str]:
         dist, _ = _wheel_dirs()
+        # tritonserver behind the front door, which serves the ports and refuses oversize
+        # requests before they reach it (front_door.py).
         return [
+            sys.executable,
+            "-m",
+            "virnucpro_triton.front_door",
             str(dist / "bin" / "tritonserver"),
             f"--model-repository={self.repository}",
             f"--backend-directory={backend_directory()}",
@@ -329,7 +335,7 @@ class EmbeddedServer:
                 return False
         except InferenceServerException:  # endpoint not up yet
             return False
-        # Triton starts gRPC before HTTP and metrics and exits if either of those cannot bind.
+        # The door opens gRPC before HTTP and metrics and exits if either of those cannot bind.
         for port in (self.ports["HTTP"], self.ports["metrics"]):
             try:
                 socket.create_connection((self._host, port), timeout=1).close()

@@ -1,0 +1,299 @@
+"""The front door (front_door.py): oversize requests refused at the port over gRPC and HTTP, the
+server's memory back to its baseline after them, everything else passed through."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from servers import wait_for
+from test_server import ECHO_MODEL, infer, listening_addresses, make_repository
+from tritonclient.utils import InferenceServerException
+
+from virnucpro_triton import repository as repo
+from virnucpro_triton.front_door import DoorError, split_command, upstream_command
+from virnucpro_triton.server import (
+    EmbeddedServer,
+    _server_env,
+    _wheel_dirs,
+    backend_directory,
+    free_port,
+)
+
+MB = 2**20
+OVERSIZE = 200 * MB  # the red team's request
+SLACK = 50 * MB  # how far above its baseline the server's memory may stay
+
+
+def group_rss(server: EmbeddedServer) -> int:
+    """Resident bytes of every process of the server: door, tritonserver and stubs."""
+    total = 0
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == server._proc.pid:  # the process group (the door leads it)
+                status = (proc / "status").read_text()
+                total += int(status.split("VmRSS:")[1].split()[0]) * 1024
+        except (OSError, IndexError):  # exited while we looked, or a kernel thread
+            pass
+    return total
+
+
+def shm_bytes(server: EmbeddedServer) -> int:
+    """Bytes the server's shared-memory regions hold in /dev/shm (allocated, not nominal)."""
+    return sum(r.stat().st_blocks * 512 for r in server.shm_regions())
+
+
+def pipeline_request(dna: bytes) -> list[grpcclient.InferInput]:
+    names = {t.name: t for t in repo.PIPELINE_INPUTS}
+    element = grpcclient.InferInput(names["DNA"].name, [1, 1], "BYTES")
+    element.set_data_from_numpy(np.array([[dna]], dtype=np.object_))
+    chunk = grpcclient.InferInput(names["CHUNK_SIZE"].name, [1, 1], "INT32")
+    chunk.set_data_from_numpy(np.array([[300]], dtype=np.int32))
+    return [element, chunk]
+
+
+def http_exchange(url: str, head: bytes, body_chunks=()) -> tuple[int, int]:
+    """Send a hand-written request head, then body chunks until the server answers or closes.
+    Returns (status, body bytes sent); status 0 if the connection closed without an answer."""
+    host, port = url.rsplit(":", 1)
+    sent = 0
+    with socket.create_connection((host, int(port)), timeout=60) as connection:
+        connection.sendall(head)
+        connection.setblocking(False)
+        reply = b""
+        for chunk in body_chunks:
+            try:
+                reply += connection.recv(65536)
+            except BlockingIOError:
+                pass
+            if reply:
+                break
+            try:
+                connection.setblocking(True)
+                connection.sendall(chunk)
+                sent += len(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            finally:
+                connection.setblocking(False)
+        connection.setblocking(True)
+        try:
+            while b"\r\n\r\n" not in reply and (data := connection.recv(65536)):
+                reply += data
+        except ConnectionResetError:
+            pass
+    return (int(reply.split()[1]) if reply else 0), sent
+
+
+def oversize_http_head(path: str, extra: bytes) -> bytes:
+    return b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n%s\r\n" % (
+        path.encode(),
+        extra,
+    )
+
+
+def test_largest_legal_requests_fit_under_the_limit():
+    """The limit refuses nothing the entries take: a full batch of the longest sequences."""
+    assert repo.EMBEDDER_MAX_BATCH * (repo.MAX_DNA_LENGTH + 4) < repo.MAX_REQUEST_BYTES
+    assert repo.EMBEDDER_MAX_BATCH * (repo.MAX_PROTEIN_LENGTH + 4) < repo.MAX_REQUEST_BYTES
+    longest_chunk = max(repo.CHUNK_SIZES)
+    assert repo.PIPELINE_MAX_BATCH * (longest_chunk + 4 + 4) < repo.MAX_REQUEST_BYTES
+    assert OVERSIZE > repo.MAX_REQUEST_BYTES
+
+
+def test_oversize_requests_are_refused_and_memory_returns(server):
+    """A 200 MB element over gRPC (plain, gzip-compressed, on the stream), over HTTP (with a
+    Content-Length, chunked, gzip): refused before tritonserver sees it; the server's memory and
+    its shared-memory regions stay within 50 MB of where they were; it keeps answering."""
+    path = f"/v2/models/{repo.PIPELINE}/infer"
+    dna = b"A" * OVERSIZE
+    rss, shm = group_rss(server), shm_bytes(server)
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        for compression in (None, "gzip"):
+            with pytest.raises(InferenceServerException, match="larger than max") as refused:
+                client.infer(
+                    repo.PIPELINE, pipeline_request(dna), compression_algorithm=compression
+                )
+            assert "RESOURCE_EXHAUSTED" in str(refused.value.status())
+        answers = []
+        client.start_stream(callback=lambda result, error: answers.append(error))
+        client.async_stream_infer(repo.PIPELINE, pipeline_request(dna))
+        client.stop_stream()
+        assert answers and "larger than max" in str(answers[0]), answers
+    # HTTP: the head alone is refused, before any of the body is read.
+    status, _ = http_exchange(
+        server.http_url, oversize_http_head(path, b"Content-Length: %d\r\n" % OVERSIZE)
+    )
+    assert status == 413
+    chunks = (b"%x\r\n%s\r\n" % (MB, b"A" * MB) for _ in range(OVERSIZE // MB))
+    status, sent = http_exchange(
+        server.http_url, oversize_http_head(path, b"Transfer-Encoding: chunked\r\n"), chunks
+    )
+    assert status == 413 and sent < OVERSIZE
+    body = json.dumps({"inputs": [{"name": "DNA", "data": [dna.decode()]}]}).encode()
+    bomb = gzip.compress(body, compresslevel=1)
+    head = b"Content-Encoding: gzip\r\nContent-Length: %d\r\n" % len(bomb)
+    status, _ = http_exchange(server.http_url, oversize_http_head(path, head), [bomb])
+    assert status == 413
+    del dna, body
+    wait_for(lambda: group_rss(server) < rss + SLACK, timeout=60)
+    assert shm_bytes(server) < shm + SLACK
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        assert client.is_model_ready(repo.PIPELINE)
+
+
+@pytest.fixture(scope="module")
+def echo_server(tmp_path_factory):
+    with EmbeddedServer(make_repository(tmp_path_factory.mktemp("echo"), echo=ECHO_MODEL)) as srv:
+        yield srv
+
+
+def test_requests_under_the_limit_pass_both_ways(echo_server):
+    """A 30 MB tensor goes through the door, and its 30 MB answer comes back whole."""
+    x = np.arange(30 * MB // 4, dtype=np.float32)
+    np.testing.assert_array_equal(infer(echo_server.grpc_url, x).as_numpy("y"), x + 1)
+
+
+def listening_inodes() -> dict[str, int]:
+    """Socket inode -> port of every listening TCP socket (IPv4 and IPv6)."""
+    found = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A":  # LISTEN
+                found[fields[9]] = int(fields[1].rsplit(":", 1)[1], 16)
+    return found
+
+
+def tcp_ports_of(pid: int) -> set[int]:
+    listening = listening_inodes()
+    ports = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                ports.add(listening.get(target[8:-1]))
+    return ports - {None}
+
+
+def test_only_the_door_listens_and_tritonserver_is_private(echo_server):
+    """The server's ports are the door's, on loopback; tritonserver has no TCP port to bypass
+    the limit through, only Unix sockets in a directory of its user's alone."""
+    for port in echo_server.ports.values():
+        assert listening_addresses(port) == {"127.0.0.1"}, port
+    door = echo_server._proc.pid
+    assert tcp_ports_of(door) == set(echo_server.ports.values())
+    (triton,) = (int(p) for p in Path(f"/proc/{door}/task/{door}/children").read_text().split())
+    assert Path(f"/proc/{triton}/exe").resolve().name == "tritonserver"
+    assert tcp_ports_of(triton) == set()
+    command = Path(f"/proc/{triton}/cmdline").read_bytes().decode().split("\0")
+    (address,) = (a for a in command if a.startswith("--grpc-address="))
+    sockets = Path(address.removeprefix("--grpc-address=unix:")).parent
+    assert stat.S_IMODE(sockets.stat().st_mode) == 0o700
+
+
+def test_command_line_endpoints():
+    rest, endpoints = split_command(
+        ["tritonserver", "--model-repository=/m", "--grpc-port", "9000", "--http-port=8080"]
+    )
+    assert rest == ["tritonserver", "--model-repository=/m"]
+    assert {n: e.public for n, e in endpoints.items()} == {
+        "grpc": "0.0.0.0:9000",
+        "http": "0.0.0.0:8080",
+        "metrics": "0.0.0.0:8002",
+    }
+    _, endpoints = split_command(["t", "--http-address=::1", "--allow-metrics=false"])
+    assert endpoints["metrics"].address == "::1" and not endpoints["metrics"].enabled
+    assert endpoints["http"].public == "[::1]:8000"
+    command = upstream_command(["t", "--allow-metrics=false"], endpoints, Path("/s"))
+    assert command == [
+        "t",
+        "--allow-metrics=false",
+        "--grpc-address=unix:/s/grpc",
+        "--grpc-port=8001",
+        "--http-address=unix:/s/http",
+        "--http-port=8000",
+    ]
+    for bad, message in [
+        (["t", "--grpc-port=x"], "not a port number"),
+        (["t", "--http-port=70000"], "1-65535"),
+        (["t", "--grpc-use-ssl=true"], "TLS"),
+        (["t", "--grpc-port"], "needs a value"),
+        ([], "no tritonserver command"),
+    ]:
+        with pytest.raises(DoorError, match=message):
+            split_command(bad)
+
+
+def door_processes(marker: str) -> set[int]:
+    found = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if marker.encode() in cmdline.read_bytes():
+                found.add(int(cmdline.parent.name))
+        except OSError:
+            pass
+    return found
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_the_door_command_stops_on_a_signal_and_leaves_nothing(tmp_path, sig):
+    """What the image runs (its ENTRYPOINT): a signal stops tritonserver gracefully, also after
+    HTTP requests (a container's health checks); no process, port or socket directory is left."""
+    repository = make_repository(tmp_path / "repo", echo=ECHO_MODEL)
+    ports = {"grpc": free_port(), "http": free_port(), "metrics": free_port()}
+    tritonserver = str(_wheel_dirs()[0] / "bin" / "tritonserver")
+    env = {**_server_env(None), "TMPDIR": str(tmp_path)}
+    door = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "virnucpro-triton-door"),
+            tritonserver,
+            f"--model-repository={repository}",
+            f"--backend-directory={backend_directory()}",
+            *(f"--{n}-address=127.0.0.1" for n in ports),
+            *(f"--{n}-port={p}" for n, p in ports.items()),
+            # Shorter than aiohttp's 15 s keep-alive: a connection the door kept open to
+            # tritonserver's HTTP socket would hold the shutdown past it (exit status 1).
+            "--exit-timeout-secs=10",
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = f"127.0.0.1:{ports['grpc']}"
+        wait_for(lambda: _ready(url), timeout=300)
+        np.testing.assert_array_equal(infer(url, np.ones(3, np.float32)).as_numpy("y"), [2, 2, 2])
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports['http']}/v2/health/ready") as ready:
+            assert ready.status == 200  # as a container's health check asks
+        assert list(tmp_path.glob("vt-door-*")), "the door's socket directory"
+        door.send_signal(sig)
+        _, err = door.communicate(timeout=120)
+    finally:
+        door.kill()
+    assert door.returncode == 0, err
+    assert door_processes(str(repository)) == set()
+    assert not list(tmp_path.glob("vt-door-*"))
+    for port in ports.values():
+        assert listening_addresses(port) == set()
+
+
+def _ready(url: str) -> bool:
+    try:
+        with grpcclient.InferenceServerClient(url) as client:
+            return client.is_model_ready("echo")
+    except InferenceServerException:
+        return False

@@ -1,0 +1,356 @@
+"""The front door: tritonserver behind a proxy that refuses oversize requests at the port.
+
+Triton 2.51 takes requests of any size (HTTP bodies without limit, gRPC messages up to 2 GB),
+copies each into its own memory and then into the Python backend's shared-memory region, which
+grows to fit and never shrinks; a model refuses the oversize row only after that. So the door
+runs tritonserver with its HTTP, gRPC and metrics endpoints on Unix sockets in a directory only
+this user can enter, and serves the ports tritonserver was given itself:
+
+- gRPC through grpcio with a receive limit, checked on a message's length prefix before its body
+  is read (RESOURCE_EXHAUSTED);
+- HTTP and metrics through aiohttp: 413 on a Content-Length past the limit before the body is
+  read, or once a chunked or compressed body grows past it (counted after decompression, since
+  Triton would decompress it).
+
+Everything else passes through unchanged, bytes for bytes: the door parses no request. It wraps
+the tritonserver command line, so the image's CMD, Kubernetes' args and KServe's runtime args
+(all starting with `tritonserver`) stay Triton's own:
+
+    virnucpro-triton-door [--max-request-bytes N] tritonserver ARGS...
+
+Signals (SIGINT, SIGTERM, SIGHUP) go to tritonserver, which shuts down gracefully; the door exits
+with its exit status once it has, and removes its sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import dataclasses
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+
+import grpc
+from aiohttp import ClientConnectionError, ClientSession, ClientTimeout, UnixConnector, web
+
+from virnucpro_triton.repository import MAX_REQUEST_BYTES
+
+# tritonserver's endpoints and its defaults for them; metrics listens where HTTP does unless told.
+_DEFAULTS = {"grpc": ("0.0.0.0", 8001), "http": ("0.0.0.0", 8000), "metrics": (None, 8002)}
+_NAMES = {"grpc": "gRPC", "http": "HTTP", "metrics": "metrics"}
+# The door speaks plain gRPC to tritonserver's socket; TLS belongs to the door's clients' side.
+_UNSUPPORTED = ("--grpc-use-ssl", "--grpc-server-cert", "--grpc-server-key", "--grpc-root-cert")
+_FALSE = {"false", "0", "no", "off"}
+# Hop-by-hop headers (RFC 9110 7.6.1) and those the door's HTTP client sets itself.
+_NOT_FORWARDED = {
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+}
+
+
+class DoorError(RuntimeError):
+    """The door cannot start: the message says why in one line."""
+
+
+@dataclasses.dataclass
+class Endpoint:
+    name: str  # "grpc", "http" or "metrics"
+    address: str
+    port: int
+    enabled: bool = True
+
+    @property
+    def public(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{host}:{self.port}"
+
+    def socket(self, directory: Path) -> Path:
+        # Triton appends ":PORT" to a gRPC address, also to a Unix one; HTTP's server does not.
+        return directory / (f"grpc:{self.port}" if self.name == "grpc" else self.name)
+
+
+def _option(arg: str, following: str | None) -> tuple[str, str | None, int]:
+    """(option, value, arguments used) of a `--opt=value` or `--opt value` argument."""
+    if "=" in arg:
+        option, value = arg.split("=", 1)
+        return option, value, 1
+    return arg, following, 2
+
+
+def split_command(command: Sequence[str]) -> tuple[list[str], dict[str, Endpoint]]:
+    """The tritonserver command less its endpoint options, and the endpoints they asked for."""
+    if not command:
+        raise DoorError("no tritonserver command given: virnucpro-triton-door tritonserver ARGS...")
+    values: dict[str, str] = {}
+    rest = [command[0]]
+    i = 1
+    while i < len(command):
+        arg = command[i]
+        if arg.startswith(_UNSUPPORTED):
+            raise DoorError(f"{arg}: TLS on gRPC is not supported behind the front door")
+        name, _, _ = arg.lstrip("-").partition("=")
+        endpoint_option = name.split("-", 1)[0] in _DEFAULTS and name.endswith(
+            ("-address", "-port")
+        )
+        if arg.startswith("--") and (endpoint_option or name.startswith("allow-")):
+            option, value, used = _option(arg, command[i + 1] if i + 1 < len(command) else None)
+            if value is None:
+                raise DoorError(f"{option} needs a value")
+            if option.startswith("--allow-"):
+                rest.append(f"{option}={value}")  # tritonserver then leaves the endpoint out too
+            values[option.removeprefix("--")] = value
+            i += used
+            continue
+        rest.append(arg)
+        i += 1
+    endpoints = {}
+    for name, (address, port) in _DEFAULTS.items():
+        address = values.get(f"{name}-address", address or values.get("http-address", "0.0.0.0"))
+        try:
+            number = int(values.get(f"{name}-port", port))
+        except ValueError:
+            raise DoorError(f"--{name}-port={values[f'{name}-port']}: not a port number") from None
+        if not 0 < number < 65536:
+            raise DoorError(f"--{name}-port={number}: not a port number (1-65535)")
+        enabled = values.get(f"allow-{name}", "true").lower() not in _FALSE
+        endpoints[name] = Endpoint(name, address, number, enabled)
+    return rest, endpoints
+
+
+def upstream_command(rest: list[str], endpoints: dict[str, Endpoint], sockets: Path) -> list[str]:
+    """The tritonserver command with each enabled endpoint moved onto its Unix socket."""
+    command = list(rest)
+    for e in endpoints.values():
+        if e.enabled:
+            command += [f"--{e.name}-address=unix:{sockets / e.name}", f"--{e.name}-port={e.port}"]
+    return command
+
+
+# --- gRPC ----------------------------------------------------------------------------------------
+
+# The one streaming method of Triton's GRPCInferenceService; every other method is unary.
+_STREAM_METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
+
+
+def _metadata(context: grpc.aio.ServicerContext) -> tuple[tuple[str, str | bytes], ...]:
+    # gRPC sets user-agent and its own grpc-* keys on the upstream call itself.
+    return tuple(
+        (k, v)
+        for k, v in context.invocation_metadata() or ()
+        if k != "user-agent" and not k.startswith("grpc-")
+    )
+
+
+class _GrpcForwarder(grpc.GenericRpcHandler):
+    """Forwards every method's messages as bytes to tritonserver's gRPC socket."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._channel = channel
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        method = details.method
+        if method == _STREAM_METHOD:
+            return grpc.stream_stream_rpc_method_handler(self._stream(method))
+        return grpc.unary_unary_rpc_method_handler(self._unary(method))
+
+    def _unary(self, method: str) -> Callable:
+        call = self._channel.unary_unary(method)
+
+        async def forward(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            try:
+                return await call(
+                    request, metadata=_metadata(context), timeout=context.time_remaining()
+                )
+            except grpc.aio.AioRpcError as e:
+                await context.abort(e.code(), e.details() or "")
+
+        return forward
+
+    def _stream(self, method: str) -> Callable:
+        call = self._channel.stream_stream(method)
+
+        async def forward(
+            requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[bytes]:
+            try:
+                async for response in call(requests, metadata=_metadata(context)):
+                    yield response
+            except grpc.aio.AioRpcError as e:
+                await context.abort(e.code(), e.details() or "")
+
+        return forward
+
+
+async def _grpc_door(endpoint: Endpoint, upstream: Path, limit: int) -> grpc.aio.Server:
+    unlimited = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+    channel = grpc.aio.insecure_channel(f"unix:{upstream}", options=unlimited)
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", -1),
+            # grpcio's default SO_REUSEPORT would let the door share a port another server holds.
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    server.add_generic_rpc_handlers((_GrpcForwarder(channel),))
+    try:
+        server.add_insecure_port(endpoint.public)
+    except RuntimeError:
+        raise _in_use(endpoint) from None
+    await server.start()
+    return server
+
+
+# --- HTTP and metrics ------------------------------------------------------------------------
+
+
+def _too_large(size: int | None, limit: int) -> web.Response:
+    what = f"of {size} bytes " if size is not None else ""
+    return web.json_response(
+        {"error": f"request body {what}exceeds the server's limit of {limit} bytes per request"},
+        status=413,
+    )
+
+
+def _http_app(upstream: Path, limit: int) -> web.Application:
+    async def forward(request: web.Request) -> web.StreamResponse:
+        if request.content_length is not None and request.content_length > limit:
+            return _too_large(request.content_length, limit)
+        try:
+            body = await request.read()  # decompressed: Content-Encoding is not forwarded
+        except web.HTTPRequestEntityTooLarge:
+            return _too_large(None, limit)
+        headers = {
+            k: v
+            for k, v in request.headers.items()
+            if k.lower() not in _NOT_FORWARDED and k.lower() != "content-encoding"
+        }
+        session: ClientSession = request.app["session"]
+        try:
+            async with session.request(
+                request.method, f"http://triton{request.rel_url}", headers=headers, data=body
+            ) as answer:
+                content = await answer.read()
+                kept = {k: v for k, v in answer.headers.items() if k.lower() not in _NOT_FORWARDED}
+                return web.Response(status=answer.status, headers=kept, body=content)
+        except ClientConnectionError:
+            return web.json_response({"error": "tritonserver is not answering yet"}, status=503)
+
+    async def session(app: web.Application) -> AsyncIterator[None]:
+        # The answer's body passes as it is (compressed or not): Triton set its headers. No
+        # connection is kept alive: on SIGTERM Triton waits (up to its exit timeout) for its open
+        # HTTP connections to close, and a Unix socket costs little to open per request.
+        connector = UnixConnector(path=str(upstream), limit=0, force_close=True)
+        timeout = ClientTimeout(total=None)
+        async with ClientSession(connector=connector, timeout=timeout, auto_decompress=False) as s:
+            app["session"] = s
+            yield
+
+    app = web.Application(client_max_size=limit)
+    app.router.add_route("*", "/{path:.*}", forward)
+    app.cleanup_ctx.append(session)
+    return app
+
+
+async def _http_door(endpoint: Endpoint, upstream: Path, limit: int) -> web.AppRunner:
+    runner = web.AppRunner(_http_app(upstream, limit), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, endpoint.address, endpoint.port).start()
+    except OSError:
+        await runner.cleanup()
+        raise _in_use(endpoint) from None
+    return runner
+
+
+def _in_use(endpoint: Endpoint) -> DoorError:
+    # "already in use" and ":PORT" are what EmbeddedServer looks for in a failed start's log.
+    return DoorError(
+        f"cannot listen on {endpoint.public} for {_NAMES[endpoint.name]}: address already in use "
+        "or not available"
+    )
+
+
+# --- the door --------------------------------------------------------------------------------
+
+
+# Looked up before the fork: the child of a threaded process should not need the loader's locks.
+_prctl, _PR_SET_PDEATHSIG = ctypes.CDLL(None, use_errno=True).prctl, 1
+
+
+def _dies_with_parent() -> None:
+    """tritonserver gets SIGTERM (a clean shutdown) when the door dies, even of SIGKILL."""
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+async def serve(command: Sequence[str], limit: int = MAX_REQUEST_BYTES) -> int:
+    """Run tritonserver behind the door until it exits; return its exit status."""
+    rest, endpoints = split_command(command)
+    sockets = Path(tempfile.mkdtemp(prefix="vt-door-"))  # 0700: only this user connects
+    doors: list[grpc.aio.Server | web.AppRunner] = []
+    # Started before the doors open: forking after grpcio has started its threads is unsafe.
+    triton = await asyncio.create_subprocess_exec(
+        *upstream_command(rest, endpoints, sockets), preexec_fn=_dies_with_parent
+    )
+    try:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            # Triton shuts down gracefully on SIGINT and SIGTERM; a hang-up means the same here.
+            to_send = signal.SIGTERM if sig == signal.SIGHUP else sig
+            loop.add_signal_handler(sig, triton.send_signal, to_send)
+        for e in endpoints.values():
+            if e.enabled:
+                open_door = _grpc_door if e.name == "grpc" else _http_door
+                doors.append(await open_door(e, e.socket(sockets), limit))
+        print(
+            "front door: "
+            + ", ".join(f"{_NAMES[e.name]} {e.public}" for e in endpoints.values() if e.enabled)
+            + f"; requests up to {limit} bytes",
+            file=sys.stderr,
+            flush=True,
+        )
+        code = await triton.wait()
+    finally:
+        if triton.returncode is None:  # the door failed to open: nobody could reach the server
+            triton.terminate()
+            await triton.wait()
+        for door in doors:
+            if isinstance(door, web.AppRunner):
+                await door.cleanup()
+            else:
+                await door.stop(grace=None)
+        shutil.rmtree(sockets, ignore_errors=True)
+    return 128 - code if code < 0 else code
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    limit = MAX_REQUEST_BYTES
+    try:
+        if args and args[0].startswith("--max-request-bytes"):
+            option, value, used = _option(args[0], args[1] if len(args) > 1 else None)
+            if value is None or not value.isdigit() or int(value) < 1:
+                raise DoorError(f"{option} needs a positive number of bytes, not {value!r}")
+            limit, args = int(value), args[used:]
+        # Before exec, so that a missing binary is one line, not a traceback.
+        if args and shutil.which(args[0]) is None:
+            raise DoorError(f"{args[0]}: no such program")
+        sys.exit(asyncio.run(serve(args, limit)))
+    except DoorError as e:
+        print(f"error: virnucpro-triton-door: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
