@@ -22,8 +22,8 @@ import pytest
 from inputs import corrupt_gzip, write_fifo
 from reference import same_table
 
-from virnucpro_triton.client.outputs import PREDICTIONS, SUMMARY, VERDICTS, VIRUSES
-from virnucpro_triton.client.run_info import RUN_INFO
+from virnucpro_triton.results.outputs import PREDICTIONS, SUMMARY, VERDICTS, VIRUSES
+from virnucpro_triton.results.run_info import RUN_INFO
 
 CLI = str(Path(sys.executable).parent / "virnucpro-triton")
 OUTPUTS = [PREDICTIONS, VERDICTS, SUMMARY]  # compared between equivalent inputs

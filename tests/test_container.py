@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from virnucpro_triton.client.outputs import PREDICTIONS, SUMMARY, VERDICTS
+from virnucpro_triton.results.outputs import PREDICTIONS, SUMMARY, VERDICTS
 from virnucpro_triton.server import free_port
 
 pytestmark = pytest.mark.container
