@@ -278,7 +278,7 @@ def test_resume_of_a_stream_is_refused_with_what_to_do(server, tmp_path):
 
 
 def test_resume_refusal_does_not_also_say_resume_goes_on(server, tmp_path):
-    from virnucpro_triton.client import journal
+    from virnucpro_triton.results import journal
 
     (tmp_path / "other.fa").write_text(f">o\n{B}\n")
     (tmp_path / "in.fa").write_text(REFERENCE)
