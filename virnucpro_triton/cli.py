@@ -44,6 +44,12 @@ class _OwnedDefault(click.Option):
     def get_default(self, ctx: click.Context, call: bool = True):
         return self.default()
 
+    def get_help_extra(self, ctx: click.Context):
+        extra = super().get_help_extra(ctx)
+        if isinstance(value := self.default(), float):
+            extra["default"] = f"{value:g}"  # 120, not 120.0
+        return extra
+
 
 def _connection():
     from virnucpro_triton.client import connection
