@@ -10,8 +10,8 @@ import torch
 from tokenizers import Tokenizer
 
 from virnucpro_triton import repository as repo
-from virnucpro_triton.client.outputs import PREDICTIONS
 from virnucpro_triton.models.esm2 import encode_protein
+from virnucpro_triton.results.outputs import PREDICTIONS
 from virnucpro_triton.sequence import chunks, six_frames
 
 # Mixed lengths: longer than a chunk, shorter than a codon, lowercase, N, empty.

@@ -22,8 +22,8 @@ import pytest
 from inputs import corrupt_gzip, write_fifo
 from reference import same_table
 
-from virnucpro_triton.client.outputs import PREDICTIONS, SUMMARY, VERDICTS, VIRUSES
-from virnucpro_triton.client.run_info import RUN_INFO
+from virnucpro_triton.results.outputs import PREDICTIONS, SUMMARY, VERDICTS, VIRUSES
+from virnucpro_triton.results.run_info import RUN_INFO
 
 CLI = str(Path(sys.executable).parent / "virnucpro-triton")
 OUTPUTS = [PREDICTIONS, VERDICTS, SUMMARY]  # compared between equivalent inputs
@@ -278,7 +278,7 @@ def test_resume_of_a_stream_is_refused_with_what_to_do(server, tmp_path):
 
 
 def test_resume_refusal_does_not_also_say_resume_goes_on(server, tmp_path):
-    from virnucpro_triton.client import journal
+    from virnucpro_triton.results import journal
 
     (tmp_path / "other.fa").write_text(f">o\n{B}\n")
     (tmp_path / "in.fa").write_text(REFERENCE)

@@ -17,13 +17,13 @@ import pytest
 from reference import read_rows, same_table
 from servers import served, wait_for
 
-from virnucpro_triton.client import journal as journals
 from virnucpro_triton.client.classify import Classifier
 from virnucpro_triton.client.connection import ClientError
-from virnucpro_triton.client.outputs import PREDICTIONS, SUMMARY, VERDICTS, VIRUSES
 from virnucpro_triton.client.predict import predict
-from virnucpro_triton.client.run_info import RUN_INFO
 from virnucpro_triton.fasta import read_fasta
+from virnucpro_triton.results import journal as journals
+from virnucpro_triton.results.outputs import PREDICTIONS, SUMMARY, VERDICTS, VIRUSES
+from virnucpro_triton.results.run_info import RUN_INFO
 from virnucpro_triton.server import EmbeddedServer
 
 RESULTS = (PREDICTIONS, VERDICTS, SUMMARY, VIRUSES)

@@ -30,8 +30,8 @@ from test_request_limits import OVERSIZE, http_exchange, oversize_http_head, pip
 from tritonclient.grpc import InferenceServerClient
 from tritonclient.utils import InferenceServerException
 
-from virnucpro_triton.client.outputs import PREDICTIONS, SUMMARY, VERDICTS
 from virnucpro_triton.repository import PIPELINE
+from virnucpro_triton.results.outputs import PREDICTIONS, SUMMARY, VERDICTS
 from virnucpro_triton.server import free_port
 
 pytestmark = pytest.mark.container

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from virnucpro_triton.client.evidence import DEFAULT_THRESHOLDS, Evidence, Thresholds
+from virnucpro_triton.results.evidence import DEFAULT_THRESHOLDS, Evidence, Thresholds
 from virnucpro_triton.sequence import chunk_starts
 
 

@@ -24,7 +24,6 @@ from tritonclient.grpc import model_config_pb2
 from virnucpro_triton import repository as repo
 from virnucpro_triton.checkpoints import load_classifier, load_dnabert_s, load_esm2
 from virnucpro_triton.client.embed import embed, ids_path
-from virnucpro_triton.client.outputs import PREDICTIONS
 from virnucpro_triton.client.predict import predict
 from virnucpro_triton.export import VerificationError, export_repository
 from virnucpro_triton.export.repository_writer import export_esm2
@@ -32,6 +31,7 @@ from virnucpro_triton.export.tiny import TINY_ESM2
 from virnucpro_triton.models.dnabert_s import DnabertConfig
 from virnucpro_triton.models.esm2 import Esm2, encode_protein
 from virnucpro_triton.models.fp8 import apply_fp8
+from virnucpro_triton.results.outputs import PREDICTIONS
 from virnucpro_triton.server import EmbeddedServer
 
 CLI = [str(Path(sys.executable).parent / "virnucpro-triton")]

@@ -12,8 +12,8 @@ import pytest
 from inputs import corrupt_gzip, write_fifo
 
 from virnucpro_triton.alphabet import DNA, EXPECTED, PROTEIN, first_invalid, nucleotides_only
-from virnucpro_triton.client.records import unique_ids
 from virnucpro_triton.fasta import FastaError, check_input, is_stream, read_fasta
+from virnucpro_triton.records import unique_ids
 
 
 def records(path):

@@ -13,11 +13,11 @@ from servers import served, wait_for
 from tritonclient.utils import InferenceServerException
 
 from virnucpro_triton.client.connection import ClientError, Connection, is_transient, text_column
-from virnucpro_triton.client.journal import NAME as JOURNAL
-from virnucpro_triton.client.outputs import PREDICTIONS, SUMMARY, VERDICTS, VIRUSES
 from virnucpro_triton.client.predict import predict
-from virnucpro_triton.client.run_info import RUN_INFO
 from virnucpro_triton.repository import PIPELINE
+from virnucpro_triton.results.journal import NAME as JOURNAL
+from virnucpro_triton.results.outputs import PREDICTIONS, SUMMARY, VERDICTS, VIRUSES
+from virnucpro_triton.results.run_info import RUN_INFO
 from virnucpro_triton.server import EmbeddedServer
 
 # One request in flight: the server then batches exactly one request at a time, so the

@@ -9,10 +9,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from virnucpro_triton.client import frame_table
-from virnucpro_triton.client.frame_table import FILES, FrameRow, Frames, FrameTable, read_frames
-from virnucpro_triton.client.outputs import atomic_files, prediction_rows
 from virnucpro_triton.client.predict import predict
+from virnucpro_triton.results import frame_table
+from virnucpro_triton.results.frame_table import FILES, FrameRow, Frames, FrameTable, read_frames
+from virnucpro_triton.results.outputs import atomic_files, prediction_rows
 
 ROWS = [
     FrameRow("s1", "s1_chunk_1", "F1", 0.002076708, 0.9979233),

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from virnucpro_triton.client.preprocess import CHUNKED, NUCLEOTIDE, PROTEIN, preprocess
 from virnucpro_triton.fasta import FastaError, read_fasta
+from virnucpro_triton.results.preprocess import CHUNKED, NUCLEOTIDE, PROTEIN, preprocess
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -15,12 +15,12 @@ import pytest
 from reference import same_table
 from servers import served
 
-from virnucpro_triton.client import journal as journals
-from virnucpro_triton.client import run_info
 from virnucpro_triton.client.classify import Classifier
 from virnucpro_triton.client.connection import ClientError
-from virnucpro_triton.client.outputs import PREDICTIONS, SUMMARY, VERDICTS, VIRUSES
 from virnucpro_triton.client.predict import predict
+from virnucpro_triton.results import journal as journals
+from virnucpro_triton.results import run_info
+from virnucpro_triton.results.outputs import PREDICTIONS, SUMMARY, VERDICTS, VIRUSES
 from virnucpro_triton.sequence import chunk_starts
 
 CLI = str(Path(sys.executable).parent / "virnucpro-triton")

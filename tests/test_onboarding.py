@@ -17,8 +17,8 @@ import tritonclient.grpc as grpcclient
 
 from virnucpro_triton import repository as repo
 from virnucpro_triton.cli import main
-from virnucpro_triton.client.report import write_report
-from virnucpro_triton.client.run_info import RUN_INFO
+from virnucpro_triton.results.report import write_report
+from virnucpro_triton.results.run_info import RUN_INFO
 from virnucpro_triton.server import EmbeddedServer, backend_directory
 
 CLI = str(Path(sys.executable).parent / "virnucpro-triton")

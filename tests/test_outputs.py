@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import PEER
 
-from virnucpro_triton.client.outputs import (
+from virnucpro_triton.results.outputs import (
     ChunkVerdicts,
     atomic_files,
     prediction_rows,

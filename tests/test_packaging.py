@@ -14,7 +14,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from virnucpro_triton import repository as repo
-from virnucpro_triton.client.outputs import PREDICTIONS, SUMMARY, VERDICTS
+from virnucpro_triton.results.outputs import PREDICTIONS, SUMMARY, VERDICTS
 from virnucpro_triton.server import free_port
 
 pytestmark = pytest.mark.slow

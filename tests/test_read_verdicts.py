@@ -6,8 +6,8 @@ from __future__ import annotations
 import csv
 import random
 
-from virnucpro_triton.client.outputs import SUMMARY
 from virnucpro_triton.client.predict import predict
+from virnucpro_triton.results.outputs import SUMMARY
 
 STOPS = {"TAA", "TAG", "TGA"}
 CODONS = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in STOPS]

@@ -26,10 +26,10 @@ from virnucpro_triton.client import addresses
 from virnucpro_triton.client.addresses import Address, AddressError
 from virnucpro_triton.client.classify import Classifier
 from virnucpro_triton.client.connection import ClientError, Connection
-from virnucpro_triton.client.outputs import PREDICTIONS, SUMMARY, VERDICTS
 from virnucpro_triton.client.predict import predict
 from virnucpro_triton.fasta import read_fasta
 from virnucpro_triton.repository import PIPELINE
+from virnucpro_triton.results.outputs import PREDICTIONS, SUMMARY, VERDICTS
 from virnucpro_triton.server import EmbeddedServer, free_port
 
 CLI = Path(sys.executable).with_name("virnucpro-triton")

@@ -27,11 +27,11 @@ import pytest
 from PIL import Image
 from reference import MIXED, read_rows
 
-from virnucpro_triton.client import frame_table, report
-from virnucpro_triton.client.evidence import DEFAULT_THRESHOLDS
-from virnucpro_triton.client.outputs import PREDICTIONS, SUMMARY, VERDICTS, VIRUSES
 from virnucpro_triton.client.predict import predict
-from virnucpro_triton.client.report import REPORT, write_report
+from virnucpro_triton.results import frame_table, report
+from virnucpro_triton.results.evidence import DEFAULT_THRESHOLDS
+from virnucpro_triton.results.outputs import PREDICTIONS, SUMMARY, VERDICTS, VIRUSES
+from virnucpro_triton.results.report import REPORT, write_report
 
 CLI = str(Path(sys.executable).parent / "virnucpro-triton")
 TOP = 3

@@ -9,7 +9,7 @@ from conftest import PEER
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from virnucpro_triton.client.preprocess import CHUNKED, NUCLEOTIDE, PROTEIN, preprocess
+from virnucpro_triton.results.preprocess import CHUNKED, NUCLEOTIDE, PROTEIN, preprocess
 from virnucpro_triton.sequence import (
     CODON_TABLE,
     chunk_starts,

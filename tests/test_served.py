@@ -17,8 +17,8 @@ from reference import MIXED, in_process, read_rows
 from tritonclient.utils import InferenceServerException
 
 from virnucpro_triton import repository as repo
-from virnucpro_triton.client.outputs import PREDICTIONS, SUMMARY, VERDICTS
 from virnucpro_triton.client.predict import predict
+from virnucpro_triton.results.outputs import PREDICTIONS, SUMMARY, VERDICTS
 from virnucpro_triton.sequence import six_frames
 
 CLI = [str(Path(sys.executable).parent / "virnucpro-triton")]

@@ -22,8 +22,8 @@ from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from virnucpro_triton import repository as repo
-from virnucpro_triton.client.outputs import PREDICTIONS, SUMMARY, VERDICTS
 from virnucpro_triton.client.predict import predict
+from virnucpro_triton.results.outputs import PREDICTIONS, SUMMARY, VERDICTS
 from virnucpro_triton.server import EmbeddedServer
 
 MODELS = [repo.PIPELINE, repo.DNABERT_S, repo.ESM2, "classifier_300", "classifier_500"]

@@ -19,8 +19,8 @@ import tritonclient.grpc as grpcclient
 from servers import served, wait_for
 from test_server import ECHO_MODEL, make_repository, processes_mentioning
 
-from virnucpro_triton.client.journal import NAME as JOURNAL
-from virnucpro_triton.client.outputs import PREDICTIONS
+from virnucpro_triton.results.journal import NAME as JOURNAL
+from virnucpro_triton.results.outputs import PREDICTIONS
 from virnucpro_triton.server import free_port
 
 CLI = str(Path(sys.executable).parent / "virnucpro-triton")

@@ -12,10 +12,10 @@ import pytest
 from Bio.SeqIO.FastaIO import SimpleFastaParser
 from inputs import write_fifo
 
-from virnucpro_triton.client.evidence import Thresholds
-from virnucpro_triton.client.outputs import SUMMARY, VIRUSES
 from virnucpro_triton.client.predict import predict
 from virnucpro_triton.fasta import FastaError
+from virnucpro_triton.results.evidence import Thresholds
+from virnucpro_triton.results.outputs import SUMMARY, VIRUSES
 
 CLI = str(Path(sys.executable).parent / "virnucpro-triton")
 STOPS = {"TAA", "TAG", "TGA"}

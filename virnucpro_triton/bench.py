@@ -26,7 +26,6 @@ import torch
 import tritonclient.grpc as grpcclient
 
 from virnucpro_triton import repository as repo
-from virnucpro_triton.client import frame_table
 from virnucpro_triton.client.predict import predict
 from virnucpro_triton.embedders import DnaEmbedder, ProteinEmbedder
 from virnucpro_triton.export.tiny import TINY_DNABERT, TINY_ESM2
@@ -34,6 +33,7 @@ from virnucpro_triton.models.classifier import MLPClassifier
 from virnucpro_triton.models.dnabert_s import DnabertConfig, DnabertS, build_dna_bpe_tokenizer
 from virnucpro_triton.models.esm2 import ESM2_SIZES, PAD_IDX, Esm2, Esm2Config, pad_batch
 from virnucpro_triton.models.fp8 import FEED_FORWARD, fp8_feed_forward, fp8_unavailable
+from virnucpro_triton.results import frame_table
 from virnucpro_triton.sequence import chunks, six_frames
 from virnucpro_triton.server import EmbeddedServer
 

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer
 from torch import nn
 
+from virnucpro_triton.errors import VirnucproError
 from virnucpro_triton.models.classifier import MLPClassifier
 from virnucpro_triton.models.dnabert_s import DnabertConfig, DnabertS
 from virnucpro_triton.models.esm2 import (
@@ -34,7 +35,7 @@ StateDict = dict[str, torch.Tensor]
 M = TypeVar("M", bound=nn.Module)
 
 
-class CheckpointError(Exception):
+class CheckpointError(VirnucproError):
     """A checkpoint file is missing, unreadable, unsafe or does not fit the model."""
 
 

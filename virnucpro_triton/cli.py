@@ -12,23 +12,61 @@ from pathlib import Path
 
 import click
 
+from virnucpro_triton.errors import VirnucproError
 from virnucpro_triton.repository import (
     CHUNK_SIZES,
+    DNABERT_S,
+    ESM2,
     FP8_FEED_FORWARD,
     FP8_NONE,
-    RepositoryError,
     check_entries,
     pipeline_entries,
 )
 
 DEFAULT_REPOSITORY = Path("model_repository")
-REPORT_TOP = 20  # report.TOP, not imported here to keep the CLI quick to start
 _chunk_size = click.option(
     "--chunk-size",
     type=click.Choice([str(s) for s in CHUNK_SIZES]),
     required=True,
-    help="Chunk length in bp; must match the classifier (300_model.pth or 500_model.pth).",
+    help="Chunk length in bp; must match the classifier "
+    f"({' or '.join(f'{s}_model.pth' for s in CHUNK_SIZES)}).",
 )
+
+
+class _OwnedDefault(click.Option):
+    """An option whose `default` is a function returning the value its owner defines, called
+    when a command's options are parsed or shown: the owners import numpy, tritonclient or
+    matplotlib, which the CLI must not wait for before it knows the command."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, show_default=True, **kwargs)
+
+    def get_default(self, ctx: click.Context, call: bool = True):
+        return self.default()
+
+    def get_help_extra(self, ctx: click.Context):
+        extra = super().get_help_extra(ctx)
+        if isinstance(value := self.default(), float):
+            extra["default"] = f"{value:g}"  # 120, not 120.0
+        return extra
+
+
+def _connection():
+    from virnucpro_triton.client import connection
+
+    return connection
+
+
+def _classify():
+    from virnucpro_triton.client import classify
+
+    return classify
+
+
+def _thresholds():
+    from virnucpro_triton.results.evidence import DEFAULT_THRESHOLDS
+
+    return DEFAULT_THRESHOLDS
 
 
 def _log_to_stderr() -> None:
@@ -48,8 +86,9 @@ _RESUMABLE = "virnucpro_triton.resumable"
 
 class _Commands(click.Group):
     def invoke(self, ctx: click.Context):
-        """Every command: Ctrl-C, SIGTERM and SIGHUP stop it cleanly (interrupt.py), say so in
-        one line and exit with 128 + the signal's number (130, 143, 129)."""
+        """Every command: a problem the user can fix (VirnucproError, OSError) is one line on
+        stderr and exit status 1; Ctrl-C, SIGTERM and SIGHUP stop it cleanly (interrupt.py), say
+        so in one line and exit with 128 + the signal's number (130, 143, 129)."""
         from virnucpro_triton.interrupt import Interrupted, stop_signals_interrupt
 
         try:
@@ -63,6 +102,12 @@ class _Commands(click.Group):
             )
             click.echo(f"virnucpro-triton: stopped by {stop}{hint}", err=True)
             sys.exit(stop.exit_status)
+        except BrokenPipeError:
+            raise  # a closed stdout (`| head`): click ends quietly, as the reader wanted
+        except (VirnucproError, OSError) as error:
+            journal = ctx.meta.get(_RESUMABLE)
+            resumable = journal and journal.exists() and getattr(error, "resumable", True)
+            _fail(f"{error}{'; --resume goes on from here' if resumable else ''}")
 
 
 # FASTA or FASTQ, plain or gzip (by content); `-` reads standard input, and pipes are read once.
@@ -84,13 +129,9 @@ def main() -> None:
 @click.option("--out-dir", type=click.Path(path_type=Path), required=True)
 def preprocess(fasta: Path, chunk_size: str, out_dir: Path) -> None:
     """Write VirNucPro's chunked.fa, identified_nucleotide.fa and identified_protein.faa."""
-    from virnucpro_triton.client.preprocess import preprocess as run
-    from virnucpro_triton.fasta import FastaError
+    from virnucpro_triton.results.preprocess import preprocess as run
 
-    try:
-        counts = run(fasta, int(chunk_size), out_dir)
-    except (FastaError, OSError) as error:
-        _fail(str(error))
+    counts = run(fasta, int(chunk_size), out_dir)
     click.echo(
         f"{counts['records']} records -> {counts['chunks']} chunks -> "
         f"{counts['frames']} stop-free frames, written to {out_dir}/"
@@ -118,9 +159,9 @@ def serve(
     repository: Path, address: str, grpc_port: int, http_port: int, metrics_port: int
 ) -> None:
     """Run the embedded Triton server in the foreground until Ctrl-C."""
-    from virnucpro_triton.server import EmbeddedServer, ServerError
+    from virnucpro_triton.server import EmbeddedServer
 
-    _require(repository, ())
+    check_entries(repository, ())
     server = EmbeddedServer(
         repository,
         grpc_port=grpc_port,
@@ -128,10 +169,7 @@ def serve(
         metrics_port=metrics_port,
         address=address,
     )
-    try:
-        _start(server)
-    except ServerError as error:
-        _fail(str(error))
+    _start(server)
     click.echo(
         f"serving {repository} — gRPC {server.grpc_url}, HTTP {server.http_url}, "
         f"log {server.log_path}; Ctrl-C stops"
@@ -171,8 +209,8 @@ def _server_options(command):
         click.option(
             "--retry-seconds",
             type=click.FloatRange(min=0),
-            default=120,  # connection.RETRY_SECONDS, not imported to keep the CLI quick to start
-            show_default=True,
+            cls=_OwnedDefault,
+            default=lambda: _connection().RETRY_SECONDS,
             help="How long a request is sent again while no server can answer it (unreachable, "
             "restarting, overloaded), and how long servers still starting are waited for; "
             "0: fail at once.",
@@ -180,16 +218,16 @@ def _server_options(command):
         click.option(
             "--resolve-seconds",
             type=click.FloatRange(min=0),
-            default=30,  # connection.RESOLVE_SECONDS
-            show_default=True,
+            cls=_OwnedDefault,
+            default=lambda: _connection().RESOLVE_SECONDS,
             help="How often server names are resolved again, so that replicas that appear get "
             "work and those that vanish leave the rotation; 0: only at the start.",
         ),
         click.option(
             "--max-message-mb",
             type=click.IntRange(1, 2047),
-            default=64,
-            show_default=True,
+            cls=_OwnedDefault,
+            default=lambda: _connection().MAX_MESSAGE_MB,
             help="gRPC message size limit, both ways.",
         ),
     ]
@@ -214,7 +252,7 @@ def _addresses(urls: tuple[str, ...], urls_file: Path | None) -> list[str]:
         try:
             parse(address)
         except AddressError as error:
-            _fail(f"{where}: {error}")
+            raise AddressError(f"{where}: {error}") from None
     return [address for _, address in addresses]
 
 
@@ -247,14 +285,6 @@ def _start(server) -> float:
     return seconds
 
 
-def _require(repository: Path, needed: tuple[str, ...]) -> None:
-    """Refuse a repository without the `needed` entries in one line, before anything slow."""
-    try:
-        check_entries(repository, needed)
-    except RepositoryError as error:
-        _fail(str(error))
-
-
 @contextmanager
 def _servers(addresses: list[str], repository: Path):
     """(The given servers, None), or an embedded one on `repository` for the length of the run
@@ -280,8 +310,8 @@ def _servers(addresses: list[str], repository: Path):
 @click.option(
     "--batch-chunks",
     type=click.IntRange(1, 256),
-    default=64,
-    show_default=True,
+    cls=_OwnedDefault,
+    default=lambda: _classify().BATCH_CHUNKS,
     help="Chunks per request.",
 )
 @click.option(
@@ -308,22 +338,22 @@ def _servers(addresses: list[str], repository: Path):
 @click.option(
     "--viral-above",
     type=click.FloatRange(-1, 1),
-    default=0.3,
-    show_default=True,
+    cls=_OwnedDefault,
+    default=lambda: _thresholds().viral_above,
     help="Weighted score above which a sequence is called viral.",
 )
 @click.option(
     "--nonviral-below",
     type=click.FloatRange(-1, 1),
-    default=-0.3,
-    show_default=True,
+    cls=_OwnedDefault,
+    default=lambda: _thresholds().nonviral_below,
     help="Weighted score below which a sequence is called nonviral.",
 )
 @click.option(
     "--min-chunks",
     type=click.IntRange(min=0),
-    default=5,
-    show_default=True,
+    cls=_OwnedDefault,
+    default=lambda: _thresholds().min_chunks,
     help="Verdicts resting on fewer chunks with a stop-free frame than this, or than the "
     "sequence has if it has fewer, are flagged low-confidence.",
 )
@@ -364,48 +394,38 @@ def predict(
     --format's table, report.html) are removed when the run completes; other files are kept."""
     addresses = _addresses(urls, urls_file)
     if not addresses:
-        _require(repository, pipeline_entries(int(chunk_size)))
-    from virnucpro_triton.client.connection import ClientError
-    from virnucpro_triton.client.evidence import Thresholds
-    from virnucpro_triton.client.journal import NAME as JOURNAL
-    from virnucpro_triton.client.journal import ResumeRefused
+        check_entries(repository, pipeline_entries(int(chunk_size)))  # before anything slow
     from virnucpro_triton.client.predict import predict as run
-    from virnucpro_triton.fasta import FastaError, check_input
-    from virnucpro_triton.server import ServerError
+    from virnucpro_triton.fasta import check_input
+    from virnucpro_triton.results.evidence import Thresholds
+    from virnucpro_triton.results.journal import NAME as JOURNAL
 
     _log_to_stderr()
+    thresholds = Thresholds(viral_above, nonviral_below, min_chunks)
+    # From here, an error or a stop says whether --resume can go on from the run's journal.
     click.get_current_context().meta[_RESUMABLE] = out_dir / JOURNAL
-    try:
-        thresholds = Thresholds(viral_above, nonviral_below, min_chunks)
-    except ValueError as error:
-        _fail(str(error))
-    try:
-        check_input(fasta)  # refuse a missing or non-FASTA file before starting a server
-        with _servers(addresses, repository) as (servers, start_seconds):
-            summary = run(
-                fasta,
-                int(chunk_size),
-                out_dir,
-                servers,
-                batch_chunks=batch_chunks,
-                max_in_flight=max_in_flight,
-                progress=progress,
-                retry_seconds=retry_seconds,
-                resolve_seconds=resolve_seconds,
-                max_message_mb=max_message_mb,
-                resume=resume,
-                thresholds=thresholds,
-                frame_format=frame_format,
-                start_seconds=start_seconds,
-                min_length=min_length,
-            )
-    except (FastaError, ClientError, ServerError, OSError) as error:
-        refused = isinstance(error, (FastaError, ResumeRefused))
-        resumable = (out_dir / JOURNAL).exists() and not refused
-        _fail(f"{error}{'; --resume goes on from here' if resumable else ''}")
+    check_input(fasta)  # refuse a missing or non-FASTA file before starting a server
+    with _servers(addresses, repository) as (servers, start_seconds):
+        summary = run(
+            fasta,
+            int(chunk_size),
+            out_dir,
+            servers,
+            batch_chunks=batch_chunks,
+            max_in_flight=max_in_flight,
+            progress=progress,
+            retry_seconds=retry_seconds,
+            resolve_seconds=resolve_seconds,
+            max_message_mb=max_message_mb,
+            resume=resume,
+            thresholds=thresholds,
+            frame_format=frame_format,
+            start_seconds=start_seconds,
+            min_length=min_length,
+        )
     click.echo(f"{summary.report()}\nresults: {out_dir}/")
     if with_report:
-        _write_report(out_dir, REPORT_TOP)
+        _write_report(out_dir, _report().TOP)
 
 
 @main.command()
@@ -413,8 +433,8 @@ def predict(
 @click.option(
     "--top",
     type=click.IntRange(0, 1000),
-    default=REPORT_TOP,
-    show_default=True,
+    cls=_OwnedDefault,
+    default=lambda: _report().TOP,
     help="Sequences drawn chunk by chunk: the best-scored of those with enough evidence.",
 )
 def report(out_dir: Path, top: int) -> None:
@@ -422,21 +442,21 @@ def report(out_dir: Path, top: int) -> None:
     _write_report(out_dir, top)
 
 
-def _write_report(out_dir: Path, top: int) -> None:
-    from virnucpro_triton.client.report import ReportError, write_report
+def _report():
+    from virnucpro_triton.results import report
 
-    try:
-        path = write_report(out_dir, top)
-    except (ReportError, OSError) as error:
-        _fail(str(error))
-    click.echo(f"report: {path}")
+    return report
+
+
+def _write_report(out_dir: Path, top: int) -> None:
+    click.echo(f"report: {_report().write_report(out_dir, top)}")
 
 
 @main.command()
 @_input
 @click.option(
     "--model",
-    type=click.Choice(["dnabert_s", "esm2"]),
+    type=click.Choice([DNABERT_S, ESM2]),
     required=True,
     help="dnabert_s embeds DNA records (768-d), esm2 protein records (2560-d for the 3B model).",
 )
@@ -464,30 +484,33 @@ def embed(
     """Pooled DNABERT-S or ESM-2 embedding of every record, through the server."""
     addresses = _addresses(urls, urls_file)
     if not addresses:
-        _require(repository, (model,))
-    from virnucpro_triton.client.connection import ClientError
+        check_entries(repository, (model,))
     from virnucpro_triton.client.embed import ALPHABET, ids_path
     from virnucpro_triton.client.embed import embed as run
-    from virnucpro_triton.fasta import FastaError, check_input
-    from virnucpro_triton.server import ServerError
+    from virnucpro_triton.fasta import check_input
 
     _log_to_stderr()
-    try:
-        check_input(fasta, ALPHABET[model])
-        with _servers(addresses, repository) as (servers, _):
-            count, dim = run(
-                fasta,
-                model,
-                out,
-                servers,
-                retry_seconds=retry_seconds,
-                resolve_seconds=resolve_seconds,
-                max_message_mb=max_message_mb,
-                progress=progress,
-            )
-    except (FastaError, ClientError, ServerError, OSError) as error:
-        _fail(str(error))
+    check_input(fasta, ALPHABET[model])
+    with _servers(addresses, repository) as (servers, _):
+        count, dim = run(
+            fasta,
+            model,
+            out,
+            servers,
+            retry_seconds=retry_seconds,
+            resolve_seconds=resolve_seconds,
+            max_message_mb=max_message_mb,
+            progress=progress,
+        )
     click.echo(f"{count} x {dim} embeddings -> {out} (ids: {ids_path(out)})")
+
+
+def _classifier_options(command):
+    """--classifier-300, --classifier-500: one per chunk size of the contract."""
+    for size in reversed(CHUNK_SIZES):
+        path = click.Path(exists=True, dir_okay=False, path_type=Path)
+        command = click.option(f"--classifier-{size}", type=path)(command)
+    return command
 
 
 @main.command()
@@ -508,8 +531,7 @@ def embed(
     type=click.Path(exists=True, path_type=Path),
     help="fair-esm .pt checkpoint (esm2_t36_3B_UR50D.pt) or Hugging Face ESM directory.",
 )
-@click.option("--classifier-300", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--classifier-500", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_classifier_options
 @click.option(
     "--dtype",
     type=click.Choice(["fp32", "bf16", "fp16"]),
@@ -539,41 +561,38 @@ def export(
     out: Path,
     dnabert_s: Path | None,
     esm2: Path | None,
-    classifier_300: Path | None,
-    classifier_500: Path | None,
     dtype: str,
     fp8: str,
     format_: str,
     tiny: bool,
+    **classifier_paths: Path | None,
 ) -> None:
     """Write verified model-repository entries from local checkpoints."""
     try:
-        from virnucpro_triton.checkpoints import CheckpointError
-        from virnucpro_triton.export import VerificationError, export_repository
+        from virnucpro_triton.export import export_repository
     except ModuleNotFoundError as error:  # a client-only install
         _fail(f"export needs {error.name}: pip install 'virnucpro-triton[export]'")
 
-    classifiers = {s: p for s, p in ((300, classifier_300), (500, classifier_500)) if p}
+    paths = {size: classifier_paths[f"classifier_{size}"] for size in CHUNK_SIZES}
+    classifiers = {size: path for size, path in paths.items() if path}
     if not tiny and not (dnabert_s or esm2 or classifiers):
-        _fail("nothing to export: give --dnabert-s, --esm2, --classifier-300/500 or --tiny")
+        sizes = "/".join(str(size) for size in CHUNK_SIZES)
+        _fail(f"nothing to export: give --dnabert-s, --esm2, --classifier-{sizes} or --tiny")
     if format_ == "onnx" and dtype != "fp32":
         _fail("--format onnx writes fp32 graphs only: leave --dtype at fp32")
     if fp8 != FP8_NONE and (format_ != "torch" or dtype != "bf16"):
         _fail(f"--fp8 {fp8} needs --dtype bf16 and --format torch")
-    try:
-        export_repository(
-            out,
-            dnabert_s=dnabert_s,
-            esm2=esm2,
-            classifiers=classifiers,
-            dtype=dtype,
-            fp8=fp8,
-            format=format_,
-            tiny=tiny,
-            report=click.echo,
-        )
-    except (CheckpointError, VerificationError, OSError) as error:
-        _fail(str(error))
+    export_repository(
+        out,
+        dnabert_s=dnabert_s,
+        esm2=esm2,
+        classifiers=classifiers,
+        dtype=dtype,
+        fp8=fp8,
+        format=format_,
+        tiny=tiny,
+        report=click.echo,
+    )
 
 
 @main.command()
@@ -589,15 +608,13 @@ def export(
 @click.argument("fasta", nargs=-1, type=click.Path(path_type=Path))
 def demo(repository: Path, out_dir: Path, fasta: tuple[Path, ...]) -> None:
     """Tiny random models, one embedded server, every FASTA given (default examples/*.fasta)."""
-    from virnucpro_triton.client.connection import ClientError
     from virnucpro_triton.client.predict import predict as run
 
     try:
         from virnucpro_triton.export import export_repository
     except ModuleNotFoundError as error:  # a client-only install
         _fail(f"demo needs {error.name}: pip install 'virnucpro-triton[server,export]'")
-    from virnucpro_triton.fasta import FastaError
-    from virnucpro_triton.server import EmbeddedServer, ServerError
+    from virnucpro_triton.server import EmbeddedServer
 
     warning = (
         "DEMO: the models have RANDOM weights, so the verdicts are meaningless. "
@@ -605,21 +622,18 @@ def demo(repository: Path, out_dir: Path, fasta: tuple[Path, ...]) -> None:
     )
     click.secho(warning, fg="yellow", err=True)
     inputs = fasta or tuple(sorted(Path("examples").glob("*.fasta")))
+    export_repository(repository, tiny=True, report=click.echo)
+    server = EmbeddedServer(repository)
+    _start(server)
     try:
-        export_repository(repository, tiny=True, report=click.echo)
-        server = EmbeddedServer(repository)
-        _start(server)
-        try:
-            click.echo(f"embedded Triton server ready at {server.grpc_url}")
-            for path in inputs:
-                for size in CHUNK_SIZES:
-                    target = out_dir / path.stem / f"chunk{size}"
-                    s = run(path, size, target, server.grpc_url, progress=False)
-                    click.echo(f"{path} @ {size} bp: {s.describe()} -> {target}/")
-        finally:
-            server.stop()
-    except (FastaError, ClientError, ServerError, OSError) as error:
-        _fail(str(error))
+        click.echo(f"embedded Triton server ready at {server.grpc_url}")
+        for path in inputs:
+            for size in CHUNK_SIZES:
+                target = out_dir / path.stem / f"chunk{size}"
+                s = run(path, size, target, server.grpc_url, progress=False)
+                click.echo(f"{path} @ {size} bp: {s.describe()} -> {target}/")
+    finally:
+        server.stop()
     click.secho(warning, fg="yellow", err=True)
 
 

@@ -29,6 +29,7 @@ from Bio.SeqIO.FastaIO import SimpleFastaParser
 from Bio.SeqIO.QualityIO import FastqGeneralIterator
 
 from virnucpro_triton.alphabet import DNA, EXPECTED, first_invalid, line_check
+from virnucpro_triton.errors import VirnucproError
 
 STDIN = "-"  # the input argument that reads standard input
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -38,8 +39,10 @@ _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 _CONTROL_IN_LINE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # ends in \r\n
 
 
-class FastaError(ValueError):
+class FastaError(VirnucproError, ValueError):
     """Input that cannot be read as nucleotide FASTA; the message is for the user as it is."""
+
+    resumable = False
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from pathlib import Path
 import grpc
 from aiohttp import ClientConnectionError, ClientSession, ClientTimeout, UnixConnector, web
 
+from virnucpro_triton.errors import VirnucproError
 from virnucpro_triton.repository import MAX_REQUEST_BYTES
 
 # tritonserver's endpoints and its defaults for them; metrics listens where HTTP does unless told.
@@ -59,7 +60,7 @@ _NOT_FORWARDED = {
 }
 
 
-class DoorError(RuntimeError):
+class DoorError(VirnucproError, RuntimeError):
     """The door cannot start: the message says why in one line."""
 
 

@@ -17,6 +17,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from virnucpro_triton.errors import VirnucproError
+
 if TYPE_CHECKING:
     # torch is imported where weights are handled, protobuf where configs are written: the
     # client and the pipeline's stubs (which import this module) never pay for them.
@@ -410,7 +412,7 @@ def pipeline_entries(chunk_size: int) -> tuple[str, ...]:
     return PIPELINE, DNABERT_S, ESM2, classifier_name(chunk_size)
 
 
-class RepositoryError(ValueError):
+class RepositoryError(VirnucproError, ValueError):
     """A repository that cannot serve a run; the message says how to get one that can."""
 
 

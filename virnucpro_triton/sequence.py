@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from virnucpro_triton.alphabet import as_dna
 
 FRAME_NAMES = ("F1", "F2", "F3", "R1", "R2", "R3")
+_CHUNK = "_chunk_"  # chunk ids are `{record id}_chunk_{j}`, j from 1
 
 _BASES = "TCAG"
 _AMINO = "FFLLSSSSYY**CC*WLLLLPPPPHHQQRRRRIIIMTTTTNNKKSSRRVVVVAAAADDEEGGGG"
@@ -61,10 +62,21 @@ def chunk_starts(length: int, chunk_size: int) -> list[int]:
     return starts
 
 
+def chunk_id(record_id: str, number: int) -> str:
+    """The id of a record's chunk `number` (from 1), as VirNucPro names it."""
+    return f"{record_id}{_CHUNK}{number}"
+
+
+def split_chunk_id(chunk_id: str) -> tuple[str, int]:
+    """(record id, chunk number) of a chunk id; the record id may hold `_chunk_` itself."""
+    record_id, _, number = chunk_id.rpartition(_CHUNK)
+    return record_id, int(number)
+
+
 def chunks(record_id: str, sequence: str, chunk_size: int) -> Iterator[tuple[str, str]]:
-    """(chunk id, chunk sequence) pairs of one record, in order; ids are `{id}_chunk_{j}`."""
+    """(chunk id, chunk sequence) pairs of one record, in order."""
     for j, start in enumerate(chunk_starts(len(sequence), chunk_size), start=1):
-        yield f"{record_id}_chunk_{j}", sequence[start : start + chunk_size]
+        yield chunk_id(record_id, j), sequence[start : start + chunk_size]
 
 
 def reverse_complement(sequence: str) -> str:

@@ -36,10 +36,11 @@ from types import TracebackType
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from virnucpro_triton.errors import VirnucproError
 from virnucpro_triton.repository import SERVER_FLAGS
 
 
-class ServerError(RuntimeError):
+class ServerError(VirnucproError, RuntimeError):
     """tritonserver could not be started; the message explains why and quotes the server's log."""
 
 

@@ -11,11 +11,13 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from virnucpro_triton.errors import VirnucproError
+
 # (host, port) -> the IP addresses it stands for, in the resolver's order
 Resolver = Callable[[str, int], list[str]]
 
 
-class AddressError(ValueError):
+class AddressError(VirnucproError, ValueError):
     """An address that is not HOST:PORT; the message names it."""
 
 

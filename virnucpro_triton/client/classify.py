@@ -30,9 +30,9 @@ from virnucpro_triton.client.connection import (
     in_order,
     text_column,
 )
-from virnucpro_triton.client.journal import Journal
 from virnucpro_triton.repository import CHUNK_SIZES, PIPELINE
-from virnucpro_triton.sequence import FRAME_NAMES, chunk_starts
+from virnucpro_triton.results.journal import Journal
+from virnucpro_triton.sequence import FRAME_NAMES, chunk_id, chunk_starts
 
 
 @dataclass(frozen=True)
@@ -48,17 +48,17 @@ class SequenceResult:
 
     @property
     def chunk_ids(self) -> list[str]:
-        return [f"{self.id}_chunk_{j}" for j in range(1, len(self.kept) + 1)]
+        return [chunk_id(self.id, j) for j in range(1, len(self.kept) + 1)]
 
     def frames(self) -> Iterable[tuple[str, str, float, float]]:
         """(chunk id, frame name, P(others), P(virus)) of every kept frame, in VirNucPro's
         order; the frame's id is chunk id + frame name."""
         # Python lists: per-element numpy access costs more than the rest of the client.
         rows = zip(self.chunk_ids, self.kept.tolist(), self.probabilities.tolist())
-        for chunk_id, kept, probabilities in rows:
+        for chunk, kept, probabilities in rows:
             for name, keep, (p_others, p_virus) in zip(FRAME_NAMES, kept, probabilities):
                 if keep:
-                    yield chunk_id, name, p_others, p_virus
+                    yield chunk, name, p_others, p_virus
 
     def chunk_verdicts(self) -> list[bool | None]:
         """VirNucPro's rule per chunk: viral when max P(virus) >= max P(others); None: no frame."""
@@ -77,6 +77,7 @@ class ResultBatch:
 
 
 _EMPTY = (np.empty((0, 6, 2), np.float32), np.empty((0, 6), bool))
+BATCH_CHUNKS = 64  # chunks per request, by default
 
 
 def _result_batch(
@@ -117,7 +118,7 @@ class Classifier:
         urls: str | Sequence[str],
         chunk_size: int,
         *,
-        batch_chunks: int = 64,
+        batch_chunks: int = BATCH_CHUNKS,
         max_in_flight: int | None = None,
         retry_seconds: float = RETRY_SECONDS,
         max_message_mb: int = MAX_MESSAGE_MB,

@@ -18,7 +18,9 @@ waits up to the same window for a first server to be ready (one that is still st
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -33,6 +35,7 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from virnucpro_triton.client import addresses
 from virnucpro_triton.client.addresses import Resolver, system_resolver
+from virnucpro_triton.errors import ClientError
 
 T = TypeVar("T")
 log = logging.getLogger("virnucpro_triton.client")
@@ -60,10 +63,6 @@ _TRANSIENT_MESSAGES = (
     "has no available versions",
     "not ready",  # "Server not ready", "model ... is not ready"
 )
-
-
-class ClientError(RuntimeError):
-    """The server cannot be reached or refused a request; the message is for the user."""
 
 
 def text_column(strings: list[str]) -> np.ndarray:
@@ -169,13 +168,15 @@ class Connection:
         self._unresolved: dict[str, str] = {}  # name -> why it resolves to nothing now
         self._lock = threading.Lock()  # guards endpoint state, the waiting list and closing
         self._closed = threading.Event()
-        self._waiting: list[Callable[[], None]] = []  # sends waiting for an endpoint to be up
+        self._waiting: list[_Request] = []  # requests waiting for an endpoint to be up
+        self._wake = threading.Condition(self._lock)  # a request waits, or the connection closes
         try:
             self._refresh(probe_new=False)
             self._wait_for_a_server()
         except BaseException:  # e.g. Ctrl-C while waiting
             self.close()
             raise
+        threading.Thread(target=self._expire_waiting, daemon=True).start()
         if resolve_seconds > 0:
             threading.Thread(target=self._keep_resolving, daemon=True).start()
 
@@ -312,7 +313,7 @@ class Connection:
         threading.Thread(target=self._probe, args=(endpoint, delay), daemon=True).start()
 
     def _probe(self, endpoint: _Endpoint, delay: float) -> None:
-        waiting: list[Callable[[], None]] = []
+        waiting: list[_Request] = []
         while not self._closed.wait(delay):
             ready = not endpoint.stats.removed and endpoint.not_ready_because() is None
             with self._lock:
@@ -326,121 +327,170 @@ class Connection:
                         waiting, self._waiting = self._waiting, []
                     break
             delay = min(max(delay, FIRST_DELAY) * 2, MAX_DELAY)
-        for send in waiting:
-            send()
+        for request in waiting:
+            request.send()
 
     def submit(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> Future:
-        future: Future = Future()
-        infer_inputs = []
-        for name, array in inputs.items():
-            dtype = np_to_triton_dtype(array.dtype)
-            infer_input = grpcclient.InferInput(name, list(array.shape), dtype)
-            infer_input.set_data_from_numpy(array)
-            infer_inputs.append(infer_input)
-        requested = [grpcclient.InferRequestedOutput(name) for name in outputs]
-        # Attempts of one request run one after another; `settled` is read and set under the
-        # lock because the retry deadline may fire while an attempt is answered.
-        attempts = 0
-        first_failure: float | None = None
-        settled = False
+        request = _Request(self, inputs, outputs)
+        request.send()
+        return request.future
 
-        def settle(result=None, error: ClientError | None = None) -> bool:
-            nonlocal settled
-            with self._lock:
-                if settled or not future.set_running_or_notify_cancel():
-                    settled = True
-                    return False
-                settled = True
+    def _assign(self, request: _Request) -> _Endpoint | None:
+        """The least busy endpoint in rotation for the request's next attempt, counted in
+        flight; None when it is not to be sent: settled, cancelled, closed, or waiting for an
+        endpoint to come back (the first one back sends it)."""
+        with self._lock:
+            if request.settled or self._closed.is_set() or request.future.cancelled():
+                return None
+            endpoint = self._pick()
+            if endpoint is None:
+                self._waiting.append(request)
+                self._wake.notify()
+                return None
+            endpoint.in_flight += 1
+            return endpoint
+
+    def _unassign(self, endpoint: _Endpoint) -> None:
+        """An attempt that could not be sent at all."""
+        with self._lock:
+            endpoint.in_flight -= 1
+
+    def _count(self, endpoint: _Endpoint, error: InferenceServerException | None) -> None:
+        """An answered attempt; a transient failure takes its endpoint out of rotation."""
+        with self._lock:
+            endpoint.in_flight -= 1
             if error is None:
-                future.set_result(result)
-            else:
-                future.set_exception(error)
-            return True
+                endpoint.stats.answered += 1
+                endpoint.consecutive_outages = 0
+            elif is_transient(error):
+                endpoint.stats.failed += 1
+                self._take_out(endpoint)
 
-        def send() -> None:
+    def _expire_waiting(self) -> None:
+        """Fail the requests still waiting for a server when their retry window is over: one
+        thread for all of them, asleep until the first deadline."""
+        while True:
             with self._lock:
-                if settled or self._closed.is_set() or future.cancelled():
-                    return
-                endpoint = self._pick()
-                if endpoint is None:  # all away: the first endpoint back sends it
-                    self._waiting.append(send)
-                    return
-                endpoint.in_flight += 1
-            try:
-                endpoint.client.async_infer(
-                    self.model,
-                    infer_inputs,
-                    callback=lambda result, error: done(endpoint, result, error),
-                    outputs=requested,
-                    client_timeout=self.timeout,
-                )
-            except Exception as error:  # raised on a probe thread, it would hang the caller
-                with self._lock:
-                    endpoint.in_flight -= 1
-                message = f"cannot send a '{self.model}' request to {endpoint.url}: {error}"
-                settle(error=ClientError(_one_line(message)))
-
-        def give_up(message: str) -> None:
-            waited = time.monotonic() - first_failure
-            servers = "server at " if len(self.urls) == 1 else "servers at "
-            settle(
-                error=ClientError(
-                    f"gave up on the Triton {servers}{', '.join(self.urls)}: a '{self.model}' "
-                    f"request kept failing for {waited:.0f} s (attempts: {attempts}, "
-                    f"--retry-seconds {self.retry_seconds:g}): {_one_line(message)}"
-                )
-            )
-
-        def expire() -> None:  # the window is over: a request still waiting for a server fails
-            with self._lock:
-                waiting = send in self._waiting
-                if waiting:
-                    self._waiting.remove(send)
-            if waiting:
-                give_up(last_message)
-
-        def done(endpoint: _Endpoint, result, error) -> None:
-            nonlocal attempts, first_failure, last_message
-            attempts += 1
-            with self._lock:
-                endpoint.in_flight -= 1
-                if error is None:
-                    endpoint.stats.answered += 1
-                    endpoint.consecutive_outages = 0
-                elif is_transient(error):
-                    endpoint.stats.failed += 1
-                    self._take_out(endpoint)
-            if error is None:
-                settle({name: result.as_numpy(name) for name in outputs})
+                due = self._take_due()
+            if due is None:
                 return
-            if not is_transient(error):
-                message = f"the server at {endpoint.url} refused a '{self.model}' request: "
-                settle(error=ClientError(message + _one_line(error.message())))
-                return
-            last_message = f"{endpoint.url}: {error.message()}"
+            for request in due:
+                request.give_up()
+
+    def _take_due(self) -> list[_Request] | None:
+        """(Lock held) Wait for waiting requests whose window is over and take them out of the
+        waiting list; None once the connection is closed."""
+        while not self._closed.is_set():
             now = time.monotonic()
-            if first_failure is None:
-                first_failure = now
-                if self.retry_seconds > 0:
-                    timer = threading.Timer(self.retry_seconds, expire)
-                    timer.daemon = True  # a pending deadline must not keep the interpreter alive
-                    timer.start()
-            if now - first_failure >= self.retry_seconds:
-                give_up(last_message)
-            else:
-                send()
-
-        last_message = ""
-        send()
-        return future
+            due = [r for r in self._waiting if r.deadline <= now]
+            if due:
+                self._waiting = [r for r in self._waiting if r.deadline > now]
+                return due
+            first = min((r.deadline for r in self._waiting), default=math.inf)
+            self._wake.wait(None if first == math.inf else first - now)
+        return None
 
     def close(self) -> None:
         with self._lock:
             self._closed.set()
             self._waiting.clear()  # their futures are cancelled by the callers that stop waiting
+            self._wake.notify_all()
             clients = [e.client for e in self._endpoints if e.client]
         for client in clients:
             client.close()
+
+
+class _Request:
+    """One request and its attempts, one after another: each goes to the least busy endpoint in
+    rotation. After a transient failure it is sent again, or waits for an endpoint to come
+    back, until `retry_seconds` have passed since the first failure; then it fails with the
+    last reason."""
+
+    def __init__(self, connection: Connection, inputs: dict[str, np.ndarray], outputs: list[str]):
+        self.connection = connection
+        self.future: Future = Future()
+        self.inputs = []
+        for name, array in inputs.items():
+            dtype = np_to_triton_dtype(array.dtype)
+            infer_input = grpcclient.InferInput(name, list(array.shape), dtype)
+            infer_input.set_data_from_numpy(array)
+            self.inputs.append(infer_input)
+        self.outputs = outputs
+        self.requested = [grpcclient.InferRequestedOutput(name) for name in outputs]
+        self.attempts = 0
+        self.first_failure: float | None = None
+        self.deadline = math.inf  # the first failure + the retry window: waiting past it fails
+        self.last_message = ""
+        # Read and set under the connection's lock: the deadline may pass while an attempt is
+        # answered.
+        self.settled = False
+
+    def send(self) -> None:
+        connection = self.connection
+        endpoint = connection._assign(self)
+        if endpoint is None:
+            return
+        try:
+            endpoint.client.async_infer(
+                connection.model,
+                self.inputs,
+                callback=functools.partial(self.on_done, endpoint),
+                outputs=self.requested,
+                client_timeout=connection.timeout,
+            )
+        except Exception as error:  # raised on a probe thread, it would hang the caller
+            connection._unassign(endpoint)
+            message = f"cannot send a '{connection.model}' request to {endpoint.url}: {error}"
+            self.settle(error=ClientError(_one_line(message)))
+
+    def on_done(self, endpoint: _Endpoint, result, error: InferenceServerException | None) -> None:
+        """gRPC's callback (it passes `result=` and `error=` by name)."""
+        self.attempts += 1
+        self.connection._count(endpoint, error)
+        if error is None:
+            self.settle({name: result.as_numpy(name) for name in self.outputs})
+        elif not is_transient(error):
+            message = f"the server at {endpoint.url} refused a '{self.connection.model}' request: "
+            self.settle(error=ClientError(message + _one_line(error.message())))
+        else:
+            self.retry(f"{endpoint.url}: {error.message()}")
+
+    def retry(self, message: str) -> None:
+        """After a transient failure: send again within the retry window, else give up."""
+        self.last_message = message
+        now = time.monotonic()
+        if self.first_failure is None:
+            self.first_failure = now
+            self.deadline = now + self.connection.retry_seconds
+        if now - self.first_failure >= self.connection.retry_seconds:
+            self.give_up()
+        else:
+            self.send()
+
+    def give_up(self) -> None:
+        connection = self.connection
+        waited = time.monotonic() - self.first_failure
+        servers = "server at " if len(connection.urls) == 1 else "servers at "
+        self.settle(
+            error=ClientError(
+                f"gave up on the Triton {servers}{', '.join(connection.urls)}: a "
+                f"'{connection.model}' request kept failing for {waited:.0f} s (attempts: "
+                f"{self.attempts}, --retry-seconds {connection.retry_seconds:g}): "
+                f"{_one_line(self.last_message)}"
+            )
+        )
+
+    def settle(self, result=None, error: ClientError | None = None) -> None:
+        with self.connection._lock:
+            if self.settled:
+                return
+            self.settled = True
+            if not self.future.set_running_or_notify_cancel():
+                return
+        if error is None:
+            self.future.set_result(result)
+        else:
+            self.future.set_exception(error)
 
 
 async def in_order(

@@ -29,10 +29,10 @@ from virnucpro_triton.client.connection import (
     in_order,
     text_column,
 )
-from virnucpro_triton.client.outputs import make_directory, remove_if_empty
-from virnucpro_triton.client.records import unique_ids
 from virnucpro_triton.fasta import Record, is_stream, read_fasta
+from virnucpro_triton.records import unique_ids
 from virnucpro_triton.repository import DNABERT_S, ESM2
+from virnucpro_triton.results.outputs import make_directory, remove_if_empty
 
 ALPHABET = {DNABERT_S: DNA, ESM2: PROTEIN}
 log = logging.getLogger("virnucpro_triton.client")

@@ -11,18 +11,15 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
-from virnucpro_triton.client import frame_table, run_info
-from virnucpro_triton.client import journal as journals
-from virnucpro_triton.client.classify import Classifier, ResultBatch
+from virnucpro_triton.client import provenance
+from virnucpro_triton.client.classify import BATCH_CHUNKS, Classifier
 from virnucpro_triton.client.connection import (
     MAX_MESSAGE_MB,
     RESOLVE_SECONDS,
@@ -30,42 +27,16 @@ from virnucpro_triton.client.connection import (
     ClientError,
     EndpointStats,
 )
-from virnucpro_triton.client.evidence import (
-    COLUMNS,
-    DEFAULT_THRESHOLDS,
-    VERDICT_NAMES,
-    Evidence,
-    Thresholds,
-)
-from virnucpro_triton.client.frame_table import Frames, FrameTable
-from virnucpro_triton.client.outputs import (
-    REPORT,
-    SUMMARY,
-    VERDICTS,
-    VIRUSES,
-    ChunkVerdicts,
-    atomic_files,
-    fasta_record,
-    remove_stale,
-    scores,
-)
-from virnucpro_triton.client.records import InputRecord, unique_ids
 from virnucpro_triton.fasta import is_stream, read_fasta
+from virnucpro_triton.records import unique_ids
 from virnucpro_triton.repository import pipeline_entries
-from virnucpro_triton.sequence import FRAME_NAMES, chunk_starts
-
-SUMMARY_COLUMNS = ("id", "length", "chunks", "chunks_without_frame", "chunks_virus", "max_p_virus")
-SUMMARY_HEADER = "\t".join((*SUMMARY_COLUMNS, *COLUMNS)) + "\n"
-# Every file a run of `predict` may leave in its OUT_DIR (report.html comes from --report).
-RUN_FILES = (
-    *frame_table.FILES.values(),
-    VERDICTS,
-    SUMMARY,
-    VIRUSES,
-    run_info.RUN_INFO,
-    REPORT,
-    journals.NAME,
-)
+from virnucpro_triton.results import frame_table, run_info
+from virnucpro_triton.results import journal as journals
+from virnucpro_triton.results.evidence import DEFAULT_THRESHOLDS, Thresholds
+from virnucpro_triton.results.frame_table import FrameTable
+from virnucpro_triton.results.outputs import SUMMARY, VERDICTS, VIRUSES, atomic_files, remove_stale
+from virnucpro_triton.results.writer import RUN_FILES, ResultWriter
+from virnucpro_triton.sequence import chunk_starts
 
 
 @dataclass(frozen=True)
@@ -80,7 +51,7 @@ class RunSummary:
     resumed_chunks: int = 0  # answered from the journal of an earlier, stopped run
     endpoints: tuple[EndpointStats, ...] = ()
     verdicts: dict[str, int] = field(default_factory=dict)  # sequences per weighted verdict
-    models: dict[str, dict[str, str]] = field(default_factory=dict)  # run_info.models
+    models: dict[str, dict[str, str]] = field(default_factory=dict)  # provenance.models
     start_seconds: float | None = None  # of the embedded server, when one was started
 
     @property
@@ -118,99 +89,6 @@ class RunSummary:
         return "\n".join(lines)
 
 
-class _Results:
-    """Writes the result files of a run, one `ResultBatch` at a time: work per batch is numpy
-    over all its chunks and one string join per file, not Python per chunk or frame."""
-
-    def __init__(
-        self, out: dict, table: FrameTable, thresholds: Thresholds, min_length: int
-    ) -> None:
-        self._out = out
-        self._table = table
-        self._thresholds = thresholds
-        self._min_length = min_length
-        self.verdicts = ChunkVerdicts()
-        self.counts = dict(records=0, chunks=0, frames=0, chunks_virus=0, chunks_without_frame=0)
-        self.sequence_verdicts = dict.fromkeys(VERDICT_NAMES, 0)
-        # Records sent but not answered yet, in input order (answers come in that order): their
-        # letters as read, for virus.fna. Only what the classifier has read ahead of its answers.
-        self._sent: deque[InputRecord] = deque()
-        out[SUMMARY].write(SUMMARY_HEADER)
-
-    def sent(self, records: Iterator[InputRecord]) -> Iterator[tuple[str, str]]:
-        """The (id, sequence) pairs of `records` for the classifier, each kept until answered.
-
-        A record shorter than the minimum length goes as an empty sequence: no chunk, no
-        request, and its answer keeps its place in input order."""
-        for record in records:
-            self._sent.append(record)
-            short = len(record.sequence) < self._min_length
-            yield record.id, "" if short else record.sequence
-
-    def write(self, batch: ResultBatch) -> None:
-        results = batch.results
-        records = [self._sent.popleft() for _ in results]
-        lengths = [len(r.sequence) for r in records]
-        names = [r.id for r in results]
-        chunks = np.array([len(r.kept) for r in results])
-        sequence = np.repeat(np.arange(len(results)), chunks)  # of each chunk
-        number = np.arange(1, len(sequence) + 1) - np.repeat(np.cumsum(chunks) - chunks, chunks)
-        # Only chunks with a kept frame appear in the per-chunk and per-frame files.
-        with_frame = np.flatnonzero(batch.kept.any(axis=1))
-        sequence, number = sequence[with_frame], number[with_frame]
-        chunk_ids = [f"{names[s]}_chunk_{j}" for s, j in zip(sequence.tolist(), number.tolist())]
-        maxima = batch.maxima[with_frame]
-        self.verdicts.add(chunk_ids, maxima)
-
-        chunk, frame = np.nonzero(batch.kept[with_frame])  # in VirNucPro's order
-        probabilities = batch.probabilities[with_frame[chunk], frame]
-        self._table.write(
-            Frames(
-                [names[s] for s in sequence[chunk].tolist()],
-                [chunk_ids[c] for c in chunk.tolist()],
-                [FRAME_NAMES[f] for f in frame.tolist()],
-                probabilities[:, 0],
-                probabilities[:, 1],
-            )
-        )
-
-        too_short = np.array(lengths, int) < self._min_length
-        evidence = Evidence.of(maxima, sequence, chunks, too_short)
-        virus = np.bincount(sequence[maxima[:, 1] >= maxima[:, 0]], minlength=len(results))
-        best = np.full(len(results), np.nan, np.float32)  # max P(virus) of each sequence
-        np.fmax.at(best, sequence, maxima[:, 1])
-        columns = (
-            names,
-            lengths,
-            chunks.tolist(),
-            (chunks - evidence.chunks).tolist(),
-            virus.tolist(),
-            np.where(evidence.chunks == 0, "NA", scores(best)).tolist(),
-            evidence.columns(self._thresholds),
-        )
-        self._out[SUMMARY].writelines(
-            f"{name}\t{length}\t{n}\t{without}\t{v}\t{b}\t{rest}\n"
-            for name, length, n, without, v, b, rest in zip(*columns)
-        )
-        verdicts = evidence.verdicts(self._thresholds)
-        for verdict in verdicts:
-            self.sequence_verdicts[verdict] += 1
-        viral = [s for s, verdict in enumerate(verdicts) if verdict == "viral"]
-        self._out[VIRUSES].writelines(
-            fasta_record(
-                records[s].id,
-                records[s].sequence,
-                f"weighted_score={text} chunks={chunks[s]} length={lengths[s]}",
-            )
-            for s, text in zip(viral, scores(evidence.scores[viral]))
-        )
-        self.counts["records"] += len(results)
-        self.counts["chunks"] += len(batch.kept)
-        self.counts["frames"] += len(chunk)
-        self.counts["chunks_without_frame"] += len(batch.kept) - len(with_frame)
-        self.counts["chunks_virus"] += int(virus.sum())
-
-
 def _count_chunks(fasta: Path, chunk_size: int, min_length: int) -> int:
     lengths = (len(r.sequence) for r in read_fasta(fasta))
     return sum(len(chunk_starts(n, chunk_size)) for n in lengths if n >= min_length)
@@ -222,7 +100,7 @@ def predict(
     out_dir: Path,
     urls: str | Sequence[str],
     *,
-    batch_chunks: int = 64,
+    batch_chunks: int = BATCH_CHUNKS,
     max_in_flight: int | None = None,
     progress: bool | None = None,
     retry_seconds: float = RETRY_SECONDS,
@@ -276,7 +154,7 @@ def predict(
         journal = journals.Journal(out_dir / journals.NAME, run, resume=resume)
     resumed = journal.recorded if journal else 0
 
-    async def run_all(results: _Results, bar) -> None:
+    async def run_all(results: ResultWriter, bar) -> None:
         pairs = results.sent(unique_ids(read_fasta(fasta)))
         batches = classifier.classify_batches(pairs, journal=journal, on_batch=bar.update)
         async for batch in batches:
@@ -304,11 +182,11 @@ def predict(
                 atomic_files(out_dir, names, binary=frame_table.BINARY) as out,
                 FrameTable(frame_format, out[frames_file]) as table,
             ):
-                results = _Results(out, table, thresholds, min_length)
+                results = ResultWriter(out, table, thresholds, min_length)
                 asyncio.run(run_all(results, bar))
                 results.verdicts.write(out[VERDICTS])
                 counts, sequence_verdicts = results.counts, results.sequence_verdicts
-                models = run_info.models(classifier.connection.urls, pipeline_entries(chunk_size))
+                models = provenance.models(classifier.connection.urls, pipeline_entries(chunk_size))
                 run_info.write(
                     out[run_info.RUN_INFO],
                     settings=settings,

@@ -21,6 +21,7 @@ import torch
 
 from virnucpro_triton import repository as repo
 from virnucpro_triton.embedders import DnaEmbedder, ProteinEmbedder
+from virnucpro_triton.errors import VirnucproError
 from virnucpro_triton.models.classifier import MLPClassifier
 from virnucpro_triton.models.dnabert_s import DnabertS
 from virnucpro_triton.models.esm2 import Esm2
@@ -41,7 +42,7 @@ def verify_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-class VerificationError(RuntimeError):
+class VerificationError(VirnucproError, RuntimeError):
     """An entry that did not reproduce the reference; nothing was written for it."""
 
 

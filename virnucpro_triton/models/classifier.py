@@ -5,8 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-LABELS = ("others", "virus")  # class 0, class 1
-
 
 class MLPClassifier(nn.Module):
     def __init__(self, input_dim: int = 3328, hidden_dim: int = 512, num_class: int = 2):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from virnucpro_triton.client.connection import ClientError
+from virnucpro_triton.errors import ClientError
 
 NAME = ".predict-journal"
 _MAGIC = b"virnucpro-triton journal 1\n"
@@ -28,6 +28,8 @@ _SAMPLE = 1 << 20
 
 class ResumeRefused(ClientError):
     """`--resume` cannot go on from this directory; the message says what to do instead."""
+
+    resumable = False
 
 
 def fingerprint(fasta: Path, chunk_size: int, min_length: int = 0) -> dict:

@@ -23,10 +23,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from virnucpro_triton.client.outputs import scores as printed
+from virnucpro_triton.errors import VirnucproError
+from virnucpro_triton.results.outputs import scores as printed
 
 VERDICT_NAMES = ("viral", "nonviral", "uncertain", "no_frames", "too_short")
-COLUMNS = ("weighted_score", "verdict", "low_confidence")  # appended to sequence_summary.tsv
+
+
+class ThresholdError(VirnucproError, ValueError):
+    """Thresholds that contradict each other; the message names them."""
 
 
 @dataclass(frozen=True)
@@ -37,12 +41,12 @@ class Thresholds:
 
     def __post_init__(self) -> None:
         if not self.viral_above > self.nonviral_below:
-            raise ValueError(
+            raise ThresholdError(
                 f"the viral threshold ({self.viral_above:g}) must be above the non-viral one "
                 f"({self.nonviral_below:g})"
             )
         if self.min_chunks < 0:
-            raise ValueError(f"the minimum chunk count must be >= 0, not {self.min_chunks}")
+            raise ThresholdError(f"the minimum chunk count must be >= 0, not {self.min_chunks}")
 
     def verdicts(self, scores: np.ndarray) -> list[str]:
         """The verdict of each score; NaN (no evidence at all) is `no_frames`.

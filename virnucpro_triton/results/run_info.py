@@ -2,26 +2,18 @@
 how fast it went.
 
 Written with the result files (atomically, like them) and read back by `report`, which checks
-what it reads.
+what it reads; the models' provenance comes from the servers (client/provenance.py).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import platform
-from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
-import tritonclient.grpc as grpcclient
-from tritonclient.utils import InferenceServerException
-
-from virnucpro_triton.repository import PROVENANCE
-
 RUN_INFO = "run.json"
-_log = logging.getLogger(__name__)
 
 
 def versions() -> dict[str, str]:
@@ -31,38 +23,6 @@ def versions() -> dict[str, str]:
             found[package] = metadata.version(package)
         except metadata.PackageNotFoundError:  # running from a source tree
             found[package] = "unknown"
-    return found
-
-
-def provenance(url: str, names: Iterable[str]) -> dict[str, dict[str, str]]:
-    """Where each entry's weights came from, as its config parameters say (export writes
-    repository.PROVENANCE and esm2's fp8); {} for an entry exported before they existed."""
-    found = {}
-    with grpcclient.InferenceServerClient(url) as client:
-        for name in names:
-            config = client.get_model_config(name, as_json=True, client_timeout=30)["config"]
-            parameters = config.get("parameters", {})
-            found[name] = {
-                key: parameters[key].get("string_value", "")
-                for key in (*PROVENANCE, "fp8")
-                if key in parameters
-            }
-    return found
-
-
-def models(urls: Iterable[str], names: Iterable[str]) -> dict[str, dict[str, str]]:
-    """The provenance of `names` on the first server; a warning when another one serves other
-    models (results then mix them)."""
-    names = list(names)
-    first, *others = list(urls)
-    try:
-        found = provenance(first, names)
-        for url in others:
-            if provenance(url, names) != found:
-                _log.warning("%s serves other models than %s: results mix them", url, first)
-    except InferenceServerException as error:  # the run is done: say so, do not fail it
-        _log.warning("could not read the models' provenance: %s", error.message())
-        return {}
     return found
 
 

@@ -24,10 +24,18 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from virnucpro_triton.client import frame_table, run_info
-from virnucpro_triton.client.evidence import VERDICT_NAMES
-from virnucpro_triton.client.outputs import REPORT, SUMMARY, VERDICTS, VIRUSES, atomic_files
-from virnucpro_triton.sequence import chunk_starts
+from virnucpro_triton.results import frame_table, run_info
+from virnucpro_triton.results.evidence import VERDICT_NAMES
+from virnucpro_triton.results.outputs import (
+    REPORT,
+    SUMMARY,
+    SUMMARY_COLUMNS,
+    VERDICTS,
+    VIRUSES,
+    atomic_files,
+)
+from virnucpro_triton.errors import VirnucproError
+from virnucpro_triton.sequence import chunk_starts, split_chunk_id
 
 TOP = 20
 TABLE_ROWS = 5_000  # rows of the per-sequence table at most: the best ranked past that
@@ -51,7 +59,7 @@ _RUN_INFO_KEYS = {
 }
 
 
-class ReportError(RuntimeError):
+class ReportError(VirnucproError, RuntimeError):
     """An output directory the report cannot be made from; the message is for the user."""
 
 
@@ -193,7 +201,7 @@ def _read_frames(path: Path, tracked: dict[str, _Sequence]) -> np.ndarray:
             counts[min(int(row.p_virus * P_BINS), P_BINS - 1)] += 1
             sequence = tracked.get(row.id)
             if sequence is not None:
-                chunk = int(row.chunk_id.rpartition("_chunk_")[2])
+                chunk = split_chunk_id(row.chunk_id)[1]
                 sequence.frames.append((chunk, row.p_virus))
                 sequence.chunk_max[chunk] = max(sequence.chunk_max.get(chunk, 0.0), row.p_virus)
     except (KeyError, ValueError, TypeError) as error:  # pyarrow's ArrowInvalid is a ValueError
@@ -366,16 +374,7 @@ _SCRIPT = """
 
 
 # Columns of sequence_summary.tsv shown for the top sequences.
-_TOP_COLUMNS = (
-    "id",
-    "length",
-    "chunks",
-    "chunks_without_frame",
-    "max_p_virus",
-    "weighted_score",
-    "verdict",
-    "low_confidence",
-)
+_TOP_COLUMNS = tuple(c for c in SUMMARY_COLUMNS if c != "chunks_virus")
 
 
 def _sequence_table(summary: _Summary) -> str:

@@ -19,7 +19,19 @@ VERDICTS = "prediction_results_highestscore.csv"
 SUMMARY = "sequence_summary.tsv"
 REPORT = "report.html"
 VIRUSES = "virus.fna"  # the records called viral, as geNomad's _virus.fna
-LABELS = ("others", "virus")  # classifier classes 0 and 1
+LABELS = ("others", "virus")  # the classifier's classes 0 and 1 (models/classifier.py)
+# sequence_summary.tsv; the last three are the weighted verdict's (evidence.py)
+SUMMARY_COLUMNS = (
+    "id",
+    "length",
+    "chunks",
+    "chunks_without_frame",
+    "chunks_virus",
+    "max_p_virus",
+    "weighted_score",
+    "verdict",
+    "low_confidence",
+)
 
 
 @contextmanager

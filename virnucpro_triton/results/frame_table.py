@@ -16,7 +16,8 @@ from typing import IO, NamedTuple
 
 import numpy as np
 
-from virnucpro_triton.client.outputs import PREDICTIONS, prediction_rows, predictions, scores
+from virnucpro_triton.results.outputs import PREDICTIONS, prediction_rows, predictions, scores
+from virnucpro_triton.sequence import split_chunk_id
 
 FORMATS = ("tsv", "parquet", "jsonl")
 FILES = {
@@ -183,5 +184,5 @@ def read_frames(path: Path) -> Iterator[FrameRow]:
             for line in handle:
                 frame_id, _, p_others, p_virus = line.rstrip("\n").split("\t")
                 chunk_id = frame_id[:-2]
-                record_id = chunk_id.rpartition("_chunk_")[0]
+                record_id = split_chunk_id(chunk_id)[0]
                 yield FrameRow(record_id, chunk_id, frame_id[-2:], float(p_others), float(p_virus))

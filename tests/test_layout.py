@@ -1,0 +1,120 @@
+"""Modules by job (no server): results/ works without a server client, every user-facing error
+shares one base that the CLI prints as one line, and the CLI's defaults are their owners'."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from virnucpro_triton import errors
+from virnucpro_triton.checkpoints import CheckpointError
+from virnucpro_triton.cli import main
+from virnucpro_triton.client import connection
+from virnucpro_triton.client.addresses import AddressError
+from virnucpro_triton.client.classify import BATCH_CHUNKS
+from virnucpro_triton.export import VerificationError
+from virnucpro_triton.fasta import FastaError
+from virnucpro_triton.front_door import DoorError
+from virnucpro_triton.repository import CHUNK_SIZES, RepositoryError
+from virnucpro_triton.results import report
+from virnucpro_triton.results.evidence import DEFAULT_THRESHOLDS, ThresholdError
+from virnucpro_triton.results.journal import ResumeRefused
+from virnucpro_triton.results.report import ReportError
+from virnucpro_triton.sequence import chunk_id, chunks, split_chunk_id
+from virnucpro_triton.server import ServerError
+
+
+def _imported(code: str) -> list[str]:
+    """Which of the heavy packages a fresh interpreter has imported after `code`."""
+    heavy = ("tritonclient", "grpc", "numpy", "matplotlib", "torch")
+    script = f"import sys; {code}; print(' '.join(m for m in {heavy!r} if m in sys.modules))"
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    return run.stdout.split()
+
+
+def test_local_file_work_needs_no_server_client():
+    modules = "outputs, evidence, frame_table, writer, journal, run_info, report, preprocess"
+    found = _imported(f"from virnucpro_triton.results import {modules}")
+    assert "tritonclient" not in found and "grpc" not in found and "torch" not in found
+
+
+def test_the_cli_starts_without_its_commands_heavy_imports():
+    assert _imported("import virnucpro_triton.cli") == []
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        FastaError,
+        connection.ClientError,
+        ServerError,
+        RepositoryError,
+        AddressError,
+        CheckpointError,
+        VerificationError,
+        ReportError,
+        ThresholdError,
+        DoorError,
+        ResumeRefused,
+    ],
+)
+def test_every_user_facing_error_has_the_one_base(error):
+    assert issubclass(error, errors.VirnucproError)
+
+
+def test_the_cli_defaults_are_their_owners_values():
+    defaults = {}
+    for command in ("predict", "report"):
+        ctx = main.commands[command].make_context(
+            command, ["x"] * (command == "report"), resilient_parsing=True
+        )
+        defaults.update({p.name: p.get_default(ctx) for p in main.commands[command].params})
+    assert defaults["viral_above"] == DEFAULT_THRESHOLDS.viral_above
+    assert defaults["nonviral_below"] == DEFAULT_THRESHOLDS.nonviral_below
+    assert defaults["min_chunks"] == DEFAULT_THRESHOLDS.min_chunks
+    assert defaults["retry_seconds"] == connection.RETRY_SECONDS
+    assert defaults["resolve_seconds"] == connection.RESOLVE_SECONDS
+    assert defaults["max_message_mb"] == connection.MAX_MESSAGE_MB
+    assert defaults["batch_chunks"] == BATCH_CHUNKS
+    assert defaults["top"] == report.TOP
+    export = {p.name for p in main.commands["export"].params}
+    assert {f"classifier_{size}" for size in CHUNK_SIZES} <= export
+
+
+def test_the_one_handler_prints_a_user_error_as_one_line(tmp_path):
+    """Contradicting thresholds (a ThresholdError) and a missing report input (ReportError)
+    go through the group's handler: one line, exit 1, no traceback."""
+    runner = CliRunner()
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">a\nACGT\n")
+    args = [
+        "predict",
+        str(fasta),
+        "--chunk-size",
+        "300",
+        "-o",
+        str(tmp_path / "o"),
+        "--url",
+        "127.0.0.1:1",
+        "--viral-above",
+        "-0.5",
+        "--nonviral-below",
+        "0.5",
+    ]
+    for result in (runner.invoke(main, args), runner.invoke(main, ["report", str(tmp_path)])):
+        assert result.exit_code == 1, result.output
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("virnucpro-triton: error: "), lines
+    assert "must be above the non-viral one" in runner.invoke(main, args).stderr
+
+
+def test_chunk_ids_read_back_as_built():
+    assert [i for i, _ in chunks("a_chunk_3", "A" * 700, 300)] == [
+        "a_chunk_3_chunk_1",
+        "a_chunk_3_chunk_2",
+        "a_chunk_3_chunk_3",
+    ]
+    assert split_chunk_id(chunk_id("a_chunk_3", 12)) == ("a_chunk_3", 12)

@@ -1,0 +1,46 @@
+"""Where the served entries' weights come from, as their configs say: for run.json and the
+end-of-run summary."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from virnucpro_triton.repository import PROVENANCE
+
+_log = logging.getLogger(__name__)
+
+
+def provenance(url: str, names: Iterable[str]) -> dict[str, dict[str, str]]:
+    """Where each entry's weights came from, as its config parameters say (export writes
+    repository.PROVENANCE and esm2's fp8); {} for an entry exported before they existed."""
+    found = {}
+    with grpcclient.InferenceServerClient(url) as client:
+        for name in names:
+            config = client.get_model_config(name, as_json=True, client_timeout=30)["config"]
+            parameters = config.get("parameters", {})
+            found[name] = {
+                key: parameters[key].get("string_value", "")
+                for key in (*PROVENANCE, "fp8")
+                if key in parameters
+            }
+    return found
+
+
+def models(urls: Iterable[str], names: Iterable[str]) -> dict[str, dict[str, str]]:
+    """The provenance of `names` on the first server; a warning when another one serves other
+    models (results then mix them)."""
+    names = list(names)
+    first, *others = list(urls)
+    try:
+        found = provenance(first, names)
+        for url in others:
+            if provenance(url, names) != found:
+                _log.warning("%s serves other models than %s: results mix them", url, first)
+    except InferenceServerException as error:  # the run is done: say so, do not fail it
+        _log.warning("could not read the models' provenance: %s", error.message())
+        return {}
+    return found
