@@ -4,6 +4,7 @@ summaries, reruns only what is missing and resumes a stopped sample from its jou
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -324,3 +325,65 @@ def test_bad_sample_sheet_or_config_is_refused_in_one_line(tmp_path, sheet, conf
     errors = [line for line in output.splitlines() if line.startswith(ERROR)]
     assert len(errors) == 1 and message in errors[0], output
     assert "Traceback" not in output and 'File "' not in output
+
+
+def test_a_sample_predict_refuses_fails_its_job_naming_sample_and_reason(server, tmp_path):
+    bad = tmp_path / "notes.fa"
+    bad.write_text("these are notes, not sequences\n")
+    write_project(tmp_path, {"notes": [bad]}, urls=[server.grpc_url])
+    with snakemake(tmp_path) as process:
+        output, _ = process.communicate(timeout=300)
+    assert process.returncode == 1
+    assert re.search(
+        r"sample notes: predict exited with status 1: virnucpro-triton: error: .*notes\.fa", output
+    ), output
+    out = tmp_path / "results" / "notes"
+    assert [name for name in OUTPUTS if (out / name).exists()] == []
+
+
+def test_shared_server_that_cannot_start_stops_the_run_in_one_line(tmp_path):
+    samples = {"reads": [ROOT / "examples" / "reads.fasta"]}
+    write_project(tmp_path, samples, repository=str(tmp_path / "no-repository"))
+    with snakemake(tmp_path) as process:
+        output, _ = process.communicate(timeout=300)
+    assert process.returncode == 1
+    errors = [line for line in output.splitlines() if line.startswith(ERROR)]
+    assert len(errors) == 1, output
+    assert "the shared server exited with status 1 while starting" in errors[0]
+    assert "no-repository cannot serve this run: it does not exist" in errors[0]
+    assert "Traceback" not in output
+
+
+def serve_processes(parent: int) -> list[int]:
+    """Pids of the `virnucpro-triton serve` children of `parent`."""
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    return [
+        int(pid)
+        for pid in children
+        if b"serve" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    ]
+
+
+def alive(pid: int) -> bool:
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.slow
+def test_shared_server_goes_when_snakemake_is_killed(tiny_repository, slow_sample, tmp_path):
+    fasta, _ = slow_sample
+    write_project(tmp_path, {"contigs": [fasta]}, repository=str(tiny_repository), predict=SLOW)
+    with snakemake(tmp_path, start_new_session=True) as process:
+        try:
+            log = tmp_path / "results" / "logs" / "shared-server.log"
+            wait_for(lambda: log.exists() and "serving" in log.read_text(), 300)
+            (serve,) = serve_processes(process.pid)
+            process.kill()  # snakemake alone, as the OOM killer would: no onerror runs
+            process.wait(timeout=60)
+            wait_for(lambda: not alive(serve), 120)
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # the orphaned job and its predict
+                os.killpg(process.pid, signal.SIGKILL)
+    assert "stopped by SIGTERM" in log.read_text()
