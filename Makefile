@@ -42,6 +42,9 @@ $(TOOLS_STAMP): requirements-deploy.lock
 tools: $(TOOLS_STAMP)  ## create .venv-tools with the deployment checkers the tests run
 
 $(WORKFLOW_STAMP): requirements-workflow.lock
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "make \
+	workflow-venv: snakemake needs Python >= 3.11, which $(PYTHON) is not; run make \
+	workflow-venv PYTHON=python3.11"; exit 2; }
 	rm -rf $(WORKFLOW)
 	$(PYTHON) -m venv $(WORKFLOW)
 	$(WORKFLOW)/bin/python -m pip install --quiet --upgrade pip

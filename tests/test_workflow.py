@@ -227,7 +227,11 @@ def journaled_chunks(journal: Path) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "killed"])
+@pytest.mark.parametrize(
+    "signum",
+    [signal.SIGINT, signal.SIGTERM, signal.SIGKILL],
+    ids=["ctrl-c", "terminated", "killed"],
+)
 def test_a_stopped_sample_leaves_no_output_and_goes_on_from_its_journal(
     server, slow_sample, tmp_path, signum
 ):
@@ -236,7 +240,8 @@ def test_a_stopped_sample_leaves_no_output_and_goes_on_from_its_journal(
     write_project(tmp_path, {"contigs": [fasta]}, urls=[server.grpc_url], predict=predict)
     out = tmp_path / "results" / "contigs"
     journal = out / ".predict-journal"
-    # Ctrl-C at a terminal reaches the whole foreground group; a crash kills it all at once.
+    # Ctrl-C at a terminal reaches the whole foreground group, as SLURM's scancel (SIGTERM) does
+    # a job's processes; a crash kills them all at once.
     with snakemake(tmp_path, start_new_session=True) as process:
         try:
             wait_for(lambda: journaled_chunks(journal) >= 10 or process.poll() is not None, 300)
