@@ -7,6 +7,9 @@ STAMP := $(VENV)/.installed
 # from .venv: their dependencies clash with its pins.
 TOOLS := .venv-tools
 TOOLS_STAMP := $(TOOLS)/.installed
+# Snakemake for workflow/ (Python >= 3.11), apart from .venv for the same reason.
+WORKFLOW := .venv-workflow
+WORKFLOW_STAMP := $(WORKFLOW)/.installed
 DOCKER ?= docker
 DOCKER_COMPOSE ?= docker-compose
 GPUS ?= all
@@ -15,7 +18,7 @@ DTYPE ?= fp32
 IMAGE ?= virnucpro-triton:0.1.0
 
 .DEFAULT_GOAL := help
-.PHONY: help venv tools demo test test-container lint serve serve-local image export bench clean
+.PHONY: help venv tools workflow-venv demo test test-container lint serve serve-local image export bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -38,10 +41,22 @@ $(TOOLS_STAMP): requirements-deploy.lock
 
 tools: $(TOOLS_STAMP)  ## create .venv-tools with the deployment checkers the tests run
 
+$(WORKFLOW_STAMP): requirements-workflow.lock
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "make \
+	workflow-venv: snakemake needs Python >= 3.11, which $(PYTHON) is not; run make \
+	workflow-venv PYTHON=python3.11"; exit 2; }
+	rm -rf $(WORKFLOW)
+	$(PYTHON) -m venv $(WORKFLOW)
+	$(WORKFLOW)/bin/python -m pip install --quiet --upgrade pip
+	$(WORKFLOW)/bin/python -m pip install --quiet -r requirements-workflow.lock
+	touch $(WORKFLOW_STAMP)
+
+workflow-venv: $(WORKFLOW_STAMP)  ## create .venv-workflow with snakemake, for workflow/ (Python >= 3.11)
+
 demo: $(STAMP)  ## tiny random models + embedded Triton server + client on examples/*.fasta
 	$(BIN)/virnucpro-triton demo
 
-test: $(STAMP) $(TOOLS_STAMP)  ## unit and integration tests (starts real tritonserver processes)
+test: $(STAMP) $(TOOLS_STAMP) $(WORKFLOW_STAMP)  ## unit and integration tests (starts real tritonserver processes)
 	$(BIN)/pytest
 
 # Root on Debian: installs the engine and Compose v2 when missing, builds a stand-in of the

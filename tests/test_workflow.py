@@ -1,0 +1,378 @@
+"""workflow/: snakemake from PyPI (.venv-workflow) runs one predict job per sample against a
+real tritonserver (the shared `server` fixture through `urls`, or embedded servers), merges the
+summaries, reruns only what is missing and resumes a stopped sample from its journal."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from reference import same_table
+from servers import wait_for
+
+ROOT = Path(__file__).parent.parent
+SNAKEMAKE = ROOT / ".venv-workflow" / "bin" / "snakemake"
+SNAKEFILE = ROOT / "workflow" / "Snakefile"
+CLI = str(Path(sys.executable).parent / "virnucpro-triton")
+# The tiny models' random weights score around 0: a cut at 0 calls some records viral.
+THRESHOLDS = {"viral_above": 0.0, "nonviral_below": -0.05}
+THRESHOLD_OPTIONS = ["--viral-above", "0.0", "--nonviral-below", "-0.05"]
+COMPARED = [
+    "prediction_results.txt",
+    "prediction_results_highestscore.csv",
+    "sequence_summary.tsv",
+    "virus.fna",
+]
+OUTPUTS = [*COMPARED, "run.json"]
+ERROR = "virnucpro-triton workflow: error: "
+
+
+def write_project(workdir: Path, samples: dict[str, list[Path]], **config) -> None:
+    """A sample sheet and a config (JSON is YAML) in `workdir`, where snakemake will run."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    lines = ["sample\tfasta"] + [
+        f"{name}\t{','.join(map(str, paths))}" for name, paths in samples.items()
+    ]
+    (workdir / "samples.tsv").write_text("\n".join(lines) + "\n")
+    settings = {"samples": "samples.tsv", "results": "results", "virnucpro_triton": CLI}
+    (workdir / "config.yaml").write_text(json.dumps({**settings, **config}))
+
+
+def snakemake(workdir: Path, *args: str, **popen) -> subprocess.Popen[str]:
+    assert SNAKEMAKE.exists(), f"{SNAKEMAKE} is missing: `make workflow-venv` installs it"
+    return subprocess.Popen(
+        [
+            SNAKEMAKE,
+            "--snakefile",
+            SNAKEFILE,
+            "--directory",
+            workdir,
+            "--configfile",
+            workdir / "config.yaml",
+            "--cores",
+            "1",
+            *args,
+        ],  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **popen,
+    )
+
+
+def run_workflow(workdir: Path, *args: str) -> str:
+    """A complete snakemake run; its output."""
+    with snakemake(workdir, *args) as process:
+        output, _ = process.communicate(timeout=900)
+    assert process.returncode == 0, output[-4000:]
+    return output
+
+
+def jobs_run(output: str) -> dict[str, int]:
+    """The `Job stats` table of a snakemake run: jobs per rule ({} when nothing was to do)."""
+    table = re.search(r"Job stats:\njob +count\n[- ]+\n((?:\S+ +\d+\n)+)", output)
+    if table is None:
+        assert "Nothing to be done" in output, output[-4000:]
+        return {}
+    counts = dict(line.split() for line in table.group(1).splitlines())
+    counts.pop("total")
+    return {rule: int(n) for rule, n in counts.items()}
+
+
+def predict_directly(fasta: Path, out: Path, url: str, *options: str) -> Path:
+    result = subprocess.run(
+        [CLI, "predict", fasta, "--chunk-size", "300", "-o", out, "--url", url, "--no-progress"]
+        + [*THRESHOLD_OPTIONS, *options],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def assert_same_results(out: Path, reference: Path) -> None:
+    for name in COMPARED:
+        assert same_table((out / name).read_bytes(), (reference / name).read_bytes()), name
+
+
+@pytest.fixture(scope="module")
+def two_samples(mixed_fasta, contigs, tmp_path_factory) -> dict[str, list[Path]]:
+    """`contigs`: one plain FASTA; `mixed`: a gzip FASTA and a plain one, joined by the workflow."""
+    folder = tmp_path_factory.mktemp("samples")
+    gzipped = folder / "mixed.fa.gz"
+    gzipped.write_bytes(gzip.compress(mixed_fasta.read_bytes()))
+    return {"contigs": [contigs], "mixed": [gzipped, ROOT / "examples" / "reads.fasta"]}
+
+
+# One request at a time: the server batches nothing across requests, so the workflow's runs and
+# the direct ones compute the same batches and can be compared to the last digit.
+ONE_AT_A_TIME = {"max_in_flight": 1}
+SLOW = {"batch_chunks": 1, "max_in_flight": 1}  # one chunk per request: long enough to stop
+
+
+@pytest.fixture(scope="module")
+def direct(server, two_samples, tmp_path_factory) -> dict[str, Path]:
+    """Each sample's output of a direct predict run (the mixed one on its files concatenated)."""
+    folder = tmp_path_factory.mktemp("direct")
+    joined = folder / "mixed-joined.fa"
+    texts = [gzip.decompress(two_samples["mixed"][0].read_bytes()).decode()]
+    texts.append(two_samples["mixed"][1].read_text())
+    joined.write_text("".join(text if text.endswith("\n") else text + "\n" for text in texts))
+    url = server.grpc_url
+    return {
+        "contigs": predict_directly(
+            two_samples["contigs"][0], folder / "contigs", url, "--max-in-flight", "1"
+        ),
+        "mixed": predict_directly(joined, folder / "mixed", url, "--max-in-flight", "1"),
+    }
+
+
+@pytest.fixture(scope="module")
+def slow_sample(server, contigs, tmp_path_factory) -> tuple[Path, Path]:
+    """15 contigs (~50 chunks) and their direct predict output, one chunk per request."""
+    folder = tmp_path_factory.mktemp("slow")
+    fasta = folder / "contigs15.fa"
+    fasta.write_text("".join(">" + r for r in contigs.read_text().split(">")[1:16]))
+    options = ["--batch-chunks", "1", "--max-in-flight", "1"]
+    return fasta, predict_directly(fasta, folder / "direct", server.grpc_url, *options)
+
+
+def test_two_samples_against_a_server_merged_and_rerun_only_where_missing(
+    server, two_samples, direct, tmp_path
+):
+    predict = {**THRESHOLDS, **ONE_AT_A_TIME}
+    write_project(tmp_path, two_samples, urls=[server.grpc_url], predict=predict)
+    output = run_workflow(tmp_path)
+    assert jobs_run(output) == {"join_inputs": 1, "predict": 2, "merge": 1, "all": 1}
+    results = tmp_path / "results"
+    for sample in two_samples:
+        assert_same_results(results / sample, direct[sample])
+        assert not (results / sample / ".predict-journal").exists()
+    assert not (results / "mixed" / "joined_input.fasta").exists()  # temp(): gone once used
+
+    # One summary: every sample's rows, in sheet order, behind a `sample` column.
+    merged = (results / "sequence_summary.tsv").read_text().splitlines()
+    header = (results / "contigs" / "sequence_summary.tsv").read_text().splitlines()[0]
+    assert merged[0] == f"sample\t{header}"
+    expected = [
+        f"{sample}\t{line}"
+        for sample in two_samples
+        for line in (results / sample / "sequence_summary.tsv").read_text().splitlines()[1:]
+    ]
+    assert merged[1:] == expected
+    assert {line.split("\t")[0] for line in merged[1:]} == {"contigs", "mixed"}
+    # The viruses of both samples, each header naming its sample after the record's id.
+    rows = [row.split("\t") for row in merged[1:]]
+    viral = [
+        (row[0], row[1]) for row in rows if row[1 + header.split("\t").index("verdict")] == "viral"
+    ]
+    assert viral, "the thresholds call some records viral"
+    headers = [
+        line[1:].split()
+        for line in (results / "virus.fna").read_text().splitlines()
+        if line.startswith(">")
+    ]
+    assert [(words[1], words[0]) for words in headers] == [
+        (f"sample={sample}", record) for sample, record in viral
+    ]
+
+    # A complete run is not redone; a sample whose output went is, and only it.
+    assert jobs_run(run_workflow(tmp_path)) == {}
+    kept = (results / "contigs" / "run.json").stat().st_mtime_ns
+    (results / "mixed" / "sequence_summary.tsv").unlink()
+    assert jobs_run(run_workflow(tmp_path)) == {
+        "join_inputs": 1,
+        "predict": 1,
+        "merge": 1,
+        "all": 1,
+    }
+    assert (results / "contigs" / "run.json").stat().st_mtime_ns == kept
+    assert_same_results(results / "mixed", direct["mixed"])
+
+
+def journaled_chunks(journal: Path) -> int:
+    """Chunks answered in a journal so far (header: two lines; blocks of 8 + 54 bytes a chunk)."""
+    try:
+        data = journal.read_bytes()
+    except FileNotFoundError:
+        return 0
+    lines = data.split(b"\n", 2)
+    return len(lines[2]) // (8 + 54) if len(lines) == 3 else 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "signum",
+    [signal.SIGINT, signal.SIGTERM, signal.SIGKILL],
+    ids=["ctrl-c", "terminated", "killed"],
+)
+def test_a_stopped_sample_leaves_no_output_and_goes_on_from_its_journal(
+    server, slow_sample, tmp_path, signum
+):
+    fasta, direct = slow_sample
+    predict = {**THRESHOLDS, **SLOW}
+    write_project(tmp_path, {"contigs": [fasta]}, urls=[server.grpc_url], predict=predict)
+    out = tmp_path / "results" / "contigs"
+    journal = out / ".predict-journal"
+    # Ctrl-C at a terminal reaches the whole foreground group, as SLURM's scancel (SIGTERM) does
+    # a job's processes; a crash kills them all at once.
+    with snakemake(tmp_path, start_new_session=True) as process:
+        try:
+            wait_for(lambda: journaled_chunks(journal) >= 5 or process.poll() is not None, 300)
+            assert process.poll() is None, "the run ended before it could be stopped"
+        finally:
+            os.killpg(process.pid, signum)
+        output, _ = process.communicate(timeout=300)
+    assert process.returncode != 0, output[-3000:]
+    assert [name for name in OUTPUTS if (out / name).exists()] == []  # nothing looks complete
+    stopped_at = journaled_chunks(journal)
+    assert stopped_at >= 5
+
+    if signum == signal.SIGKILL:  # no snakemake was left to release its lock
+        assert "LockException" in snakemake(tmp_path).communicate(timeout=120)[0]
+        run_workflow(tmp_path, "--unlock")  # as its message says
+    assert jobs_run(run_workflow(tmp_path)) == {"predict": 1, "merge": 1, "all": 1}
+    counts = json.loads((out / "run.json").read_text())["counts"]
+    assert stopped_at - 1 <= counts["resumed_chunks"] <= stopped_at  # a torn last block is redone
+    assert counts["resumed_chunks"] < counts["chunks"]
+    assert_same_results(out, direct)
+    assert not journal.exists()
+
+
+def answers(url: str) -> bool:
+    host, port = url.rsplit(":", 1)
+    with socket.socket() as s:
+        return s.connect_ex((host, int(port))) == 0
+
+
+@pytest.mark.slow
+def test_embedded_shared_server_serves_every_job_and_stops_with_the_run(tiny_repository, tmp_path):
+    samples = {name: [ROOT / "examples" / f"{name}.fasta"] for name in ("contigs", "reads")}
+    write_project(tmp_path, samples, repository=str(tiny_repository), embedded="shared")
+    output = run_workflow(tmp_path)
+    assert jobs_run(output) == {"predict": 2, "merge": 1, "all": 1}
+    runs = [json.loads((tmp_path / "results" / name / "run.json").read_text()) for name in samples]
+    urls = {url for run in runs for url in run["settings"]["urls"]}
+    assert len(urls) == 1  # one server, started once, answered both jobs
+    assert [run["start_seconds"] for run in runs] == [None, None]  # not one started per job
+    assert not answers(urls.pop())  # stopped when the run ended
+    log = (tmp_path / "results" / "logs" / "shared-server.log").read_text()
+    assert "stopped by SIGTERM" in log
+    for name in samples:
+        assert (tmp_path / "results" / name / "report.html").exists()  # predict.report: default
+
+
+@pytest.mark.slow
+def test_embedded_per_job_each_job_starts_its_own_server(tiny_repository, tmp_path):
+    samples = {"reads": [ROOT / "examples" / "reads.fasta"]}
+    write_project(tmp_path, samples, repository=str(tiny_repository), embedded="per_job")
+    output = run_workflow(tmp_path, "--resources", "virnucpro_server=1")
+    assert jobs_run(output) == {"predict": 1, "merge": 1, "all": 1}
+    run = json.loads((tmp_path / "results" / "reads" / "run.json").read_text())
+    assert run["start_seconds"] > 0
+    assert not (tmp_path / "results" / "logs" / "shared-server.log").exists()
+
+
+READS = str(ROOT / "examples" / "reads.fasta")
+ONE = f"sample\tfasta\nS1\t{READS}\n"  # a good sheet, for the config's cases
+BAD = [
+    ("bad-name", f"sample\tfasta\na b\t{READS}\n", {}, "line 2: column sample: 'a b': a sample"),
+    (
+        "duplicate",
+        f"sample\tfasta\nS1\t{READS}\nS2\t{READS}\nS1\t{READS}\n",
+        {},
+        "samples.tsv line 4: sample 'S1' is already on line 2",
+    ),
+    ("missing", "sample\tfasta\nS1\tnowhere.fa\n", {}, "line 2: sample 'S1': nowhere.fa does not"),
+    ("directory", f"sample\tfasta\nS1\t{READS},{ROOT}\n", {}, f"'S1': {ROOT} is not a file"),
+    ("header", f"name\tfasta\nS1\t{READS}\n", {}, "line 1: the header lacks the column(s) sample"),
+    ("reserved", f"sample\tfasta\nlogs\t{READS}\n", {}, "sample 'logs': the name is taken"),
+    ("chunk", ONE, {"predict": {"chunk_size": 400}}, "predict.chunk_size: 400 is not one of [300,"),
+    ("url", ONE, {"urls": ["gpu1"]}, "config urls.0: 'gpu1': a server's gRPC address is HOST:"),
+    ("key", ONE, {"threds": 2}, "config (top level): Additional properties are not allowed ('thr"),
+    ("cli", ONE, {"virnucpro_triton": "no-cli"}, "virnucpro_triton: 'no-cli' is neither a command"),
+]
+
+
+@pytest.mark.parametrize("sheet, config, message", [pytest.param(*b[1:], id=b[0]) for b in BAD])
+def test_bad_sample_sheet_or_config_is_refused_in_one_line(tmp_path, sheet, config, message):
+    write_project(tmp_path, {}, **config)
+    (tmp_path / "samples.tsv").write_text(sheet)
+    with snakemake(tmp_path, "--dry-run") as process:
+        output, _ = process.communicate(timeout=120)
+    assert process.returncode == 1
+    errors = [line for line in output.splitlines() if line.startswith(ERROR)]
+    assert len(errors) == 1 and message in errors[0], output
+    assert "Traceback" not in output and 'File "' not in output
+
+
+def test_a_sample_predict_refuses_fails_its_job_naming_sample_and_reason(server, tmp_path):
+    bad = tmp_path / "notes.fa"
+    bad.write_text("these are notes, not sequences\n")
+    write_project(tmp_path, {"notes": [bad]}, urls=[server.grpc_url])
+    with snakemake(tmp_path) as process:
+        output, _ = process.communicate(timeout=300)
+    assert process.returncode == 1
+    assert re.search(
+        r"sample notes: predict exited with status 1: virnucpro-triton: error: .*notes\.fa", output
+    ), output
+    out = tmp_path / "results" / "notes"
+    assert [name for name in OUTPUTS if (out / name).exists()] == []
+
+
+def test_shared_server_that_cannot_start_stops_the_run_in_one_line(tmp_path):
+    samples = {"reads": [ROOT / "examples" / "reads.fasta"]}
+    write_project(tmp_path, samples, repository=str(tmp_path / "no-repository"))
+    with snakemake(tmp_path) as process:
+        output, _ = process.communicate(timeout=300)
+    assert process.returncode == 1
+    errors = [line for line in output.splitlines() if line.startswith(ERROR)]
+    assert len(errors) == 1, output
+    assert "the shared server exited with status 1 while starting" in errors[0]
+    assert "no-repository cannot serve this run: it does not exist" in errors[0]
+    assert "Traceback" not in output
+
+
+def serve_processes(parent: int) -> list[int]:
+    """Pids of the `virnucpro-triton serve` children of `parent`."""
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    return [
+        int(pid)
+        for pid in children
+        if b"serve" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    ]
+
+
+def alive(pid: int) -> bool:
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.slow
+def test_shared_server_goes_when_snakemake_is_killed(tiny_repository, slow_sample, tmp_path):
+    fasta, _ = slow_sample
+    write_project(tmp_path, {"contigs": [fasta]}, repository=str(tiny_repository), predict=SLOW)
+    with snakemake(tmp_path, start_new_session=True) as process:
+        try:
+            log = tmp_path / "results" / "logs" / "shared-server.log"
+            wait_for(lambda: log.exists() and "serving" in log.read_text(), 300)
+            (serve,) = serve_processes(process.pid)
+            process.kill()  # snakemake alone, as the OOM killer would: no onerror runs
+            process.wait(timeout=60)
+            wait_for(lambda: not alive(serve), 120)
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # the orphaned job and its predict
+                os.killpg(process.pid, signal.SIGKILL)
+    assert "stopped by SIGTERM" in log.read_text()
