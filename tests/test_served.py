@@ -168,6 +168,7 @@ def test_bad_request_fails_alone_and_the_model_keeps_serving(server):
     np.testing.assert_array_equal(good, again)
 
 
+@pytest.mark.server  # starts servers of its own
 def test_predict_cli_with_embedded_server(tiny_repository, mixed_fasta, tmp_path):
     result = subprocess.run(
         [
