@@ -33,14 +33,15 @@ SERVER_FIXTURES = {
     "replica_c",
     "echo_repository",  # a one-model repository only the server tests start servers on
 }
-TIERS = ("server", "container", "gpu")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
+        if any(item.get_closest_marker(tier) for tier in ("container", "gpu")):
+            continue  # tiers of their own, whatever they start
         if SERVER_FIXTURES.intersection(item.fixturenames):
             item.add_marker(pytest.mark.server)
-        if not any(item.get_closest_marker(tier) for tier in TIERS):
+        if not item.get_closest_marker("server"):
             item.add_marker(pytest.mark.unit)
 
 

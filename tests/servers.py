@@ -3,12 +3,13 @@ holds its requests, so that a fault is injected while the server has a request o
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import tritonclient.grpc as grpcclient
@@ -51,18 +52,19 @@ def to_pass():
 
 
 class TritonPythonModel(ClassifierModel):
-    # The real classifier, but while HOLD exists, the request after the number of requests it
-    # holds waits, and HELD says that one does. One instance: requests come one at a time.
+    # The real classifier, but while HOLD exists, the requests after the number it holds wait
+    # until it is removed, and HELD says one does. One instance: requests come one at a time.
     def initialize(self, args):
         super().initialize(args)
         classify = self.classify
 
         def held(features):
             if (passing := to_pass()) is not None and passing > 0:
-                HOLD.write_text(str(passing - 1))
-            while to_pass() == 0:
-                HELD.touch()
-                time.sleep(0.05)
+                HOLD.write_text(str(passing - 1))  # one of those let through
+            else:
+                while to_pass() == 0:
+                    HELD.touch()
+                    time.sleep(0.05)
             return classify(features)
 
         self.classify = held
@@ -80,10 +82,16 @@ class Hold:
         code = HELD_CLASSIFIER.format(hold=str(self._hold), held=str(self._held))
         (self.repository / "classifier_300" / "1" / MODEL_PY).write_text(code)
 
-    def hold(self, after: int) -> None:
-        """Hold the request that comes after `after` more classifier_300 requests."""
+    @contextlib.contextmanager
+    def holding(self, after: int) -> Iterator[None]:
+        """Hold the requests that come after `after` more classifier_300 requests, until
+        `release()` or the end of the block (so that a failed test leaves no run hanging)."""
         self._held.unlink(missing_ok=True)
         self._hold.write_text(str(after))
+        try:
+            yield
+        finally:
+            self.release()
 
     def wait_held(self) -> None:
         wait_for(self._held.exists, timeout=300)

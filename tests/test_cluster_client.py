@@ -58,8 +58,7 @@ def test_work_is_spread_over_servers_and_survives_losing_one(
     server, second_server, hold, contigs, reference, tmp_path
 ):
     before = served(server), served(second_server)
-    hold.hold(after=10)
-    with ThreadPoolExecutor(1) as pool:
+    with ThreadPoolExecutor(1) as pool, hold.holding(after=10):
         urls = [server.grpc_url, second_server.grpc_url]
         run = pool.submit(predict, contigs, 300, tmp_path, urls, max_in_flight=2, **SETTINGS)
         hold.wait_held()

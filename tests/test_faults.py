@@ -49,8 +49,8 @@ def fixed_server(hold, tmp_path_factory) -> Iterator[EmbeddedServer]:
 def test_run_survives_a_server_restart(server, fixed_server, hold, contigs, tmp_path):
     reference, out = tmp_path / "reference", tmp_path / "out"
     stops = fixed_server.log_text().count(STOPPING)
-    hold.hold(after=10)  # mid-run, not before it began
-    with ThreadPoolExecutor(3) as pool:
+    # The run's 11th request is held: mid-run, not before it began.
+    with ThreadPoolExecutor(3) as pool, hold.holding(after=10):
         # The uninterrupted run, against the session's server, goes on meanwhile.
         uninterrupted = pool.submit(predict, contigs, 300, reference, server.grpc_url, **SETTINGS)
         run = pool.submit(predict, contigs, 300, out, fixed_server.grpc_url, **SETTINGS)
@@ -75,8 +75,7 @@ def test_server_that_stays_away_ends_the_run_within_the_retry_window(
     fixed_server, hold, contigs, tmp_path
 ):
     out = tmp_path / "out"
-    hold.hold(after=5)
-    with ThreadPoolExecutor(1) as pool:
+    with ThreadPoolExecutor(1) as pool, hold.holding(after=5):
         settings = {**SETTINGS, "max_in_flight": 4}  # several requests retrying at once
         run = pool.submit(
             predict, contigs, 300, out, fixed_server.grpc_url, retry_seconds=4, **settings

@@ -16,6 +16,7 @@ import tritonclient.grpc as grpcclient
 
 from virnucpro_triton import repository as repo
 from virnucpro_triton.cli import main
+from virnucpro_triton.client.outputs import PREDICTIONS
 from virnucpro_triton.client.report import write_report
 from virnucpro_triton.client.run_info import RUN_INFO
 from virnucpro_triton.server import EmbeddedServer, backend_directory
@@ -115,7 +116,8 @@ def test_a_complete_repository_passes_the_check_with_only_what_the_run_needs(
 
 @pytest.mark.server  # starts servers of its own
 def test_embedded_run_says_what_loads_and_records_the_start(tiny_repository, mixed_fasta, tmp_path):
-    """A 300-bp run on a repository without classifier_500, through an embedded server."""
+    """A 300-bp run on a repository without classifier_500, through an embedded server (the
+    CLI's run with an embedded server, tested once)."""
     repository = copy_without(tiny_repository, tmp_path / "r", "classifier_500")
     out = tmp_path / "out"
     args = ["predict", str(mixed_fasta), "--chunk-size", "300", "-o", str(out), "--no-progress"]
@@ -134,6 +136,7 @@ def test_embedded_run_says_what_loads_and_records_the_start(tiny_repository, mix
     assert f"{info['start_seconds']:.1f} s" in ready
     assert f"after a {info['start_seconds']:.1f} s start" in result.stdout
     assert list(info["models"]) == list(repo.pipeline_entries(300))
+    assert "6 records, " in result.stdout and (out / PREDICTIONS).exists()
 
 
 @pytest.mark.server  # starts servers of its own

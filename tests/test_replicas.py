@@ -273,8 +273,7 @@ def test_a_replica_that_appears_gets_work_and_one_that_vanishes_leaves(
     seen: list[Classifier] = []
     # Replica a keeps a request of the run until both changes were seen: the run cannot end
     # before them, and its other request in flight goes on to the other replicas.
-    hold.hold(after=5)
-    with ThreadPoolExecutor(1) as pool:
+    with ThreadPoolExecutor(1) as pool, hold.holding(after=5):
         run = pool.submit(
             classify,
             f"{NAME}:{port}",
@@ -284,21 +283,19 @@ def test_a_replica_that_appears_gets_work_and_one_that_vanishes_leaves(
             resolve_seconds=0.1,
             seen=seen,
         )
-        try:
-            hold.wait_held()
-            wait_for(lambda: served(replica_a) + served(replica_b) >= sum(before[:2]) + 10)
-            table[NAME] = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]  # a pod became ready
-            wait_for(lambda: served(replica_c) > before[2])
-            (classifier,) = seen
-            assert classifier.connection.servers == 3
+        hold.wait_held()
+        wait_for(lambda: served(replica_a) + served(replica_b) >= sum(before[:2]) + 10)
+        table[NAME] = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]  # a pod became ready
+        wait_for(lambda: served(replica_c) > before[2])
+        (classifier,) = seen
+        assert classifier.connection.servers == 3
 
-            table[NAME] = ["127.0.0.2", "127.0.0.4"]  # a pod went away
-            gone = replica_b.grpc_url
-            wait_for(lambda: any(s.url == gone and s.removed for s in classifier.stats))
-            at_removal = served(replica_b)
-            assert not run.done(), run.exception()  # it has a request held at replica a
-        finally:
-            hold.release()
+        table[NAME] = ["127.0.0.2", "127.0.0.4"]  # a pod went away
+        gone = replica_b.grpc_url
+        wait_for(lambda: any(s.url == gone and s.removed for s in classifier.stats))
+        at_removal = served(replica_b)
+        assert not run.done(), run.exception()  # it has a request held at replica a
+        hold.release()
         results, stats = run.result(timeout=300)
     assert answers(results) == reference  # no chunk lost, none used twice
     got = [served(s) - b for s, b in zip(servers, before)]

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import random
 import re
-import shutil
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from google.protobuf import text_format
 from reference import same_table
+from servers import Hold, wait_for
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
@@ -312,35 +313,48 @@ class TritonPythonModel(ClassifierModel):
 
 
 @pytest.fixture(scope="module")
-def small_queue_server(tiny_repository, tmp_path_factory):
-    """The tiny repository with a pipeline queue of 2 and a classifier_500 with a bug."""
-    repository = tmp_path_factory.mktemp("small_queue") / "repository"
-    shutil.copytree(tiny_repository, repository)
+def small_queue_hold(tiny_repository, tmp_path_factory) -> Hold:
+    """The tiny repository with a pipeline queue of 2, a classifier_300 that holds requests on
+    the test's word and a classifier_500 with a bug."""
+    hold = Hold(tiny_repository, tmp_path_factory.mktemp("small_queue"))
     config = repo.model_config(
         repo.PIPELINE, repo.PIPELINE_INPUTS, repo.PIPELINE_OUTPUTS, repo.PIPELINE_MAX_BATCH
     )
     config.dynamic_batching.default_queue_policy.max_queue_size = 2
-    repo.write_entry(repository, config)
-    (repository / "classifier_500" / "1" / repo.MODEL_PY).write_text(BUGGY_CLASSIFIER)
+    repo.write_entry(hold.repository, config)
+    (hold.repository / "classifier_500" / "1" / repo.MODEL_PY).write_text(BUGGY_CLASSIFIER)
+    return hold
+
+
+@pytest.fixture(scope="module")
+def small_queue_server(small_queue_hold):
+    repository = small_queue_hold.repository
     with EmbeddedServer(repository, log_path=repository.parent / "tritonserver.log") as running:
         yield running
 
 
-def test_a_flood_past_the_queue_is_refused_at_once(small_queue_server):
+def test_a_flood_past_the_queue_is_refused_at_once(small_queue_server, small_queue_hold):
+    """While the pipeline instances wait on a held classifier, the queue fills: the rest of
+    the flood is refused at once, whatever the machine's speed."""
     chunks = [ORF * 3] * repo.PIPELINE_MAX_BATCH  # a full batch each: none share an execute
     request = {"DNA": text(*chunks), "CHUNK_SIZE": sizes(*[300] * len(chunks))}
-    started = time.monotonic()
-    outcomes = send_all(small_queue_server.grpc_url, [(repo.PIPELINE, request)] * 40, timeout=60)
-    elapsed = time.monotonic() - started
+    url = small_queue_server.grpc_url
+    _, failed_before = pipeline_counts(url)
+    with ThreadPoolExecutor(1) as pool, small_queue_hold.holding(after=0):
+        flood = pool.submit(send_all, url, [(repo.PIPELINE, request)] * 40)
+        small_queue_hold.wait_held()
+        wait_for(lambda: pipeline_counts(url)[1] > failed_before)  # refusals came meanwhile
+        small_queue_hold.release()
+        outcomes = flood.result()
     refused = [o for o in outcomes if isinstance(o, InferenceServerException)]
     served = [o for o in outcomes if isinstance(o, dict)]
-    assert refused and served, elapsed
+    assert refused and served
     for error in refused:
         assert error.status() == "StatusCode.UNAVAILABLE", error
         assert "Exceeds maximum queue size" in error.message()
     for outcome in served[1:]:  # the same request gives the same bytes, however busy
         assert_same(served[0], outcome)
-    assert isinstance(send_all(small_queue_server.grpc_url, [(repo.PIPELINE, request)])[0], dict)
+    assert isinstance(send_all(url, [(repo.PIPELINE, request)])[0], dict)
 
 
 def test_an_exception_in_execute_fails_only_its_request(small_queue_server, tiny_repository):
