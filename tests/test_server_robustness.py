@@ -319,13 +319,16 @@ class TritonPythonModel(ClassifierModel):
 """
 
 
+FLOOD_BATCH = 4  # the small-queue pipeline's max batch: full batches that compute in a moment
+
+
 @pytest.fixture(scope="module")
 def small_queue_hold(tiny_repository, tmp_path_factory) -> Hold:
-    """The tiny repository with a pipeline queue of 2, a classifier_300 that holds requests on
-    the test's word and a classifier_500 with a bug."""
+    """The tiny repository with a pipeline queue of 2 (and batches of FLOOD_BATCH), a
+    classifier_300 that holds requests on the test's word and a classifier_500 with a bug."""
     hold = Hold(tiny_repository, tmp_path_factory.mktemp("small_queue"))
     config = repo.model_config(
-        repo.PIPELINE, repo.PIPELINE_INPUTS, repo.PIPELINE_OUTPUTS, repo.PIPELINE_MAX_BATCH
+        repo.PIPELINE, repo.PIPELINE_INPUTS, repo.PIPELINE_OUTPUTS, FLOOD_BATCH
     )
     config.dynamic_batching.default_queue_policy.max_queue_size = 2
     repo.write_entry(hold.repository, config)
@@ -343,7 +346,7 @@ def small_queue_server(small_queue_hold):
 def test_a_flood_past_the_queue_is_refused_at_once(small_queue_server, small_queue_hold):
     """While the pipeline instances wait on a held classifier, the queue fills: the rest of
     the flood is refused at once, whatever the machine's speed."""
-    chunks = [ORF * 3] * repo.PIPELINE_MAX_BATCH  # a full batch each: none share an execute
+    chunks = [ORF * 3] * FLOOD_BATCH  # a full batch each: none share an execute
     request = {"DNA": text(*chunks), "CHUNK_SIZE": sizes(*[300] * len(chunks))}
     url = small_queue_server.grpc_url
     refusal = threading.Event()
@@ -353,7 +356,8 @@ def test_a_flood_past_the_queue_is_refused_at_once(small_queue_server, small_que
             refusal.set()
 
     with ThreadPoolExecutor(1) as pool, small_queue_hold.holding(after=0):
-        flood = pool.submit(send_all, url, [(repo.PIPELINE, request)] * 40, 120, on_answer)
+        # A deadline for hangs only: the requests taken wait for the hold, then the embedders.
+        flood = pool.submit(send_all, url, [(repo.PIPELINE, request)] * 40, 600, on_answer)
         small_queue_hold.wait_held()
         assert refusal.wait(timeout=120)  # the rest of the flood found the queue full
         small_queue_hold.release()
