@@ -18,7 +18,7 @@ DTYPE ?= fp32
 IMAGE ?= virnucpro-triton:0.1.0
 
 .DEFAULT_GOAL := help
-.PHONY: help venv tools workflow-venv demo test test-container lint serve serve-local image export bench clean
+.PHONY: help venv tools workflow-venv demo test test-unit test-server test-container test-gpu lint serve serve-local image export bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -56,8 +56,19 @@ workflow-venv: $(WORKFLOW_STAMP)  ## create .venv-workflow with snakemake, for w
 demo: $(STAMP)  ## tiny random models + embedded Triton server + client on examples/*.fasta
 	$(BIN)/virnucpro-triton demo
 
-test: $(STAMP) $(TOOLS_STAMP) $(WORKFLOW_STAMP)  ## unit and integration tests (starts real tritonserver processes)
-	$(BIN)/pytest
+# The test tiers (README, Tests); tests/conftest.py puts each test in one. pytest-xdist workers
+# take one test file each, so a file's module-scoped servers start once.
+TEST_WORKERS ?= 2
+PYTEST_PARALLEL = $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
+
+test: $(STAMP) $(TOOLS_STAMP) $(WORKFLOW_STAMP)  ## the unit and server tiers (what CI runs; starts real tritonservers)
+	$(PYTEST_PARALLEL) -m 'unit or server'
+
+test-unit: $(STAMP) $(TOOLS_STAMP)  ## unit tier: no tritonserver at all
+	$(PYTEST_PARALLEL) -m unit
+
+test-server: $(STAMP) $(WORKFLOW_STAMP)  ## server tier: tests against real tritonserver processes
+	$(PYTEST_PARALLEL) -m server
 
 # Root on Debian: installs the engine and Compose v2 when missing, builds a stand-in of the
 # NGC base (cached), then the image, and serves it as compose does (tests/test_container.py).
@@ -65,6 +76,9 @@ test-container: $(STAMP)  ## container tests: the image built and served by Dock
 	tests/container/setup.sh
 	$(BIN)/pytest -m container tests/test_container.py
 	@cat build/container-timings.json
+
+test-gpu: $(STAMP)  ## gpu tier: every entry on a CUDA GPU (run on a GPU machine)
+	$(BIN)/pytest -m gpu tests/test_gpu.py
 
 lint: $(STAMP)  ## ruff lint and format check
 	$(BIN)/ruff check .

@@ -1,4 +1,6 @@
-"""Shared fixtures: a tiny exported repository and one real tritonserver serving it."""
+"""Shared fixtures: a tiny exported repository and one real tritonserver serving it; the test
+tiers (README, Tests): a test is `server` when it uses a fixture that starts a tritonserver or is
+marked so, else `unit`, and a `unit` test that starts one fails."""
 
 from __future__ import annotations
 
@@ -18,6 +20,40 @@ from virnucpro_triton.server import EmbeddedServer  # noqa: E402
 # Reference outputs of broadinstitute/virnucpro-broad (MIT, see its LICENSE), made with the
 # real weights: shared/peer-data/virnucpro-broad copied in so a bare clone can test.
 PEER = Path(__file__).parent / "data" / "virnucpro-broad"
+
+
+# Fixtures that start a tritonserver (here and in the test modules): their tests are `server`.
+SERVER_FIXTURES = {
+    "server",
+    "fixed_server",
+    "second_server",
+    "small_queue_server",
+    "replica_a",
+    "replica_b",
+    "replica_c",
+    "echo_repository",  # a one-model repository only the server tests start servers on
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if any(item.get_closest_marker(tier) for tier in ("container", "gpu")):
+            continue  # tiers of their own, whatever they start
+        if SERVER_FIXTURES.intersection(item.fixturenames):
+            item.add_marker(pytest.mark.server)
+        if not item.get_closest_marker("server"):
+            item.add_marker(pytest.mark.unit)
+
+
+@pytest.fixture(autouse=True)
+def unit_tests_start_no_server(request, monkeypatch):
+    """A new test that starts a server lands in the `server` tier, or fails saying so."""
+    if request.node.get_closest_marker("unit"):
+
+        def refuse(self):
+            raise AssertionError("this test starts a tritonserver: mark it @pytest.mark.server")
+
+        monkeypatch.setattr(EmbeddedServer, "_command", refuse)
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from reference import read_rows, same_table
-from servers import served, wait_for
+from servers import Feeder, Hold, served, wait_for
+from tritonclient.utils import InferenceServerException
 
 from virnucpro_triton.client.classify import Classifier
 from virnucpro_triton.client.connection import ClientError
@@ -34,9 +35,14 @@ CLI = Path(sys.executable).with_name("virnucpro-triton")
 
 
 @pytest.fixture(scope="module")
-def second_server(tiny_repository, tmp_path_factory) -> Iterator[EmbeddedServer]:
+def hold(tiny_repository, tmp_path_factory) -> Hold:
+    return Hold(tiny_repository, tmp_path_factory.mktemp("hold"))
+
+
+@pytest.fixture(scope="module")
+def second_server(hold, tmp_path_factory) -> Iterator[EmbeddedServer]:
     log = tmp_path_factory.mktemp("second_server") / "tritonserver.log"
-    with EmbeddedServer(tiny_repository, log_path=log) as running:
+    with EmbeddedServer(hold.repository, log_path=log) as running:
         yield running
 
 
@@ -49,18 +55,19 @@ def reference(server, contigs, tmp_path_factory) -> Path:
 
 
 def test_work_is_spread_over_servers_and_survives_losing_one(
-    server, second_server, contigs, reference, tmp_path
+    server, second_server, hold, contigs, reference, tmp_path
 ):
     before = served(server), served(second_server)
-    with ThreadPoolExecutor(1) as pool:
+    with ThreadPoolExecutor(1) as pool, hold.holding(after=10):
         urls = [server.grpc_url, second_server.grpc_url]
         run = pool.submit(predict, contigs, 300, tmp_path, urls, max_in_flight=2, **SETTINGS)
+        hold.wait_held()
         wait_for(lambda: served(second_server) >= before[1] + 10)
-        assert served(server) > before[0]  # both servers receive work
+        wait_for(lambda: served(server) > before[0])  # both servers receive work
         second_server.stop(timeout=0)  # killed mid-run: its requests in flight fail
-        assert not run.done(), run.exception()
+        hold.release()
+        assert not run.done(), run.exception()  # it had a request held there
         summary = run.result(timeout=120)
-    second_server.start()  # for the next test
     for name in RESULTS:
         assert same_table((tmp_path / name).read_bytes(), (reference / name).read_bytes()), name
     # Every chunk exactly once: same frame ids, no repeats.
@@ -77,29 +84,32 @@ def test_work_is_spread_over_servers_and_survives_losing_one(
 def test_a_server_down_at_the_start_is_avoided_until_it_is_up(
     server, second_server, contigs, tmp_path
 ):
-    # Long enough (~2,400 chunks, a minute) to outlast the restart and the probes' backoff
-    # (at most 10 s between probes).
-    longer = tmp_path / "longer.fa"
-    text = contigs.read_text()
-    longer.write_text("".join(text.replace(">contig_", f">copy{i}_contig_") for i in range(8)))
-    second_server.stop()
+    second_server.stop()  # down (the test before left it killed: no start spent on it)
     before = served(server)
+
+    def second_answered() -> bool:
+        try:
+            return served(second_server) > 0
+        except InferenceServerException:  # not up yet
+            return False
+
+    # The input goes on until the second server answered: the run cannot end before.
+    fed = Feeder(tmp_path / "contigs.fifo", contigs, until=second_answered)
     with ThreadPoolExecutor(1) as pool:
         urls = [second_server.grpc_url, server.grpc_url]
         out = tmp_path / "out"
-        run = pool.submit(predict, longer, 300, out, urls, max_in_flight=2, **SETTINGS)
+        run = pool.submit(predict, fed.path, 300, out, urls, max_in_flight=2, **SETTINGS)
         wait_for(lambda: served(server) >= before + 5)
         second_server.start()  # comes up mid-run: the probes bring it into rotation
-        wait_for(lambda: served(second_server) > 0 or run.done())
-        assert not run.done(), "the run ended before the server came into rotation"
         summary = run.result(timeout=300)
+    fed.join()
     by_url = {e.url: e for e in summary.endpoints}
     assert by_url[second_server.grpc_url].outages == 1
     assert by_url[second_server.grpc_url].answered > 0
     assert by_url[server.grpc_url].answered + by_url[second_server.grpc_url].answered == -(
         -summary.chunks // 4
     )  # every batch answered once, by one server or the other
-    assert summary.records == 720 == len((out / SUMMARY).read_text().splitlines()) - 1
+    assert summary.records == fed.records == len((out / SUMMARY).read_text().splitlines()) - 1
 
 
 def test_a_killed_client_resumes_without_losing_or_repeating_a_chunk(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,14 +25,12 @@ from tritonclient.grpc import model_config_pb2
 from virnucpro_triton import repository as repo
 from virnucpro_triton.checkpoints import load_classifier, load_dnabert_s, load_esm2
 from virnucpro_triton.client.embed import embed, ids_path
-from virnucpro_triton.client.predict import predict
 from virnucpro_triton.export import VerificationError, export_repository
 from virnucpro_triton.export.repository_writer import export_esm2
 from virnucpro_triton.export.tiny import TINY_ESM2
 from virnucpro_triton.models.dnabert_s import DnabertConfig
 from virnucpro_triton.models.esm2 import Esm2, encode_protein
 from virnucpro_triton.models.fp8 import apply_fp8
-from virnucpro_triton.results.outputs import PREDICTIONS
 from virnucpro_triton.server import EmbeddedServer
 
 CLI = [str(Path(sys.executable).parent / "virnucpro-triton")]
@@ -118,6 +117,7 @@ def test_export_records_each_entrys_checkpoint_and_weights(exported, checkpoints
         assert json.loads(about["weights_sha256"])[repo.WEIGHTS] == repo.sha256_of(weights)
 
 
+@pytest.mark.server  # starts servers of its own
 def test_served_embeddings_equal_the_source_checkpoints(exported, checkpoints, tmp_path):
     dna = ["ATGGCTAGCAAAGGTAAACGTATTGCA" * 12, "acgtn", "GATTACA"]
     proteins = ["MKTAYIAKQRQISFVKSHFSRQLEERLG", "W", "MKV" * 50]
@@ -211,7 +211,8 @@ def test_export_refuses_classifier_of_the_wrong_size(checkpoints, tmp_path):
         )
 
 
-def test_fp8_export_is_written_and_served_as_bf16_where_no_gpu_has_fp8(mixed_fasta, tmp_path):
+@pytest.mark.server  # starts servers of its own
+def test_fp8_export_is_written_and_served_as_bf16_where_no_gpu_has_fp8(tmp_path):
     plain, fp8 = tmp_path / "bf16", tmp_path / "fp8"
     export_repository(plain, tiny=True, dtype="bf16", report=lambda _: None)
     checks = export_repository(
@@ -224,14 +225,19 @@ def test_fp8_export_is_written_and_served_as_bf16_where_no_gpu_has_fp8(mixed_fas
             (repository / repo.ESM2 / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
         )
         assert config.parameters["fp8"].string_value == setting
+    # Served on the one entry fp8 is about (a fast start): the same embeddings either way.
+    proteins = tmp_path / "proteins.fa"
+    proteins.write_text(">p0\nMKTAYIAKQRQISFVKSHFSRQLEERLG\n>p1\nW\n>p2\n" + "MKV" * 50 + "\n")
     outputs = {}
     for repository in (plain, fp8):
+        served = tmp_path / f"{repository.name}-esm2"
+        shutil.copytree(repository / repo.ESM2, served / repo.ESM2)
         log = repository / "server.log"
-        with EmbeddedServer(repository, log_path=log) as server:
-            predict(mixed_fasta, 300, repository / "out", server.grpc_url, progress=False)
+        with EmbeddedServer(served, log_path=log) as server:
+            embed(proteins, repo.ESM2, repository / "esm2.npy", server.grpc_url)
         loaded = [line for line in log.read_text().splitlines() if "loaded esm2 " in line]
         assert loaded and all(("not applied" in line) == (repository == fp8) for line in loaded)
-        outputs[repository] = (repository / "out" / PREDICTIONS).read_bytes()
+        outputs[repository] = (repository / "esm2.npy").read_bytes()
     assert outputs[plain] == outputs[fp8]
 
 

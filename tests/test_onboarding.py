@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from importlib import metadata
 from pathlib import Path
 
@@ -17,26 +16,19 @@ import tritonclient.grpc as grpcclient
 
 from virnucpro_triton import repository as repo
 from virnucpro_triton.cli import main
+from virnucpro_triton.results.outputs import PREDICTIONS
 from virnucpro_triton.results.report import write_report
 from virnucpro_triton.results.run_info import RUN_INFO
 from virnucpro_triton.server import EmbeddedServer, backend_directory
 
 CLI = str(Path(sys.executable).parent / "virnucpro-triton")
 ROOT = Path(__file__).parent.parent
-# Far below any server start on these machines (20 s and more), far above the check itself.
-BEFORE_A_SERVER_START = 10.0
 
 
-def cli(*args: str, timeout: float = 300) -> tuple[subprocess.CompletedProcess, float]:
-    started = time.monotonic()
-    result = subprocess.run(
-        [CLI, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "NO_COLOR": "1"},
-    )
-    return result, time.monotonic() - started
+def cli(*args: str, tmp: Path | None = None) -> subprocess.CompletedProcess:
+    """`tmp`: the TMPDIR of the command, where an embedded server would make its log."""
+    env = {**os.environ, "NO_COLOR": "1", **({"TMPDIR": str(tmp)} if tmp else {})}
+    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=300, env=env)
 
 
 def copy_without(repository: Path, target: Path, *left_out: str) -> Path:
@@ -91,7 +83,8 @@ def test_a_repository_that_cannot_serve_the_run_is_one_line_before_a_server_star
     command, make, said, unsaid = REFUSED[case]
     repository = make(tiny_repository, tmp_path)
     args = [a.format(fasta=mixed_fasta, out=tmp_path / "out") for a in command]
-    result, seconds = cli(*args, "--repository", str(repository))
+    (tmp_path / "tmp").mkdir()
+    result = cli(*args, "--repository", str(repository), tmp=tmp_path / "tmp")
     assert result.returncode == 1
     assert result.stdout == ""
     (line,) = result.stderr.splitlines()
@@ -100,7 +93,7 @@ def test_a_repository_that_cannot_serve_the_run_is_one_line_before_a_server_star
         assert words in line
     for words in unsaid:
         assert words not in line
-    assert seconds < BEFORE_A_SERVER_START
+    assert not list((tmp_path / "tmp").glob("tritonserver-*.log"))  # no server was made
     assert not (tmp_path / "out").exists()
 
 
@@ -121,12 +114,14 @@ def test_a_complete_repository_passes_the_check_with_only_what_the_run_needs(
     repo.check_entries(only(tiny_repository, tmp_path / "b", repo.ESM2), [repo.ESM2])
 
 
+@pytest.mark.server  # starts servers of its own
 def test_embedded_run_says_what_loads_and_records_the_start(tiny_repository, mixed_fasta, tmp_path):
-    """A 300-bp run on a repository without classifier_500, through an embedded server."""
+    """A 300-bp run on a repository without classifier_500, through an embedded server (the
+    CLI's run with an embedded server, tested once)."""
     repository = copy_without(tiny_repository, tmp_path / "r", "classifier_500")
     out = tmp_path / "out"
     args = ["predict", str(mixed_fasta), "--chunk-size", "300", "-o", str(out), "--no-progress"]
-    result, _ = cli(*args, "--repository", str(repository))
+    result = cli(*args, "--repository", str(repository))
     assert result.returncode == 0, result.stderr
     lines = result.stderr.splitlines()
     loading = [ln for ln in lines if ln.startswith("virnucpro-triton: loading ")]
@@ -141,8 +136,10 @@ def test_embedded_run_says_what_loads_and_records_the_start(tiny_repository, mix
     assert f"{info['start_seconds']:.1f} s" in ready
     assert f"after a {info['start_seconds']:.1f} s start" in result.stdout
     assert list(info["models"]) == list(repo.pipeline_entries(300))
+    assert "6 records, " in result.stdout and (out / PREDICTIONS).exists()
 
 
+@pytest.mark.server  # starts servers of its own
 def test_a_python_stub_is_started_once_per_instance_only(tiny_repository, tmp_path):
     """Triton's auto-completion of the configs would start one more stub per entry first."""
     repository = only(tiny_repository, tmp_path / "r", repo.ESM2)
@@ -198,7 +195,7 @@ def test_every_entry_says_where_its_weights_come_from(server, tiny_repository):
 def test_random_weights_are_named_in_run_json_summary_and_report(server, mixed_fasta, tmp_path):
     out = tmp_path / "out"
     args = ["predict", str(mixed_fasta), "--chunk-size", "500", "-o", str(out)]
-    result, _ = cli(*args, "--url", server.grpc_url, "--report", "--no-progress")
+    result = cli(*args, "--url", server.grpc_url, "--report", "--no-progress")
     assert result.returncode == 0, result.stderr
     info = json.loads((out / RUN_INFO).read_text())
     assert list(info["models"]) == list(repo.pipeline_entries(500))

@@ -168,28 +168,6 @@ def test_bad_request_fails_alone_and_the_model_keeps_serving(server):
     np.testing.assert_array_equal(good, again)
 
 
-def test_predict_cli_with_embedded_server(tiny_repository, mixed_fasta, tmp_path):
-    result = subprocess.run(
-        [
-            *CLI,
-            "predict",
-            str(mixed_fasta),
-            "--chunk-size",
-            "300",
-            "-o",
-            str(tmp_path / "out"),
-            "--repository",
-            str(tiny_repository),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "6 records, " in result.stdout
-    assert (tmp_path / "out" / PREDICTIONS).exists()
-
-
 @pytest.mark.parametrize(
     ("content", "message"),
     [

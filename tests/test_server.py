@@ -159,6 +159,7 @@ def test_busy_port_is_reported_before_starting(tmp_path: Path) -> None:
     assert not log.exists() or log.read_text() == ""  # tritonserver never ran
 
 
+@pytest.mark.server  # starts servers of its own
 def test_busy_port_is_detected_from_the_server_log(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -189,6 +190,7 @@ def test_unusable_repository_is_rejected(tmp_path: Path, kind: str) -> None:
         EmbeddedServer(repo).start()
 
 
+@pytest.mark.server  # starts servers of its own
 def test_model_failing_to_initialize_is_named_with_its_error(tmp_path: Path) -> None:
     repo = make_repository(
         tmp_path / "repo", echo=ECHO_MODEL, broken=BROKEN_MODEL, needs_dep=MISSING_DEPENDENCY_MODEL
@@ -212,6 +214,7 @@ def test_model_failing_to_initialize_is_named_with_its_error(tmp_path: Path) -> 
 
 
 # timeout 0: the server gets no time to exit, so stop() must kill it and its stub itself.
+@pytest.mark.server  # starts servers of its own
 @pytest.mark.parametrize("timeout", [30.0, 0.0])
 def test_stop_ends_server_and_stubs(tmp_path: Path, timeout: float) -> None:
     repo = make_repository(tmp_path / "repo", echo=ECHO_MODEL)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from virnucpro_triton.results.outputs import atomic_files
-from virnucpro_triton.records import unique_ids
 from virnucpro_triton.fasta import read_fasta
+from virnucpro_triton.records import unique_ids
+from virnucpro_triton.results.outputs import atomic_files
 from virnucpro_triton.sequence import chunks, six_frames
 
 CHUNKED = "chunked.fa"

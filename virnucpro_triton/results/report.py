@@ -24,6 +24,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from virnucpro_triton.errors import VirnucproError
 from virnucpro_triton.results import frame_table, run_info
 from virnucpro_triton.results.evidence import VERDICT_NAMES
 from virnucpro_triton.results.outputs import (
@@ -34,7 +35,6 @@ from virnucpro_triton.results.outputs import (
     VIRUSES,
     atomic_files,
 )
-from virnucpro_triton.errors import VirnucproError
 from virnucpro_triton.sequence import chunk_starts, split_chunk_id
 
 TOP = 20
