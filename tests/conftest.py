@@ -31,6 +31,7 @@ SERVER_FIXTURES = {
     "replica_a",
     "replica_b",
     "replica_c",
+    "echo_server",
     "echo_repository",  # a one-model repository only the server tests start servers on
 }
 

@@ -249,6 +249,7 @@ def door_processes(marker: str) -> set[int]:
     return found
 
 
+@pytest.mark.server  # starts the door command, which starts tritonserver
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_the_door_command_stops_on_a_signal_and_leaves_nothing(tmp_path, sig):
     """What the image runs (its ENTRYPOINT): a signal stops tritonserver gracefully, also after

@@ -255,6 +255,7 @@ def answers(url: str) -> bool:
         return s.connect_ex((host, int(port))) == 0
 
 
+@pytest.mark.server  # the CLI starts tritonserver
 @pytest.mark.slow
 def test_embedded_shared_server_serves_every_job_and_stops_with_the_run(tiny_repository, tmp_path):
     samples = {name: [ROOT / "examples" / f"{name}.fasta"] for name in ("contigs", "reads")}
@@ -272,6 +273,7 @@ def test_embedded_shared_server_serves_every_job_and_stops_with_the_run(tiny_rep
         assert (tmp_path / "results" / name / "report.html").exists()  # predict.report: default
 
 
+@pytest.mark.server  # the CLI starts tritonserver
 @pytest.mark.slow
 def test_embedded_per_job_each_job_starts_its_own_server(tiny_repository, tmp_path):
     samples = {"reads": [ROOT / "examples" / "reads.fasta"]}
@@ -330,6 +332,7 @@ def test_a_sample_predict_refuses_fails_its_job_naming_sample_and_reason(server,
     assert [name for name in OUTPUTS if (out / name).exists()] == []
 
 
+@pytest.mark.server  # the CLI starts tritonserver
 def test_shared_server_that_cannot_start_stops_the_run_in_one_line(tmp_path):
     samples = {"reads": [ROOT / "examples" / "reads.fasta"]}
     write_project(tmp_path, samples, repository=str(tmp_path / "no-repository"))
