@@ -20,7 +20,7 @@ for step in "$@"; do
                 --duplicate-fraction 0.3 --work-dir /tmp/bench --json-out "$OUT/bench.json" \
                 2>&1 | tee "$OUT/bench.log" | grep -v "^W\|^I" ;;
         fc1) python3 docs/experiments/fc1_gelu.py "$OUT/fc1_gelu.json" 2>&1 | tail -60 ;;
-        gpu) timeout 330 python3 -m pytest -m gpu -q -p no:cacheprovider tests 2>&1 | tail -15 ;;
+        gpu) timeout 330 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -15 ;;
     esac
 done
 echo "== done $(date -u +%T)"
