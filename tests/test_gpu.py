@@ -15,7 +15,7 @@ from virnucpro_triton.client.predict import predict
 from virnucpro_triton.embedders import ProteinEmbedder
 from virnucpro_triton.export import VerificationError, export_repository
 from virnucpro_triton.export.tiny import TINY_ESM2
-from virnucpro_triton.models.esm2 import ESM2_SIZES, Esm2, Esm2Config
+from virnucpro_triton.models.esm2 import ESM2_SIZES, Esm2, Esm2Config, TransformerLayer
 from virnucpro_triton.models.fp8 import (
     FEED_FORWARD,
     NONE,
@@ -122,3 +122,21 @@ def test_served_esm2_applies_its_fp8_parameter(mixed_fasta, tmp_path):
     a, b = outputs.values()
     assert a.keys() == b.keys()
     assert 0 < max(abs(a[k][2] - b[k][2]) for k in a) < 0.05
+
+
+@torch.inference_mode()
+def test_fc1_gelu_epilogue_in_bf16_is_as_close_to_fp32_erf_gelu_as_unfused():
+    torch.manual_seed(0)
+    layer = TransformerLayer(640, 20, 1e-5).cuda()  # the 150M shape, fp32
+    x = torch.randn(4, 100, 640, device="cuda")
+    reference = torch.nn.functional.gelu(layer.fc1(x))  # fp32, erf: what ESM-2 was trained with
+    assert torch.equal(layer._fc1_gelu(x), reference)  # fp32 keeps the exact GELU
+    half, x16 = copy.deepcopy(layer).bfloat16(), x.bfloat16()
+    fused = half._fc1_gelu(x16).float()
+    unfused = torch.nn.functional.gelu(half.fc1(x16)).float()
+
+    def error(out: torch.Tensor) -> float:
+        return ((out - reference).norm() / reference.norm()).item()
+
+    assert not torch.equal(fused, unfused)  # the epilogue ran: it rounds once, not twice
+    assert error(fused) <= 1.1 * error(unfused) and error(fused) < 5e-3

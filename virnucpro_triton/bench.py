@@ -8,22 +8,29 @@ writes them into a model repository, and on the same frames measures
 and reports frames/s, the ratio b/a, GPU memory peak, GPU busy % and an MFU estimate. On a GPU
 with FP8 it serves again with ESM-2's feed-forward layers in FP8 and reports how far verdicts and
 embeddings move. `--tiny` runs the same on the demo-size models (the CPU smoke run in the tests).
+`--duplicate-fraction F` also serves reads of which F are copies of others (half of them reverse
+complements), with the embedders' cache of embeddings off and on, and the same reads without the
+copies. Every served run reports the CPU seconds of the server, each entry's stubs and the client.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import random
 import subprocess
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import click
 import numpy as np
 import torch
 import tritonclient.grpc as grpcclient
+from Bio import SeqIO
+from google.protobuf import text_format
 
 from virnucpro_triton import repository as repo
 from virnucpro_triton.client.predict import predict
@@ -34,24 +41,33 @@ from virnucpro_triton.models.dnabert_s import DnabertConfig, DnabertS, build_dna
 from virnucpro_triton.models.esm2 import ESM2_SIZES, PAD_IDX, Esm2, Esm2Config, pad_batch
 from virnucpro_triton.models.fp8 import FEED_FORWARD, fp8_feed_forward, fp8_unavailable
 from virnucpro_triton.results import frame_table
-from virnucpro_triton.sequence import chunks, six_frames
+from virnucpro_triton.sequence import chunks, reverse_complement, six_frames
 from virnucpro_triton.server import EmbeddedServer
+from virnucpro_triton.serving.embedding_cache import read_cache_metrics
 
 H100_BF16_DENSE_TFLOPS = 989.0  # spec sheet, SXM; DESIGN.md measured ~790 on a large matmul
 _STOPS = {"TAA", "TAG", "TGA"}
 _CODONS = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in _STOPS]
 
 
-def make_workload(path: Path, frames_wanted: int, chunk_size: int, seed: int = 0) -> list:
+def make_workload(
+    path: Path,
+    frames_wanted: int,
+    chunk_size: int,
+    seed: int = 0,
+    lengths: tuple[int, int] | None = None,
+) -> list:
     """Write a FASTA of ORF-rich and random contigs until its chunks yield `frames_wanted`
-    stop-free frames; return those frames in input order."""
+    stop-free frames; return those frames in input order. `lengths` [lo, hi): reads of those
+    lengths instead of contigs of one to four chunks."""
     rng = random.Random(seed)
+    shortest, longest = lengths or (chunk_size, 4 * chunk_size)
     frames = []
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as handle:
         n = 0
         while len(frames) < frames_wanted:
-            length = rng.randrange(chunk_size, 4 * chunk_size)
+            length = rng.randrange(shortest, longest)
             if n % 4 == 3:  # random DNA: mostly no stop-free frame, as in real metagenomes
                 seq = "".join(rng.choice("ACGT") for _ in range(length))
             else:
@@ -61,6 +77,32 @@ def make_workload(path: Path, frames_wanted: int, chunk_size: int, seed: int = 0
                 frames.extend(f for f in six_frames(chunk) if f is not None)
             n += 1
     return frames
+
+
+def add_duplicates(
+    source: Path, target: Path, fraction: float, chunk_size: int, seed: int = 4
+) -> tuple[int, int]:
+    """Write `source`'s reads plus copies of random ones, so that `fraction` of all reads are
+    copies, every second one reverse complemented, in shuffled order; return (reads, frames).
+
+    A read and its reverse complement have the same six frames (F and R swapped) when it is one
+    chunk long, as short reads are; reads of several chunks are chunked from the other end."""
+    rng = random.Random(seed)
+    originals = [(r.id, str(r.seq)) for r in SeqIO.parse(source, "fasta")]
+    reads = list(originals)
+    for i in range(round(len(originals) * fraction / (1 - fraction))):
+        name, seq = rng.choice(originals)
+        reads.append((f"{name}_copy{i}", reverse_complement(seq) if i % 2 else seq))
+    rng.shuffle(reads)
+    with open(target, "w") as handle:
+        handle.writelines(f">{name}\n{seq}\n" for name, seq in reads)
+    frames = sum(
+        frame is not None
+        for name, seq in reads
+        for _, chunk in chunks(name, seq, chunk_size)
+        for frame in six_frames(chunk)
+    )
+    return len(reads), frames
 
 
 def build_repository(repository: Path, tiny: bool, device: torch.device) -> dict:
@@ -267,6 +309,8 @@ def served(
             progress=False,
         )
         before = _model_seconds(server.grpc_url)
+        cpu_before, cache_before = _cpu_seconds(server.pid), _cache_counts(server)
+        client_before = time.process_time()
         with GpuSampler() as gpu:
             start = time.perf_counter()
             summary = predict(
@@ -279,6 +323,10 @@ def served(
                 progress=False,
             )
             seconds = time.perf_counter() - start
+        # The client is this process: its CPU time includes the GPU sampler's thread (tiny).
+        cpu = {"client": time.process_time() - client_before}
+        cpu |= {k: v - cpu_before.get(k, 0.0) for k, v in _cpu_seconds(server.pid).items()}
+        cache = _cache_counts(server)
         after = _model_seconds(server.grpc_url)
     finally:
         server.stop()
@@ -288,10 +336,89 @@ def served(
         "seconds": seconds,
         "cold_start_s": ready,
         **gpu.summary(),
+        "cpu_ms_per_frame": {k: round(1000 * v / frames, 4) for k, v in cpu.items()},
+        "cpu_cores_busy": {k: round(v / seconds, 3) for k, v in cpu.items()},
+        "embedding_cache": {
+            model: {k: v - cache_before.get(model, {}).get(k, 0.0) for k, v in counts.items()}
+            for model, counts in cache.items()
+        },
         "model_seconds": {
             model: {k: round(after[model][k] - before[model][k], 3) for k in after[model]}
             for model in after
         },
+    }
+
+
+def _cpu_seconds(server_pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) so far of the tritonserver process and of each entry's
+    Python stubs (all in the server's process group), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    seconds: dict[str, float] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # from field 3 (state) on
+            arguments = (stat.parent / "cmdline").read_bytes().decode().split("\0")
+        except (OSError, IndexError):
+            continue  # ended meanwhile
+        if int(fields[2]) != server_pid:  # field 5: process group
+            continue
+        # A stub's arguments name its entry's model.py: REPOSITORY/ENTRY/1/model.py.
+        models = [Path(a).parent.parent.name for a in arguments if a.endswith("/1/model.py")]
+        name = models[0] if models else Path(arguments[0]).name
+        seconds[name] = seconds.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return seconds
+
+
+def _cache_counts(server: EmbeddedServer) -> dict[str, dict[str, float]]:
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as page:
+        return read_cache_metrics(page.read().decode())
+
+
+def set_embedding_cache(repository: Path, cache_bytes: int) -> None:
+    """Set the dnabert_s and esm2 entries' cache size in their config.pbtxt (weights untouched)."""
+    from tritonclient.grpc import model_config_pb2
+
+    for name in (repo.DNABERT_S, repo.ESM2):
+        path = repository / name / "config.pbtxt"
+        config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+        config.parameters[repo.EMBEDDING_CACHE_PARAMETER].string_value = str(cache_bytes)
+        path.write_text(text_format.MessageToString(config))
+
+
+def duplicate_runs(
+    repository: Path, work_dir: Path, size: int, frames: int, fraction: float, client: tuple
+) -> dict:
+    """Reads of one chunk served as they are and with `fraction` copies added, the embedders'
+    cache off and on (one server each, off and on interleaved): reads/s and same-run ratios."""
+    unique = work_dir / f"reads_{size}.fasta"
+    unique_frames = make_workload(unique, frames, size, seed=3, lengths=(size // 2, size + 1))
+    copies = work_dir / f"reads_{size}_copies.fasta"
+    workloads = {
+        0.0: (unique, sum(1 for _ in SeqIO.parse(unique, "fasta")), len(unique_frames)),
+        fraction: (copies, *add_duplicates(unique, copies, fraction, size)),
+    }
+    runs, rate = {}, {}
+    for f, (fasta, reads, frame_count) in workloads.items():
+        for cache_bytes in (0, repo.EMBEDDING_CACHE_BYTES):
+            key = f"f={f:g}, cache {'on' if cache_bytes else 'off'}"
+            set_embedding_cache(repository, cache_bytes)
+            out = work_dir / f"out_reads_{size}_{f:g}_{cache_bytes}"
+            runs[key] = served(repository, fasta, frame_count, size, out, *client)
+            runs[key] |= {"reads": reads, "reads_per_s": reads / runs[key]["seconds"]}
+            rate[key] = runs[key]["reads_per_s"]
+    set_embedding_cache(repository, repo.EMBEDDING_CACHE_BYTES)
+    base, off, on = (
+        rate["f=0, cache off"],
+        rate[f"f={fraction:g}, cache off"],
+        rate[f"f={fraction:g}, cache on"],
+    )
+    return {
+        "duplicate_fraction": fraction,
+        "runs": runs,
+        "no_duplicates_on_over_off": rate["f=0, cache on"] / base,
+        "duplicates_on_over_off": on / off,
+        "duplicates_on_over_no_duplicates_off": on / base,
+        "target_over_no_duplicates": 0.9 / (1 - fraction),
     }
 
 
@@ -359,6 +486,13 @@ _COMPUTE = ("compute_input", "compute_infer", "compute_output")
     help="Also serve with ESM-2's feed-forward matmuls in FP8 and measure how far results move "
     "(default: when the GPU has FP8).",
 )
+@click.option(
+    "--duplicate-fraction",
+    type=click.FloatRange(0, 0.9),
+    default=0.0,
+    help="Also serve reads of which this share are copies (half reverse complements), "
+    "embedding cache off and on, against the same reads without copies.",
+)
 @click.option("--work-dir", type=click.Path(path_type=Path), default=Path("build/bench"))
 @click.option("--json-out", type=click.Path(path_type=Path), default=Path("build/bench.json"))
 def main(
@@ -369,6 +503,7 @@ def main(
     in_flight: int,
     gpu_scaling: bool,
     fp8: bool | None,
+    duplicate_fraction: float,
     work_dir: Path,
     json_out: Path,
 ) -> None:
@@ -432,6 +567,19 @@ def main(
                 f"{size} bp: served on 1 GPU {one['frames_per_s']:.0f}/s | on "
                 f"{results['gpus_visible']} GPUs {serve['frames_per_s']:.0f}/s | "
                 f"{run['all_gpus_over_one']:.2f}x"
+            )
+        if duplicate_fraction:
+            client = (batch_chunks, in_flight)
+            cached = duplicate_runs(repository, work_dir, size, frames, duplicate_fraction, client)
+            run["embedding_cache"] = cached
+            click.echo(
+                f"{size} bp reads/s, cache off/on: no copies "
+                f"{cached['runs']['f=0, cache off']['reads_per_s']:.0f}/"
+                f"{cached['runs']['f=0, cache on']['reads_per_s']:.0f} "
+                f"({cached['no_duplicates_on_over_off']:.3f}x) | {duplicate_fraction:g} copies "
+                f"{cached['duplicates_on_over_off']:.2f}x | on over no copies "
+                f"{cached['duplicates_on_over_no_duplicates_off']:.2f}x "
+                f"(target {cached['target_over_no_duplicates']:.2f}x)"
             )
         if fp8:
             run["served_fp8"] = served_fp8(models, arguments, workload, verdicts, device)

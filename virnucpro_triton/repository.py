@@ -73,6 +73,12 @@ MAX_PROTEIN_LENGTH = 4_000
 # smaller (PIPELINE_MAX_BATCH chunks of at most 500 bases: 2 MB).
 MAX_REQUEST_BYTES = 32 * 2**20
 
+# Host memory per embedder instance (one per GPU) for embeddings of sequences seen before, the
+# entries' parameter EMBEDDING_CACHE_PARAMETER (0 = off): about 100,000 ESM-2 3B frames (10.6 kB
+# each with its key) or 300,000 DNABERT-S frames (3.6 kB).
+EMBEDDING_CACHE_PARAMETER = "embedding_cache_bytes"
+EMBEDDING_CACHE_BYTES = 1 << 30
+
 # Flags every server of this project runs with: the embedded one (server.py), docker/Dockerfile,
 # docker/k8s and docker/kserve (tests/test_hardening.py checks they agree).
 # - Model control "none": every model loads at start, none can be loaded or unloaded over the API.
@@ -197,9 +203,13 @@ def model_config(
     return config
 
 
-def embedder_config(name: str, dim: int, fp8: str = FP8_NONE) -> model_config_pb2.ModelConfig:
-    """The `dnabert_s` or `esm2` entry; `fp8` is the esm2 entry's FP8 setting (models/fp8.py)."""
-    return model_config(name, *embedder_tensors(dim), EMBEDDER_MAX_BATCH, {"fp8": fp8})
+def embedder_config(
+    name: str, dim: int, fp8: str = FP8_NONE, cache_bytes: int = EMBEDDING_CACHE_BYTES
+) -> model_config_pb2.ModelConfig:
+    """The `dnabert_s` or `esm2` entry; `fp8` is the esm2 entry's FP8 setting (models/fp8.py),
+    `cache_bytes` the size of its cache of embeddings (serving/embedding_cache.py; 0 = off)."""
+    parameters = {"fp8": fp8, EMBEDDING_CACHE_PARAMETER: str(cache_bytes)}
+    return model_config(name, *embedder_tensors(dim), EMBEDDER_MAX_BATCH, parameters)
 
 
 def onnx_model_config(

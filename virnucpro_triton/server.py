@@ -216,6 +216,7 @@ class EmbeddedServer:
         self._host = "127.0.0.1" if address == "0.0.0.0" else address
         self.grpc_url = f"{self._host}:{self.ports['gRPC']}"
         self.http_url = f"{self._host}:{self.ports['HTTP']}"
+        self.metrics_url = f"http://{self._host}:{self.ports['metrics']}/metrics"
         self.shm_prefix = f"{_SHM_FAMILY}{os.urandom(8).hex()}_"
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_start = 0  # where this run's output begins in a reused log file
@@ -320,6 +321,11 @@ class EmbeddedServer:
         for region in self.shm_regions():
             region.chmod(0o600)
         return self
+
+    @property
+    def pid(self) -> int | None:
+        """The tritonserver's process id (its stubs share its process group), or None."""
+        return self._proc.pid if self._proc is not None else None
 
     def shm_regions(self) -> list[Path]:
         """This server's shared-memory regions in /dev/shm."""

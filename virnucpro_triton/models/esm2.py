@@ -138,7 +138,23 @@ class TransformerLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         x = x + self.self_attn(self.self_attn_layer_norm(x), keep)
-        return x + self.fc2(F.gelu(self.fc1(self.final_layer_norm(x))))
+        return x + self.fc2(self._fc1_gelu(self.final_layer_norm(x)))
+
+    def _fc1_gelu(self, x: torch.Tensor) -> torch.Tensor:
+        # bf16/fp16 on a GPU: bias and GELU in the fc1 matmul's cuBLASLt epilogue, ESM-2 3B
+        # +6.5% frames/s compiled on an H200 (docs/performance.md). Its GELU is the tanh form,
+        # applied to the fp32 accumulator: closer to fp32 erf GELU than erf after rounding to
+        # bf16. fp32 keeps the exact erf GELU that ESM-2 was trained with.
+        if (
+            x.is_cuda
+            and x.dtype in (torch.bfloat16, torch.float16)
+            and type(self.fc1) is nn.Linear  # not FP8's replacement
+            and not torch.onnx.is_in_onnx_export()
+        ):
+            flat = x.reshape(-1, x.shape[-1])
+            out = torch._addmm_activation(self.fc1.bias, flat, self.fc1.weight.t(), use_gelu=True)
+            return out.view(*x.shape[:-1], out.shape[-1])
+        return F.gelu(self.fc1(x))
 
 
 class Esm2(nn.Module):

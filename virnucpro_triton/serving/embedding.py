@@ -34,6 +34,7 @@ from virnucpro_triton.serving.common import (
     try_each,
     version_dir,
 )
+from virnucpro_triton.serving.embedding_cache import CacheMetrics, EmbeddingCache, cache_bytes_of
 
 
 def _onnx_graph(name: str, kind: str, dim: int) -> GraphEmbedding:
@@ -71,6 +72,8 @@ class EmbeddingModel:
             self.check = CHECKS["protein"]
         if compiled:
             self.embed.warm_up()
+        self.cache = EmbeddingCache(cache_bytes_of(config))
+        self.metrics = CacheMetrics(args["model_name"]) if self.cache.max_bytes else None
         notes = [kind, architecture["dtype"], runtime] + ["compiled"] * compiled + [fp8_done]
         log_loaded(args, " ".join(filter(None, notes)))
 
@@ -88,7 +91,7 @@ class EmbeddingModel:
         parsed = try_each(requests, self._sequences)
         valid = [batch for batch in parsed if not isinstance(batch, Exception)]
         try:
-            embeddings = self.embed([s for batch in valid for s in batch])
+            embeddings = self.cache.embed([s for batch in valid for s in batch], self.embed)
         except Exception as error:  # a compute failure fails the requests that shared it
             return [answer(b if isinstance(b, Exception) else error) for b in parsed]
         results, start = [], 0
@@ -98,4 +101,6 @@ class EmbeddingModel:
             else:
                 results.append(answer({"EMBEDDING": embeddings[start : start + len(batch)]}))
                 start += len(batch)
+        if self.metrics:
+            self.metrics.report(self.cache)
         return results

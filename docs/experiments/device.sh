@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# One call on the lent H200 (issue 17/18 measurements): install the carried wheels (.whl: the
+# nvidia-pytriton wheel without the stubs of other Pythons, numpy 1.26, biopython,
+# tritonclient) and this checkout into the machine's Python, then run the steps named.
+#   bench: make bench's 300-bp run with --duplicate-fraction 0.3 -> $OUT/bench.json
+#   fc1:   docs/experiments/fc1_gelu.py -> $OUT/fc1_gelu.json
+#   gpu:   pytest -m gpu
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir .whl/*.whl || exit 1
+python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . || exit 1
+python3 -c "import numpy, torch; print('numpy', numpy.__version__, 'torch', torch.__version__)"
+nvidia-smi --query-gpu=name,driver_version,memory.used,utilization.gpu --format=csv
+nproc
+for step in "$@"; do
+    echo "== $step $(date -u +%T)"
+    case $step in
+        bench)
+            python3 -m virnucpro_triton.bench --chunk-size 300 --no-fp8 --frames "${FRAMES:-15000}" \
+                --duplicate-fraction 0.3 --work-dir /tmp/bench --json-out "$OUT/bench.json" \
+                2>&1 | tee "$OUT/bench.log" | grep -v "^W\|^I" ;;
+        fc1) python3 docs/experiments/fc1_gelu.py "$OUT/fc1_gelu.json" 2>&1 | tail -60 ;;
+        gpu) timeout 330 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -15 ;;
+    esac
+done
+echo "== done $(date -u +%T)"
