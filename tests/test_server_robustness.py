@@ -316,8 +316,8 @@ def small_queue_server(tiny_repository, tmp_path_factory):
     """The tiny repository with a pipeline queue of 2 and a classifier_500 with a bug."""
     repository = tmp_path_factory.mktemp("small_queue") / "repository"
     shutil.copytree(tiny_repository, repository)
-    config = repo.model_config(
-        repo.PIPELINE, repo.PIPELINE_INPUTS, repo.PIPELINE_OUTPUTS, repo.PIPELINE_MAX_BATCH
+    config = text_format.Parse(
+        (repository / repo.PIPELINE / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
     )
     config.dynamic_batching.default_queue_policy.max_queue_size = 2
     repo.write_entry(repository, config)

@@ -14,6 +14,8 @@ import click
 
 from virnucpro_triton.repository import (
     CHUNK_SIZES,
+    DNABERT_S,
+    ESM2,
     FP8_FEED_FORWARD,
     FP8_NONE,
     RepositoryError,
@@ -436,7 +438,7 @@ def _write_report(out_dir: Path, top: int) -> None:
 @_input
 @click.option(
     "--model",
-    type=click.Choice(["dnabert_s", "esm2"]),
+    type=click.Choice([DNABERT_S, ESM2]),
     required=True,
     help="dnabert_s embeds DNA records (768-d), esm2 protein records (2560-d for the 3B model).",
 )
