@@ -30,7 +30,6 @@ from virnucpro_triton.export.repository_writer import export_esm2
 from virnucpro_triton.export.tiny import TINY_ESM2
 from virnucpro_triton.models.dnabert_s import DnabertConfig
 from virnucpro_triton.models.esm2 import Esm2, encode_protein
-from virnucpro_triton.models.fp8 import apply_fp8
 from virnucpro_triton.server import EmbeddedServer
 
 CLI = [str(Path(sys.executable).parent / "virnucpro-triton")]
@@ -255,5 +254,5 @@ def test_fp8_export_needs_bf16_torch_entries(tmp_path):
 def test_an_unknown_fp8_setting_is_refused():
     model = Esm2(TINY_ESM2).to(torch.bfloat16)
     with pytest.raises(ValueError, match="fp8 must be 'none' or 'feed_forward', not 'all'"):
-        apply_fp8(model, "all", torch.device("cpu"))
-    assert apply_fp8(model, "none", torch.device("cpu")) == ""
+        repo.apply_fp8(model, "all", torch.device("cpu"))
+    assert repo.apply_fp8(model, "none", torch.device("cpu")) == ""

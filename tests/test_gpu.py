@@ -16,13 +16,9 @@ from virnucpro_triton.embedders import ProteinEmbedder
 from virnucpro_triton.export import VerificationError, export_repository
 from virnucpro_triton.export.tiny import TINY_ESM2
 from virnucpro_triton.models.esm2 import ESM2_SIZES, Esm2, Esm2Config, TransformerLayer
-from virnucpro_triton.models.fp8 import (
-    FEED_FORWARD,
-    NONE,
-    Fp8Linear,
-    fp8_feed_forward,
-    fp8_unavailable,
-)
+from virnucpro_triton.models.fp8 import Fp8Linear, fp8_feed_forward, fp8_unavailable
+from virnucpro_triton.repository import FP8_FEED_FORWARD as FEED_FORWARD
+from virnucpro_triton.repository import FP8_NONE as NONE
 from virnucpro_triton.server import EmbeddedServer
 
 pytestmark = [
@@ -107,10 +103,7 @@ def test_served_esm2_applies_its_fp8_parameter(mixed_fasta, tmp_path):
     outputs = {}
     for fp8 in (NONE, FEED_FORWARD):
         dim = TINY_ESM2.embed_dim
-        parameters = {"fp8": fp8} if fp8 != NONE else None
-        config = repo.model_config(
-            repo.ESM2, *repo.embedder_tensors(dim), repo.EMBEDDER_MAX_BATCH, parameters
-        )
+        config = repo.entry_config(repo.spec_of(repo.ESM2), {repo.WIDTH: dim}, {"fp8": fp8})
         repo.write_entry(repository, config)
         log = tmp_path / f"{fp8}.log"
         with EmbeddedServer(repository, log_path=log) as server:

@@ -284,7 +284,7 @@ def test_bf16_entry_reloads_exactly_with_fp32_rotary_frequencies(tmp_path):
     from virnucpro_triton.export.tiny import TINY_ESM2
 
     model = Esm2(TINY_ESM2).eval()
-    config = repo.model_config(repo.ESM2, *repo.embedder_tensors(TINY_ESM2.embed_dim), 8)
+    config = repo.entry_config(repo.spec_of(repo.ESM2), {repo.WIDTH: TINY_ESM2.embed_dim})
     repo.write_entry(tmp_path, config, model, repo.architecture_of(repo.ESM2, model, "bf16"))
     loaded, _ = repo.load_model(tmp_path / repo.ESM2 / "1")
     written = model.state_dict()

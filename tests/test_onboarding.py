@@ -41,6 +41,15 @@ def only(repository: Path, target: Path, *kept: str) -> Path:
     return copy_without(repository, target, *names)
 
 
+def model_py_sources(target: Path) -> Path:
+    """What a checkout's model_repository/ used to hold: each Python entry's 1/model.py only."""
+    for spec in repo.entry_specs().values():
+        if spec.model:
+            (target / spec.name / "1").mkdir(parents=True)
+            (target / spec.name / "1" / repo.MODEL_PY).write_text(repo.model_py(spec))
+    return target
+
+
 # (command, how the repository is made, words the line holds, words it must not hold)
 REFUSED = {
     "predict_without_repository": (
@@ -57,7 +66,7 @@ REFUSED = {
     ),
     "predict_on_the_model_py_sources": (  # what a checkout's model_repository/ used to hold
         ["predict", "{fasta}", "--chunk-size", "500", "-o", "{out}"],
-        lambda tiny, tmp: shutil.copytree(repo.SOURCE_ENTRIES, tmp / "r"),
+        lambda tiny, tmp: model_py_sources(tmp / "r"),
         ["classifier_500 not exported (no config.pbtxt)", "dnabert_s not exported"],
         [],
     ),

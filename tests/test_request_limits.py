@@ -57,10 +57,9 @@ def shm_bytes(server: EmbeddedServer) -> int:
 
 
 def pipeline_request(dna: bytes) -> list[grpcclient.InferInput]:
-    names = {t.name: t for t in repo.PIPELINE_INPUTS}
-    element = grpcclient.InferInput(names["DNA"].name, [1, 1], "BYTES")
+    element = grpcclient.InferInput(repo.DNA_CHUNKS.name, [1, 1], "BYTES")
     element.set_data_from_numpy(np.array([[dna]], dtype=np.object_))
-    chunk = grpcclient.InferInput(names["CHUNK_SIZE"].name, [1, 1], "INT32")
+    chunk = grpcclient.InferInput(repo.CHUNK_SIZE.name, [1, 1], "INT32")
     chunk.set_data_from_numpy(np.array([[300]], dtype=np.int32))
     return [element, chunk]
 

@@ -327,9 +327,11 @@ def small_queue_hold(tiny_repository, tmp_path_factory) -> Hold:
     """The tiny repository with a pipeline queue of 2 (and batches of FLOOD_BATCH), a
     classifier_300 that holds requests on the test's word and a classifier_500 with a bug."""
     hold = Hold(tiny_repository, tmp_path_factory.mktemp("small_queue"))
-    config = repo.model_config(
-        repo.PIPELINE, repo.PIPELINE_INPUTS, repo.PIPELINE_OUTPUTS, FLOOD_BATCH
+    config = text_format.Parse(
+        (hold.repository / repo.PIPELINE / "config.pbtxt").read_text(),
+        model_config_pb2.ModelConfig(),
     )
+    config.max_batch_size = FLOOD_BATCH
     config.dynamic_batching.default_queue_policy.max_queue_size = 2
     repo.write_entry(hold.repository, config)
     (hold.repository / "classifier_500" / "1" / repo.MODEL_PY).write_text(BUGGY_CLASSIFIER)

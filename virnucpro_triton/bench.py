@@ -35,11 +35,12 @@ from google.protobuf import text_format
 from virnucpro_triton import repository as repo
 from virnucpro_triton.client.predict import predict
 from virnucpro_triton.embedders import DnaEmbedder, ProteinEmbedder
+from virnucpro_triton.export.repository_writer import export_pipeline
 from virnucpro_triton.export.tiny import TINY_DNABERT, TINY_ESM2
 from virnucpro_triton.models.classifier import MLPClassifier
 from virnucpro_triton.models.dnabert_s import DnabertConfig, DnabertS, build_dna_bpe_tokenizer
 from virnucpro_triton.models.esm2 import ESM2_SIZES, PAD_IDX, Esm2, Esm2Config, pad_batch
-from virnucpro_triton.models.fp8 import FEED_FORWARD, fp8_feed_forward, fp8_unavailable
+from virnucpro_triton.models.fp8 import fp8_feed_forward, fp8_unavailable
 from virnucpro_triton.results import frame_table
 from virnucpro_triton.sequence import chunks, reverse_complement, six_frames
 from virnucpro_triton.server import EmbeddedServer
@@ -118,18 +119,13 @@ def build_repository(repository: Path, tiny: bool, device: torch.device) -> dict
         (repo.DNABERT_S, dnabert, dna_config.hidden_size),
         (repo.ESM2, esm2, esm_config.embed_dim),
     ]:
-        config = repo.embedder_config(kind, dim)
+        config = repo.entry_config(repo.spec_of(kind), {repo.WIDTH: dim})
         architecture = repo.architecture_of(kind, model, dtype)
         repo.write_entry(repository, config, model, architecture, source=repo.BENCH_SOURCE)
     tokenizer = repository / repo.DNABERT_S / "1" / repo.TOKENIZER
     build_dna_bpe_tokenizer(dna_config.vocab_size).save(str(tokenizer))
     _write_classifiers(repository, classifier)
-    repo.write_entry(
-        repository,
-        repo.model_config(
-            repo.PIPELINE, repo.PIPELINE_INPUTS, repo.PIPELINE_OUTPUTS, repo.PIPELINE_MAX_BATCH
-        ),
-    )
+    export_pipeline(repository)
     half = repo.torch_dtype(dtype)
     return {
         "dnabert": dnabert.to(half),
@@ -145,9 +141,7 @@ def _write_classifiers(repository: Path, classifier: MLPClassifier) -> None:
     architecture = repo.architecture_of("classifier", classifier, "fp32")
     for size in repo.CHUNK_SIZES:
         name = repo.classifier_name(size)
-        config = repo.model_config(
-            name, *repo.classifier_tensors(features), repo.EMBEDDER_MAX_BATCH
-        )
+        config = repo.entry_config(repo.spec_of(name), {repo.FEATURE_WIDTH: features})
         repo.write_entry(repository, config, classifier, architecture, source=repo.BENCH_SOURCE)
 
 
@@ -430,12 +424,13 @@ def served_fp8(
     repository, out = arguments[0], arguments[4].with_name(arguments[4].name + "_fp8")
     # Only the esm2 entry's config.pbtxt changes; its weights stay as they are.
     dim = models["esm2"].config.embed_dim
-    fp8_config = repo.embedder_config(repo.ESM2, dim, FEED_FORWARD)
+    spec, widths = repo.spec_of(repo.ESM2), {repo.WIDTH: dim}
+    fp8_config = repo.entry_config(spec, widths, {"fp8": repo.FP8_FEED_FORWARD})
     repo.write_entry(repository, fp8_config, source=repo.BENCH_SOURCE)
     try:
         result = served(*arguments[:4], out, *arguments[5:])
     finally:
-        repo.write_entry(repository, repo.embedder_config(repo.ESM2, dim), source=repo.BENCH_SOURCE)
+        repo.write_entry(repository, repo.entry_config(spec, widths), source=repo.BENCH_SOURCE)
     fp8_verdicts = _verdicts(out / "run")
     return {
         **result,

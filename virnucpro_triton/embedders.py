@@ -22,7 +22,12 @@ from tokenizers import Tokenizer
 from virnucpro_triton.alphabet import DNA, EXPECTED, PROTEIN, as_dna, first_invalid
 from virnucpro_triton.models.dnabert_s import DnabertS
 from virnucpro_triton.models.esm2 import PAD_IDX, Esm2, encode_protein, pad_batch
-from virnucpro_triton.repository import MAX_DNA_LENGTH, MAX_PROTEIN_LENGTH
+from virnucpro_triton.repository.spec import (
+    MAX_DNA_LENGTH,
+    MAX_PROTEIN_LENGTH,
+    MAX_ROWS,
+    TOKEN_BUDGET,
+)
 
 # Runs an exported graph somewhere: named input arrays -> its (one requested) output array.
 GraphRun = Callable[[dict[str, np.ndarray]], np.ndarray]
@@ -140,8 +145,8 @@ class DnaEmbedder(_Embedder):
         model: DnabertS | GraphEmbedding,
         tokenizer_path: Path,
         device: torch.device,
-        token_budget: int = 16_384,
-        max_rows: int = 256,
+        token_budget: int = TOKEN_BUDGET,
+        max_rows: int = MAX_ROWS,
         compiled: bool = False,
     ):
         super().__init__(model, device, token_budget, max_rows, compiled)
@@ -172,8 +177,8 @@ class ProteinEmbedder(_Embedder):
         self,
         model: Esm2 | GraphEmbedding,
         device: torch.device,
-        token_budget: int = 16_384,
-        max_rows: int = 256,
+        token_budget: int = TOKEN_BUDGET,
+        max_rows: int = MAX_ROWS,
         compiled: bool = False,
     ):
         super().__init__(model, device, token_budget, max_rows, compiled)
@@ -186,20 +191,20 @@ class ProteinEmbedder(_Embedder):
         return self.model.embed(ids)
 
 
-def check_dna(sequence: str) -> str | None:
+def check_dna(sequence: str, max_length: int = MAX_DNA_LENGTH) -> str | None:
     """Why a DNA sequence cannot be embedded, or None when it can."""
     if not sequence:
         return "empty sequence"
-    if len(sequence) > MAX_DNA_LENGTH:
-        return f"sequence of {len(sequence)} bases is longer than {MAX_DNA_LENGTH}"
+    if len(sequence) > max_length:
+        return f"sequence of {len(sequence)} bases is longer than {max_length}"
     return _invalid_letter(sequence, DNA)
 
 
-def check_protein(sequence: str) -> str | None:
+def check_protein(sequence: str, max_length: int = MAX_PROTEIN_LENGTH) -> str | None:
     if not sequence:
         return "empty sequence"
-    if len(sequence) > MAX_PROTEIN_LENGTH:
-        return f"protein of {len(sequence)} residues is longer than {MAX_PROTEIN_LENGTH}"
+    if len(sequence) > max_length:
+        return f"protein of {len(sequence)} residues is longer than {max_length}"
     return _invalid_letter(sequence, PROTEIN)
 
 
@@ -208,4 +213,5 @@ def _invalid_letter(sequence: str, alphabet: str) -> str | None:
     return f"{bad.group()!r} is not {EXPECTED[alphabet]}" if bad else None
 
 
-CHECKS: dict[str, Callable[[str], str | None]] = {DNA: check_dna, PROTEIN: check_protein}
+# (sequence, max_length) -> why it cannot be embedded, or None.
+CHECKS: dict[str, Callable[[str, int], str | None]] = {DNA: check_dna, PROTEIN: check_protein}

@@ -30,7 +30,13 @@ from virnucpro_triton.client.connection import (
     in_order,
     text_column,
 )
-from virnucpro_triton.repository import CHUNK_SIZES, PIPELINE
+from virnucpro_triton.repository.spec import (
+    CHUNK_SIZE,
+    DNA_CHUNKS,
+    FRAME_KEPT,
+    FRAME_PROBABILITIES,
+    PIPELINE,
+)
 from virnucpro_triton.results.journal import Journal
 from virnucpro_triton.sequence import FRAME_NAMES, chunk_id, chunk_starts
 
@@ -127,9 +133,10 @@ class Classifier:
     ):
         """`urls`: HOST:PORT addresses; a name stands for every address it resolves to, and is
         resolved again every `resolve_seconds` (`resolve` turns a name into its addresses).
-        `max_in_flight`: default 4 per server, following the servers as they come and go."""
-        if chunk_size not in CHUNK_SIZES:
-            raise ClientError(f"chunk size must be one of {CHUNK_SIZES}, not {chunk_size}")
+        `max_in_flight`: default 4 per server, following the servers as they come and go.
+        `chunk_size`: one the servers have a classifier for (they name theirs if not)."""
+        if chunk_size < 1:
+            raise ClientError(f"chunk size must be a positive number of bases, not {chunk_size}")
         self.chunk_size = chunk_size
         self.batch_chunks = batch_chunks
         self.connection = Connection(
@@ -192,7 +199,7 @@ class Classifier:
             if batch.from_journal:
                 waiting.append(journal.take(len(batch.chunks)))
             elif batch.chunks:
-                waiting.append((answer["PROBABILITIES"], answer["FRAME_KEPT"]))
+                waiting.append((answer[FRAME_PROBABILITIES.name], answer[FRAME_KEPT.name]))
                 if journal:
                     journal.append(*waiting[-1])
             if batch.closes:
@@ -228,8 +235,9 @@ class Classifier:
         if batch.from_journal or not batch.chunks:
             return None
         sizes = np.full((len(batch.chunks), 1), self.chunk_size, np.int32)
-        inputs = {"DNA": text_column(batch.chunks), "CHUNK_SIZE": sizes}
-        return lambda: self.connection.submit(inputs, ["PROBABILITIES", "FRAME_KEPT"])
+        inputs = {DNA_CHUNKS.name: text_column(batch.chunks), CHUNK_SIZE.name: sizes}
+        outputs = [FRAME_PROBABILITIES.name, FRAME_KEPT.name]
+        return lambda: self.connection.submit(inputs, outputs)
 
 
 async def _enumerate(items):

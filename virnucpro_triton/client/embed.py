@@ -31,7 +31,7 @@ from virnucpro_triton.client.connection import (
 )
 from virnucpro_triton.fasta import Record, is_stream, read_fasta
 from virnucpro_triton.records import unique_ids
-from virnucpro_triton.repository import DNABERT_S, ESM2
+from virnucpro_triton.repository.spec import DNABERT_S, EMBEDDING, ESM2, SEQUENCE
 from virnucpro_triton.results.outputs import make_directory, remove_if_empty
 
 ALPHABET = {DNABERT_S: DNA, ESM2: PROTEIN}
@@ -83,7 +83,7 @@ def embed(
         jobs = _jobs(unique_ids(records), batch_size, connection)
         in_flight = max_in_flight or (lambda: connection.default_in_flight)  # 4 per server
         async for ids, result in in_order(jobs, in_flight):
-            vectors = np.ascontiguousarray(result["EMBEDDING"], "<f4")
+            vectors = np.ascontiguousarray(result[EMBEDDING.name], "<f4")
             rows.write(vectors.tobytes())
             count, dim = count + len(ids), vectors.shape[1]
             id_file.writelines(f"{i}\n" for i in ids)
@@ -156,5 +156,5 @@ def _jobs(records, batch_size: int, connection: Connection):
 
 
 def _request(connection: Connection, sequences: list[str]):
-    inputs = {"SEQUENCE": text_column(sequences)}
-    return lambda: connection.submit(inputs, ["EMBEDDING"])
+    inputs = {SEQUENCE.name: text_column(sequences)}
+    return lambda: connection.submit(inputs, [EMBEDDING.name])

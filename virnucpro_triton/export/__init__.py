@@ -18,7 +18,6 @@ from virnucpro_triton.export.repository_writer import (
     export_pipeline,
 )
 from virnucpro_triton.export.tiny import tiny_models
-from virnucpro_triton.models.fp8 import NONE
 
 __all__ = ["FORMATS", "VerificationError", "export_repository"]
 
@@ -32,9 +31,10 @@ def export_repository(
     esm2: Path | None = None,
     classifiers: dict[int, Path] | None = None,
     dtype: str = "fp32",
-    fp8: str = NONE,
+    fp8: str = repo.FP8_NONE,
     format: str = "torch",
     tiny: bool = False,
+    chunk_sizes: tuple[int, ...] = repo.CHUNK_SIZES,
     report: Callable[[str], None] = print,
 ) -> list[Check]:
     """Export what was given (any subset) into `out`, plus the pipeline entry.
@@ -42,18 +42,21 @@ def export_repository(
     The classifiers stay in fp32 whatever `dtype` says: they are tiny and sit at the verdict.
     `format` "onnx" writes ONNX compute entries behind the same Python entries (onnx_export.py);
     it is fp32 only. `fp8` "feed_forward" runs ESM-2's feed-forward matmuls in FP8 on GPUs that
-    have it (bf16 only; models/fp8.py).
+    have it (bf16 only; models/fp8.py). `chunk_sizes`: the tiny classifiers to make (one
+    entry each); the pipeline serves every classifier the repository then holds.
     """
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; choose from {', '.join(FORMATS)}")
     if format == "onnx" and dtype != "fp32":
         raise ValueError(f"ONNX export writes fp32 graphs only, not {dtype}")
-    if fp8 != NONE and (format != "torch" or dtype != "bf16"):
+    if fp8 != repo.FP8_NONE and (format != "torch" or dtype != "bf16"):
         raise ValueError(f"fp8 {fp8} needs the torch format and bf16 weights")
     checks: list[Check] = []
     with tempfile.TemporaryDirectory() as scratch:
         if tiny:
-            dna_model, tokenizer, esm_model, classifier_models = tiny_models(Path(scratch))
+            dna_model, tokenizer, esm_model, classifier_models = tiny_models(
+                Path(scratch), chunk_sizes=chunk_sizes
+            )
             report("building tiny RANDOM-WEIGHT models (demo/tests only: verdicts are meaningless)")
             keys = [repo.DNABERT_S, repo.ESM2, *classifier_models]
             sources = dict.fromkeys(keys, repo.TINY_SOURCE)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import onnx
@@ -80,7 +81,7 @@ def parameter_bytes(module: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in module.state_dict().values())
 
 
-def _dynamic_axes(tensors: list[repo.Tensor]) -> dict[str, dict[int, str]]:
+def _dynamic_axes(tensors: Sequence[repo.Tensor]) -> dict[str, dict[int, str]]:
     # Axis 0 is Triton's batch; a -1 among the declared dims is the sequence length.
     return {
         t.name: {0: "batch", **{i + 1: "length" for i, d in enumerate(t.dims) if d == -1}}
@@ -91,8 +92,8 @@ def _dynamic_axes(tensors: list[repo.Tensor]) -> dict[str, dict[int, str]]:
 def export_graph(
     module: nn.Module,
     example: tuple[torch.Tensor, ...],
-    inputs: list[repo.Tensor],
-    outputs: list[repo.Tensor],
+    inputs: Sequence[repo.Tensor],
+    outputs: Sequence[repo.Tensor],
     version_dir: Path,
     external_data_bytes: int = EXTERNAL_DATA_BYTES,
 ) -> Path:
@@ -115,7 +116,7 @@ def export_graph(
                 str(traced),
                 input_names=[t.name for t in inputs],
                 output_names=[t.name for t in outputs],
-                dynamic_axes=_dynamic_axes(inputs + outputs),
+                dynamic_axes=_dynamic_axes([*inputs, *outputs]),
                 opset_version=OPSET,
                 dynamo=False,
             )
@@ -151,18 +152,17 @@ def _graph_entry(
     name: str,
     module: nn.Module,
     example: tuple[torch.Tensor, ...],
-    tensors: tuple[list[repo.Tensor], list[repo.Tensor]],
+    widths: dict[str, int],
     external_data_bytes: int,
     source: repo.Source,
 ) -> Path:
     """The compute entry behind Python entry `name`: 1/model.onnx and config.pbtxt (written
     last: it records the graph's sha256)."""
-    inputs, outputs = tensors
-    config = repo.onnx_model_config(repo.onnx_name(name), inputs, outputs, repo.EMBEDDER_MAX_BATCH)
-    version = staging / config.name / "1"
+    spec = repo.spec_of(repo.onnx_name(name))
+    version = staging / spec.name / "1"
     version.mkdir(parents=True)
-    export_graph(module, example, inputs, outputs, version, external_data_bytes)
-    return repo.write_entry(staging, config, source=source)
+    export_graph(module, example, spec.inputs, spec.outputs, version, external_data_bytes)
+    return repo.write_entry(staging, repo.entry_config(spec, widths), source=source)
 
 
 def _python_entry(
@@ -170,18 +170,25 @@ def _python_entry(
     name: str,
     kind: str,
     model: nn.Module,
-    tensors: tuple[list[repo.Tensor], list[repo.Tensor]],
+    widths: dict[str, int],
     source: repo.Source,
     files: tuple[Path, ...] = (),
 ) -> Path:
     """The string-facing entry `name`: architecture.json (runtime onnx) but no weights."""
-    config = repo.model_config(name, *tensors, repo.EMBEDDER_MAX_BATCH)
+    config = repo.entry_config(repo.spec_of(name), widths)
     architecture = repo.architecture_of(kind, model, "fp32", runtime=repo.ONNX)
     return repo.write_entry(staging, config, architecture=architecture, files=files, source=source)
 
 
 def _staged_run(staging: Path, name: str, output: str) -> GraphRun:
     return onnxruntime_run(staging / repo.onnx_name(name) / "1" / repo.ONNX_MODEL, output)
+
+
+def _staged_embedding(staging: Path, name: str, dim: int) -> GraphEmbedding:
+    """The staged graph of embedder `name`, run by onnxruntime as its served entry would."""
+    spec = repo.spec_of(repo.onnx_name(name))
+    run = _staged_run(staging, name, spec.outputs[0].name)
+    return GraphEmbedding(run, [t.name for t in spec.inputs], dim)
 
 
 def export_dnabert_s(
@@ -194,20 +201,18 @@ def export_dnabert_s(
     """dnabert_s (tokenizer, BLS) + dnabert_s_onnx (graph), verified together."""
     model = model.float().eval()
     name, dim = repo.DNABERT_S, model.config.hidden_size
-    graph_tensors = repo.onnx_embedder_tensors(name, dim)
+    widths = {repo.WIDTH: dim}
 
     def write(staging: Path) -> list[Path]:
         example = _example(Tokenizer.from_file(str(tokenizer_json)).token_to_id("[PAD]"))
-        graph = (_DnaGraph(model), example, graph_tensors)
-        tensors = repo.embedder_tensors(dim)
+        graph = (_DnaGraph(model), example, widths)
         return [
             _graph_entry(staging, name, *graph, external_data_bytes, source),
-            _python_entry(staging, name, name, model, tensors, source, (tokenizer_json,)),
+            _python_entry(staging, name, name, model, widths, source, (tokenizer_json,)),
         ]
 
     def verify(staging: Path) -> Check:
-        run = _staged_run(staging, name, "EMBEDDING")
-        graph = GraphEmbedding(run, [t.name for t in graph_tensors[0]], dim)
+        graph = _staged_embedding(staging, name, dim)
         served = DnaEmbedder(graph, staging / name / "1" / repo.TOKENIZER, torch.device("cpu"))
         dna, _ = probe_frames()
         reference = reference_dna(model, served, dna)
@@ -225,19 +230,18 @@ def export_esm2(
     """esm2 (tokenizer, BLS) + esm2_onnx (graph), verified together."""
     model = model.float().eval()
     name, dim = repo.ESM2, model.config.embed_dim
-    graph_tensors = repo.onnx_embedder_tensors(name, dim)
+    widths = {repo.WIDTH: dim}
 
     def write(staging: Path) -> list[Path]:
         ids, _ = _example(PAD_IDX)  # the graph derives its mask from <pad>
-        graph = (_ProteinGraph(model), (ids,), graph_tensors)
+        graph = (_ProteinGraph(model), (ids,), widths)
         return [
             _graph_entry(staging, name, *graph, external_data_bytes, source),
-            _python_entry(staging, name, name, model, repo.embedder_tensors(dim), source),
+            _python_entry(staging, name, name, model, widths, source),
         ]
 
     def verify(staging: Path) -> Check:
-        run = _staged_run(staging, name, "EMBEDDING")
-        graph = GraphEmbedding(run, [t.name for t in graph_tensors[0]], dim)
+        graph = _staged_embedding(staging, name, dim)
         served = ProteinEmbedder(graph, torch.device("cpu"))
         _, protein = probe_frames()
         reference = reference_protein(model, served, protein)
@@ -256,18 +260,19 @@ def export_classifier(
     """classifier_N (BLS) + classifier_N_onnx (graph), verified together."""
     model = model.float().eval()
     name = repo.classifier_name(chunk_size)
-    tensors = repo.classifier_tensors(model.hidden_layer.in_features)  # the same on both entries
+    widths = {repo.FEATURE_WIDTH: model.hidden_layer.in_features}  # the same on both entries
     probe = probe_features(model.hidden_layer.in_features)
 
     def write(staging: Path) -> list[Path]:
-        graph = (model, (torch.from_numpy(probe[:2]),), tensors)
+        graph = (model, (torch.from_numpy(probe[:2]),), widths)
         return [
             _graph_entry(staging, name, *graph, external_data_bytes, source),
-            _python_entry(staging, name, "classifier", model, tensors, source),
+            _python_entry(staging, name, "classifier", model, widths, source),
         ]
 
     def verify(staging: Path) -> Check:
-        candidate = _staged_run(staging, name, "PROBABILITIES")({"FEATURES": probe})
+        run = _staged_run(staging, name, repo.CLASS_PROBABILITIES.name)
+        candidate = run({repo.FEATURES.name: probe})
         with torch.inference_mode():
             reference = model(torch.from_numpy(probe)).numpy()
         return compare(repo.onnx_name(name), "fp32", reference, candidate, ONNX_MAX_ABS)

@@ -9,6 +9,7 @@ references and `publish`.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -25,7 +26,6 @@ from virnucpro_triton.errors import VirnucproError
 from virnucpro_triton.models.classifier import MLPClassifier
 from virnucpro_triton.models.dnabert_s import DnabertS
 from virnucpro_triton.models.esm2 import Esm2
-from virnucpro_triton.models.fp8 import NONE, apply_fp8
 from virnucpro_triton.sequence import six_frames
 
 # Probe inputs: the frames of a fixed pseudo-random DNA chunk plus short and odd cases.
@@ -187,14 +187,14 @@ def export_dnabert_s(
         dna, _ = probe_frames()
         return compare(repo.DNABERT_S, dtype, reference_dna(model, served, dna), served(dna))
 
-    config = repo.embedder_config(repo.DNABERT_S, model.config.hidden_size)
+    config = _config(repo.DNABERT_S, {repo.WIDTH: model.config.hidden_size})
     return _export(
         repository, config, model, repo.DNABERT_S, dtype, verify, source, (tokenizer_json,)
     )
 
 
 def export_esm2(
-    repository: Path, model: Esm2, dtype: str, source: repo.Source, fp8: str = NONE
+    repository: Path, model: Esm2, dtype: str, source: repo.Source, fp8: str = repo.FP8_NONE
 ) -> Check:
     """`fp8` (models/fp8.py) is written into the entry's config and verified where this machine's
     GPU has FP8; elsewhere the check runs bf16 and says so."""
@@ -204,13 +204,13 @@ def export_esm2(
         device = verify_device()
         model.to(device)
         loaded = repo.load_model(version, device)[0]
-        note = apply_fp8(loaded, fp8, device)
+        note = repo.apply_fp8(loaded, fp8, device)
         served = ProteinEmbedder(loaded, device)
         _, protein = probe_frames()
         reference = reference_protein(model, served, protein)
         return replace(compare(repo.ESM2, dtype, reference, served(protein)), note=note)
 
-    config = repo.embedder_config(repo.ESM2, model.config.embed_dim, fp8)
+    config = _config(repo.ESM2, {repo.WIDTH: model.config.embed_dim}, {"fp8": fp8})
     return _export(repository, config, model, repo.ESM2, dtype, verify, source)
 
 
@@ -230,14 +230,35 @@ def export_classifier(
             candidate = served(x).float().numpy()
         return compare(name, dtype, reference, candidate)
 
-    config = repo.model_config(name, *repo.classifier_tensors(input_dim), repo.EMBEDDER_MAX_BATCH)
+    config = _config(name, {repo.FEATURE_WIDTH: input_dim})
     return _export(repository, config, model, "classifier", dtype, verify, source)
 
 
+def _config(name: str, widths: dict[str, int], parameters: dict[str, str] | None = None):
+    return repo.entry_config(repo.spec_of(name), widths, parameters)
+
+
 def export_pipeline(repository: Path) -> Path:
-    config = repo.model_config(
-        repo.PIPELINE, repo.PIPELINE_INPUTS, repo.PIPELINE_OUTPUTS, repo.PIPELINE_MAX_BATCH
+    """The pipeline entry, told the max_batch_size of each entry it calls as their configs beside
+    it declare (an entry not there yet: its spec's), so that it splits its calls to fit them.
+    The classifiers there are the chunk sizes it serves."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    def max_batch_size(name: str) -> int:
+        path = repository / name / "config.pbtxt"
+        if not path.is_file():
+            return repo.spec_of(name).max_batch_size
+        return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig()).max_batch_size
+
+    present = sorted(
+        size
+        for path in (repository.iterdir() if repository.is_dir() else ())
+        if (size := repo.chunk_size_of(path.name)) and (path / "config.pbtxt").is_file()
     )
+    names = [repo.DNABERT_S, repo.ESM2, *map(repo.classifier_name, present)]
+    calls = {name: max_batch_size(name) for name in names}
+    config = _config(repo.PIPELINE, {}, {repo.CALLS: json.dumps(calls)})
     entry = repo.write_entry(repository, config)
     make_readable(entry)
     return entry

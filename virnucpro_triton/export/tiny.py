@@ -13,6 +13,7 @@ import torch
 from virnucpro_triton.models.classifier import MLPClassifier
 from virnucpro_triton.models.dnabert_s import DnabertConfig, DnabertS, build_dna_bpe_tokenizer
 from virnucpro_triton.models.esm2 import Esm2, Esm2Config
+from virnucpro_triton.repository import CHUNK_SIZES
 
 TINY_DNABERT = DnabertConfig(
     vocab_size=256, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
@@ -37,7 +38,7 @@ def _randomize(model: torch.nn.Module, generator: torch.Generator) -> torch.nn.M
 
 
 def tiny_models(
-    tokenizer_dir: Path, seed: int = 0
+    tokenizer_dir: Path, seed: int = 0, chunk_sizes: tuple[int, ...] = CHUNK_SIZES
 ) -> tuple[DnabertS, Path, Esm2, dict[int, MLPClassifier]]:
     """(DNABERT-S, its tokenizer.json, ESM-2, {chunk size: classifier}) with random weights."""
     generator = torch.Generator().manual_seed(seed)
@@ -46,5 +47,5 @@ def tiny_models(
     dnabert = _randomize(DnabertS(TINY_DNABERT), generator)
     esm2 = _randomize(Esm2(TINY_ESM2), generator)
     features = TINY_DNABERT.hidden_size + TINY_ESM2.embed_dim
-    classifiers = {size: _randomize(MLPClassifier(features, 16), generator) for size in (300, 500)}
+    classifiers = {size: _randomize(MLPClassifier(features, 16), generator) for size in chunk_sizes}
     return dnabert, tokenizer_json, esm2, classifiers

@@ -4,7 +4,8 @@ Weights get one scale per output row, tokens one per row, set from their largest
 the product runs in `torch._scaled_mm` with bf16 output. Only ESM-2's feed-forward layers are
 converted: on random-weight ESM-2 3B that keeps pooled embeddings within cosine 0.9993 of bf16
 at 1.18x the speed; every linear layer in FP8 ran 1.30x but fell to cosine 0.998, below the
-0.999 the project accepts (docs/performance.md).
+0.999 the project accepts (docs/performance.md). An entry's `fp8` setting chooses this
+(repository.weights.apply_fp8).
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ import torch
 from torch import nn
 
 from virnucpro_triton.models.esm2 import Esm2
-from virnucpro_triton.repository import FP8_FEED_FORWARD as FEED_FORWARD
-from virnucpro_triton.repository import FP8_NONE as NONE
 
 _E4M3_MAX = torch.finfo(torch.float8_e4m3fn).max
 
@@ -52,23 +51,6 @@ class Fp8Linear(nn.Module):
         if self.bias is not None:
             y = y + self.bias
         return y.view(*x.shape[:-1], y.shape[-1])
-
-
-def apply_fp8(model: Esm2, setting: str, device: torch.device) -> str:
-    """Apply an esm2 entry's `fp8` setting ("none" or "feed_forward") to `model`, in place.
-
-    Returns what was done, for the log: FP8 needs a GPU that has it; elsewhere the model stays
-    bf16, whose results are within the same tolerance.
-    """
-    if setting in ("", NONE):
-        return ""
-    if setting != FEED_FORWARD:
-        raise ValueError(f"fp8 must be {NONE!r} or {FEED_FORWARD!r}, not {setting!r}")
-    problem = fp8_unavailable(device)
-    if problem:
-        return f"fp8 {setting} not applied: {problem}"
-    fp8_feed_forward(model)
-    return f"fp8 {setting}"
 
 
 def fp8_feed_forward(model: Esm2) -> Esm2:

@@ -7,6 +7,7 @@ pay seconds of server start for the import.
 
 from __future__ import annotations
 
+import json
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+
+from virnucpro_triton.repository.spec import spec_of
 
 if TYPE_CHECKING:
     import torch
@@ -48,6 +51,43 @@ def device_of(args: dict[str, Any]) -> torch.device:
 
 def version_dir(args: dict[str, Any]) -> Path:
     return Path(args["model_repository"]) / args["model_version"]
+
+
+class EntryConfig:
+    """The config Triton loaded for this instance (`args["model_config"]`, JSON).
+
+    Tensor names and limits are read from here, not from the code's constants: a repository
+    serves with the values frozen into its config.pbtxt at export, whatever the code says now.
+    A limit an older export did not record takes the value of the entry's spec.
+    """
+
+    def __init__(self, args: dict[str, Any]):
+        self.name = args["model_name"]
+        self.config = json.loads(args["model_config"])
+
+    def names(self, kind: str, count: int) -> list[str]:
+        """The names of the `count` inputs (`kind` "input") or outputs ("output"), in order."""
+        names = [tensor["name"] for tensor in self.config.get(kind, [])]
+        if len(names) != count:
+            raise ValueError(
+                f"{self.name}: its config.pbtxt declares {kind}s {names}, this code serves "
+                f"{count}: export the repository again"
+            )
+        return names
+
+    def width(self) -> int:
+        """The last dimension of the first output (an embedder's width)."""
+        return int(self.config["output"][0]["dims"][-1])
+
+    def parameter(self, key: str, default: str | None = None) -> str:
+        """A string parameter; where the config has none, `default` or else the spec's."""
+        found = self.config.get("parameters", {}).get(key, {}).get("string_value")
+        if found is not None:
+            return found
+        return spec_of(self.name).parameters[key] if default is None else default
+
+    def limit(self, key: str) -> int:
+        return int(self.parameter(key))
 
 
 def input_array(request: Any, name: str) -> np.ndarray:

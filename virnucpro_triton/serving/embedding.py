@@ -6,26 +6,32 @@ and sends the padded id batches to its `*_onnx` compute entry through BLS.
 
 from __future__ import annotations
 
-import json
+from functools import partial
 from typing import Any
 
 import torch
 
+from virnucpro_triton.alphabet import DNA, PROTEIN
 from virnucpro_triton.embedders import CHECKS, DnaEmbedder, GraphEmbedding, ProteinEmbedder
-from virnucpro_triton.models.fp8 import NONE, apply_fp8
 from virnucpro_triton.repository import (
     DNABERT_S,
     ESM2,
+    FP8_NONE,
+    MAX_LENGTH,
+    MAX_ROWS_KEY,
     ONNX,
+    TOKEN_BUDGET_KEY,
     TOKENIZER,
+    apply_fp8,
     load_model,
-    onnx_embedder_tensors,
     onnx_name,
     read_architecture,
     runtime_of,
+    spec_of,
 )
 from virnucpro_triton.serving.common import (
     BadRequest,
+    EntryConfig,
     answer,
     bls_run,
     device_of,
@@ -37,10 +43,11 @@ from virnucpro_triton.serving.common import (
 from virnucpro_triton.serving.embedding_cache import CacheMetrics, EmbeddingCache, cache_bytes_of
 
 
-def _onnx_graph(name: str, kind: str, dim: int) -> GraphEmbedding:
+def _onnx_graph(name: str, dim: int) -> GraphEmbedding:
     """The model of entry `name` as its ONNX compute entry, called through BLS."""
-    inputs, outputs = onnx_embedder_tensors(kind, dim)
-    return GraphEmbedding(bls_run(onnx_name(name), outputs[0].name), [t.name for t in inputs], dim)
+    graph = spec_of(onnx_name(name))
+    run = bls_run(graph.name, graph.outputs[0].name)
+    return GraphEmbedding(run, [t.name for t in graph.inputs], dim)
 
 
 class EmbeddingModel:
@@ -48,28 +55,36 @@ class EmbeddingModel:
 
     def initialize(self, args: dict[str, Any]) -> None:
         directory = version_dir(args)
-        config = json.loads(args["model_config"])
+        config = EntryConfig(args)
+        (self.input,) = config.names("input", 1)
+        (self.output,) = config.names("output", 1)
         architecture = read_architecture(directory)
         kind, runtime = architecture["kind"], runtime_of(architecture)
         device = device_of(args)
         if runtime == ONNX:
-            model = _onnx_graph(args["model_name"], kind, config["output"][0]["dims"][0])
+            model = _onnx_graph(args["model_name"], config.width())
             device = torch.device("cpu")  # ids leave as numpy; the ONNX entry has its own device
         else:
             model, _ = load_model(directory, device)
-        fp8 = config.get("parameters", {}).get("fp8", {}).get("string_value", NONE)
-        if fp8 != NONE and (kind != ESM2 or runtime == ONNX):
+        fp8 = config.parameter("fp8", FP8_NONE)
+        if fp8 != FP8_NONE and (kind != ESM2 or runtime == ONNX):
             raise ValueError(f"parameter fp8 needs a torch-format esm2 entry, not {kind} {runtime}")
-        fp8_done = apply_fp8(model, fp8, device) if fp8 != NONE else ""
+        fp8_done = apply_fp8(model, fp8, device) if fp8 != FP8_NONE else ""
         # Compiled on a GPU, where fusion pays; warmed up here so that cold start, not the
         # first requests, pays for compilation.
         compiled = device.type == "cuda" and runtime != ONNX
+        batches = {
+            "token_budget": config.limit(TOKEN_BUDGET_KEY),
+            "max_rows": config.limit(MAX_ROWS_KEY),
+            "compiled": compiled,
+        }
         if kind == DNABERT_S:
-            self.embed = DnaEmbedder(model, directory / TOKENIZER, device, compiled=compiled)
-            self.check = CHECKS["dna"]
+            self.embed = DnaEmbedder(model, directory / TOKENIZER, device, **batches)
+            alphabet = DNA
         else:
-            self.embed = ProteinEmbedder(model, device, compiled=compiled)
-            self.check = CHECKS["protein"]
+            self.embed = ProteinEmbedder(model, device, **batches)
+            alphabet = PROTEIN
+        self.check = partial(CHECKS[alphabet], max_length=config.limit(MAX_LENGTH))
         if compiled:
             self.embed.warm_up()
         self.cache = EmbeddingCache(cache_bytes_of(config))
@@ -78,11 +93,11 @@ class EmbeddingModel:
         log_loaded(args, " ".join(filter(None, notes)))
 
     def _sequences(self, request: Any) -> list[str]:
-        batch = input_strings(request, "SEQUENCE")
+        batch = input_strings(request, self.input)
         for row, sequence in enumerate(batch):
             problem = self.check(sequence)
             if problem:
-                raise BadRequest(f"SEQUENCE row {row}: {problem}")
+                raise BadRequest(f"{self.input} row {row}: {problem}")
         return batch
 
     def execute(self, requests: list[Any]) -> list[Any]:
@@ -99,7 +114,7 @@ class EmbeddingModel:
             if isinstance(batch, Exception):
                 results.append(answer(batch))
             else:
-                results.append(answer({"EMBEDDING": embeddings[start : start + len(batch)]}))
+                results.append(answer({self.output: embeddings[start : start + len(batch)]}))
                 start += len(batch)
         if self.metrics:
             self.metrics.report(self.cache)
