@@ -297,3 +297,13 @@ def _ready(url: str) -> bool:
             return client.is_model_ready("echo")
     except InferenceServerException:
         return False
+
+
+def test_a_malformed_http_request_is_one_line_of_the_log(echo_server):
+    """aiohttp logs a request it cannot parse with a traceback, which reads like a crash."""
+    head = (
+        b"POST /v2/models/echo/infer HTTP/1.1\r\nHost: x\r\nBad: a\nb\r\nContent-Length: 0\r\n\r\n"
+    )
+    assert http_exchange(echo_server.http_url, head)[0] == 400
+    wait_for(lambda: "front door: Error handling request" in echo_server.log_text(), timeout=60)
+    assert "Traceback" not in echo_server.log_text()

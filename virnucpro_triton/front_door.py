@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import dataclasses
+import logging
 import shutil
 import signal
 import sys
@@ -335,8 +336,30 @@ async def serve(command: Sequence[str], limit: int = MAX_REQUEST_BYTES) -> int:
     return 128 - code if code < 0 else code
 
 
+class _OneLine(logging.Formatter):
+    """A malformed request (aiohttp) or a failed call (grpcio) is one line of the server's log,
+    with the reason: no traceback, which would read like a crash of the server."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = f"front door: {record.getMessage()}"
+        if record.exc_info and record.exc_info[1] is not None:
+            reason = " ".join(str(record.exc_info[1]).split())
+            text += f": {type(record.exc_info[1]).__name__}: {reason}"
+        return text
+
+
+def _log_in_one_line() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLine())
+    for name in ("aiohttp", "grpc"):
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.propagate = False
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
+    _log_in_one_line()
     limit = MAX_REQUEST_BYTES
     try:
         if args and args[0].startswith("--max-request-bytes"):
