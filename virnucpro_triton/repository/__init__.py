@@ -33,6 +33,8 @@ from virnucpro_triton.repository.spec import (  # noqa: F401
     DNABERT_S,
     EMBEDDER_MAX_BATCH,
     EMBEDDING,
+    EMBEDDING_CACHE_BYTES,
+    EMBEDDING_CACHE_PARAMETER,
     ESM2,
     FEATURE_DIM_DNA,
     FEATURE_WIDTH,
