@@ -87,7 +87,7 @@ class EmbeddingModel:
         self.check = partial(CHECKS[alphabet], max_length=config.limit(MAX_LENGTH))
         if compiled:
             self.embed.warm_up()
-        self.cache = EmbeddingCache(cache_bytes_of(config))
+        self.cache = EmbeddingCache(cache_bytes_of(config.config))
         self.metrics = CacheMetrics(args["model_name"]) if self.cache.max_bytes else None
         notes = [kind, architecture["dtype"], runtime] + ["compiled"] * compiled + [fp8_done]
         log_loaded(args, " ".join(filter(None, notes)))
