@@ -66,7 +66,6 @@ def test_work_is_spread_over_servers_and_survives_losing_one(
         wait_for(lambda: served(server) > before[0])  # both servers receive work
         second_server.stop(timeout=0)  # killed mid-run: its requests in flight fail
         hold.release()
-        assert not run.done(), run.exception()  # it had a request held there
         summary = run.result(timeout=120)
     for name in RESULTS:
         assert same_table((tmp_path / name).read_bytes(), (reference / name).read_bytes()), name
@@ -77,7 +76,7 @@ def test_work_is_spread_over_servers_and_survives_losing_one(
     assert by_url[second_server.grpc_url].answered >= 10
     assert by_url[second_server.grpc_url].outages >= 1
     assert by_url[server.grpc_url].answered > 0
-    assert summary.retries >= 1
+    assert summary.retries >= 1  # the request held on the killed server was sent again
     assert not (tmp_path / journals.NAME).exists()  # complete runs leave no journal
 
 
