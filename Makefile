@@ -18,7 +18,7 @@ DTYPE ?= fp32
 IMAGE ?= virnucpro-triton:0.1.0
 
 .DEFAULT_GOAL := help
-.PHONY: help venv tools workflow-venv demo test test-unit test-server test-container test-gpu lint serve serve-local image export bench clean
+.PHONY: help venv tools workflow-venv demo test test-unit test-server test-workflow test-container test-gpu lint serve serve-local image export bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -61,14 +61,18 @@ demo: $(STAMP)  ## tiny random models + embedded Triton server + client on examp
 TEST_WORKERS ?= 2
 PYTEST_PARALLEL = $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
-test: $(STAMP) $(TOOLS_STAMP) $(WORKFLOW_STAMP)  ## the unit and server tiers (what CI runs; starts real tritonservers)
-	$(PYTEST_PARALLEL) -m 'unit or server'
+test: $(STAMP) $(TOOLS_STAMP)  ## the unit and server tiers (what CI runs; starts real tritonservers)
+	$(PYTEST_PARALLEL) -m '(unit or server) and not workflow'
 
 test-unit: $(STAMP) $(TOOLS_STAMP)  ## unit tier: no tritonserver at all
 	$(PYTEST_PARALLEL) -m unit
 
-test-server: $(STAMP) $(WORKFLOW_STAMP)  ## server tier: tests against real tritonserver processes
-	$(PYTEST_PARALLEL) -m server
+test-server: $(STAMP)  ## server tier: tests against real tritonserver processes
+	$(PYTEST_PARALLEL) -m 'server and not workflow'
+
+# Snakemake runs its jobs as processes of their own: the tier of tests/test_workflow.py.
+test-workflow: $(STAMP) $(WORKFLOW_STAMP)  ## workflow tier: the Snakemake workflow run by snakemake (CI runs it)
+	$(PYTEST_PARALLEL) -m workflow
 
 # Root on Debian: installs the engine and Compose v2 when missing, builds a stand-in of the
 # NGC base (cached), then the image, and serves it as compose does (tests/test_container.py).

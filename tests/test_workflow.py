@@ -19,6 +19,8 @@ import pytest
 from reference import same_table
 from servers import wait_for
 
+pytestmark = pytest.mark.workflow
+
 ROOT = Path(__file__).parent.parent
 SNAKEMAKE = ROOT / ".venv-workflow" / "bin" / "snakemake"
 SNAKEFILE = ROOT / "workflow" / "Snakefile"
