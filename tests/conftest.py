@@ -5,12 +5,18 @@ marked so, else `unit`, and a `unit` test that starts one fails."""
 from __future__ import annotations
 
 import random
+import signal
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests import fake_checkpoints as a module
+# A shell without job control starts background commands with SIGINT ignored, and exec keeps
+# an ignored signal ignored: the CLI processes the signal tests interrupt would never see
+# their Ctrl-C. A handler here (pytest's own process and each xdist worker) gives children
+# the default disposition.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 from reference import MIXED  # noqa: E402
 
