@@ -19,7 +19,13 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from servers import wait_for
-from test_server import ECHO_MODEL, infer, listening_addresses, make_repository
+from test_server import (
+    ECHO_MODEL,
+    infer,
+    listening_addresses,
+    make_repository,
+    processes_mentioning,
+)
 from tritonclient.utils import InferenceServerException
 
 from virnucpro_triton import repository as repo
@@ -246,17 +252,6 @@ def test_command_line_endpoints():
             split_command(bad)
 
 
-def door_processes(marker: str) -> set[int]:
-    found = set()
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if marker.encode() in cmdline.read_bytes():
-                found.add(int(cmdline.parent.name))
-        except OSError:
-            pass
-    return found
-
-
 @pytest.mark.server  # starts the door command, which starts tritonserver
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_the_door_command_stops_on_a_signal_and_leaves_nothing(tmp_path, sig):
@@ -294,7 +289,7 @@ def test_the_door_command_stops_on_a_signal_and_leaves_nothing(tmp_path, sig):
     finally:
         door.kill()
     assert door.returncode == 0, err
-    assert door_processes(str(repository)) == set()
+    assert processes_mentioning(str(repository)) == set()
     assert not list(tmp_path.glob("vt-door-*"))
     for port in ports.values():
         assert listening_addresses(port) == set()
