@@ -42,7 +42,23 @@ SERVER_FIXTURES = {
 }
 
 
+# The files that take longest (each starts servers of its own), longest first: pytest-xdist
+# hands whole files to its workers in collection order, so these start first and no worker is
+# left with one of them while the others idle. Only the order changes, never a verdict.
+LONGEST_FIRST = (
+    "test_replicas.py",
+    "test_packaging.py",
+    "test_deploy.py",
+    "test_cluster_client.py",
+    "test_signals.py",
+    "test_hardening.py",
+    "test_faults.py",
+)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
     for item in items:
         if any(item.get_closest_marker(tier) for tier in ("container", "gpu")):
             continue  # tiers of their own, whatever they start

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
 from virnucpro_triton.repository import MODEL_PY, PIPELINE
 from virnucpro_triton.server import EmbeddedServer
@@ -23,6 +24,14 @@ def served(server: EmbeddedServer) -> int:
     with grpcclient.InferenceServerClient(server.grpc_url) as client:
         stats = client.get_inference_statistics(PIPELINE, as_json=True)
     return int(stats["model_stats"][0]["inference_stats"]["success"].get("count", 0))
+
+
+def ensure_running(server: EmbeddedServer) -> None:
+    """Start `server` unless it is up: a module's tests may leave it stopped or running."""
+    try:
+        served(server)
+    except InferenceServerException:
+        server.start()
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 60) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from reference import read_rows, same_table
-from servers import Feeder, Hold, served, wait_for
+from servers import Feeder, Hold, ensure_running, served, wait_for
 from tritonclient.utils import InferenceServerException
 
 from virnucpro_triton.client.classify import Classifier
@@ -112,18 +112,21 @@ def test_a_server_down_at_the_start_is_avoided_until_it_is_up(
 
 
 def test_a_killed_client_resumes_without_losing_or_repeating_a_chunk(
-    server, contigs, reference, tmp_path
+    server, second_server, hold, contigs, reference, tmp_path
 ):
     out = tmp_path / "out"
     journal = out / journals.NAME
     command = [str(CLI), "predict", str(contigs), "--chunk-size", "300", "-o", str(out)]
-    command += ["--url", server.grpc_url, "--batch-chunks", "4", "--max-in-flight", "1"]
-    client = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        wait_for(lambda: journal.exists() and journal.stat().st_size > 5_000)  # ~90 chunks
-    finally:
-        client.send_signal(signal.SIGKILL)
-        client.wait()
+    command += ["--url", second_server.grpc_url, "--batch-chunks", "4", "--max-in-flight", "1"]
+    ensure_running(second_server)
+    with hold.holding(after=20):  # the run's 21st request is held: killed mid-run
+        client = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            hold.wait_held()
+            wait_for(lambda: journal.exists() and journal.stat().st_size > 0)
+        finally:
+            client.send_signal(signal.SIGKILL)
+            client.wait()
     assert not any((out / name).exists() for name in RESULTS)
     with open(journal, "ab") as handle:  # and the kill tore the block it was writing
         handle.write(b"\x07\x00\x00\x00torn")

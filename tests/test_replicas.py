@@ -10,17 +10,18 @@ server computes one request at a time here, so results are byte-identical betwee
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import re
 import shutil
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from servers import served, wait_for
-from tritonclient.utils import InferenceServerException
+from servers import ensure_running, served, wait_for
 
 from virnucpro_triton.client import addresses
 from virnucpro_triton.client.addresses import Address, AddressError
@@ -30,6 +31,7 @@ from virnucpro_triton.client.predict import predict
 from virnucpro_triton.fasta import read_fasta
 from virnucpro_triton.repository import PIPELINE
 from virnucpro_triton.results.outputs import PREDICTIONS, SUMMARY, VERDICTS
+from virnucpro_triton.sequence import chunk_starts
 from virnucpro_triton.server import EmbeddedServer, free_port
 
 CLI = Path(sys.executable).with_name("virnucpro-triton")
@@ -70,24 +72,27 @@ def replica_c(tiny_repository, port, tmp_path_factory):
     server.stop()
 
 
-def ensure_running(server: EmbeddedServer) -> None:
-    try:
-        served(server)
-    except InferenceServerException:
-        server.start()
-
-
 @pytest.fixture(scope="module")
-def longer(contigs, tmp_path_factory) -> Path:
-    """~900 chunks: a run of ~225 requests, long enough for replicas to join and leave."""
-    path = tmp_path_factory.mktemp("longer") / "longer.fa"
-    text = contigs.read_text()
-    path.write_text("".join(text.replace(">contig_", f">copy{i}_contig_") for i in range(3)))
-    return path
+def records(contigs) -> list[tuple[str, str]]:
+    """The contigs up to where their chunks fill whole requests (~300 chunks, ~75 requests):
+    a run of them again and again (`rounds`) is batched the same way each time."""
+    kept, chunks = [], 0
+    for record in read_fasta(contigs):
+        kept.append((record.id, record.sequence))
+        chunks += len(chunk_starts(len(record.sequence), 300))
+        if chunks % BATCH == 0:
+            whole = list(kept)
+    return whole
 
 
-def pairs(fasta: Path) -> list[tuple[str, str]]:
-    return [(r.id, r.sequence) for r in read_fasta(fasta)]
+def rounds(records: list[tuple[str, str]], until: threading.Event):
+    """`records` again and again, with ids of their own each round, until `until` is set after
+    a round: a run goes on until the test has seen what it waits for, on a fast machine as on
+    a slow one."""
+    for n in itertools.count():
+        yield from ((f"round{n}_{id_}", sequence) for id_, sequence in records)
+        if until.is_set():
+            return
 
 
 def classify(urls, records, **options):
@@ -103,9 +108,13 @@ def classify(urls, records, **options):
     return asyncio.run(run())
 
 
-def answers(results) -> bytes:
-    """Everything a run answered, as bytes: ids, per-frame probabilities, kept frames."""
-    return b"".join(r.id.encode() + r.probabilities.tobytes() + r.kept.tobytes() for r in results)
+def answers(results, without_round=False) -> bytes:
+    """Everything a run answered, as bytes: ids (without `rounds`' prefix if asked),
+    per-frame probabilities, kept frames."""
+    ids = (r.id.split("_", 1)[1] if without_round else r.id for r in results)
+    return b"".join(
+        id_.encode() + r.probabilities.tobytes() + r.kept.tobytes() for id_, r in zip(ids, results)
+    )
 
 
 def requests_of(results) -> int:
@@ -113,9 +122,10 @@ def requests_of(results) -> int:
 
 
 @pytest.fixture(scope="module")
-def reference(replica_a, longer):
+def reference(replica_a, records):
     """The single-server run the replicated runs must reproduce, byte for byte."""
-    results, _ = classify(replica_a.grpc_url, pairs(longer), max_in_flight=1)
+    results, _ = classify(replica_a.grpc_url, records, max_in_flight=1)
+    assert sum(len(r.kept) for r in results) % BATCH == 0  # whole requests: see `records`
     return answers(results)
 
 
@@ -211,13 +221,11 @@ def test_retry_seconds_0_fails_at_once_when_no_server_is_ready(tmp_path):
 
 
 def test_one_name_resolving_to_two_replicas_spreads_the_work(
-    replica_a, replica_b, port, longer, reference
+    replica_a, replica_b, port, records, reference
 ):
     table = {NAME: ["127.0.0.2", "127.0.0.3"]}
     before = served(replica_a), served(replica_b)
-    results, stats = classify(
-        f"{NAME}:{port}", pairs(longer), max_in_flight=2, resolve=resolver(table)
-    )
+    results, stats = classify(f"{NAME}:{port}", records, max_in_flight=2, resolve=resolver(table))
     assert answers(results) == reference
     by_url = {s.url: s for s in stats}
     assert sorted(by_url) == sorted([replica_a.grpc_url, replica_b.grpc_url])
@@ -258,18 +266,19 @@ def test_only_addresses_on_their_own_are_warned_about(replica_a, port, caplog):
 
 
 def test_a_replica_that_appears_gets_work_and_one_that_vanishes_leaves(
-    replica_a, replica_b, replica_c, port, longer, reference
+    replica_a, replica_b, replica_c, port, records, reference
 ):
     ensure_running(replica_c)
     table = {NAME: ["127.0.0.2", "127.0.0.3"]}
     servers = replica_a, replica_b, replica_c
     before = [served(s) for s in servers]
     seen: list[Classifier] = []
+    seen_all = threading.Event()
     with ThreadPoolExecutor(1) as pool:
         run = pool.submit(
             classify,
             f"{NAME}:{port}",
-            pairs(longer),
+            rounds(records, until=seen_all),
             max_in_flight=2,
             resolve=resolver(table),
             resolve_seconds=0.1,
@@ -278,7 +287,7 @@ def test_a_replica_that_appears_gets_work_and_one_that_vanishes_leaves(
         wait_for(lambda: served(replica_a) + served(replica_b) >= sum(before[:2]) + 10)
         table[NAME] = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]  # a pod became ready
         wait_for(lambda: served(replica_c) > before[2] or run.done())
-        assert not run.done(), "the run ended before the new replica got work"
+        assert not run.done(), run.exception()  # the input goes on until `seen_all`
         (classifier,) = seen
         assert classifier.connection.servers == 3
 
@@ -289,10 +298,13 @@ def test_a_replica_that_appears_gets_work_and_one_that_vanishes_leaves(
             return any(s.url == gone and s.removed for s in classifier.stats) or run.done()
 
         wait_for(left)
-        assert not run.done(), "the run ended before the replica left the rotation"
+        assert not run.done(), run.exception()
         at_removal = served(replica_b)
+        seen_all.set()
         results, stats = run.result(timeout=300)
-    assert answers(results) == reference  # no chunk lost, none used twice
+    # No chunk lost, none used twice: each round answered as the single-server run.
+    assert len(results) % len(records) == 0
+    assert answers(results, without_round=True) == reference * (len(results) // len(records))
     got = [served(s) - b for s, b in zip(servers, before)]
     assert all(got), got
     assert served(replica_b) <= at_removal + 1  # only the one request it had in flight

@@ -5,6 +5,8 @@ journal holds the answers so far. A SIGKILLed parent takes its server with it.""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import random
 import re
 import shutil
@@ -19,6 +21,7 @@ import tritonclient.grpc as grpcclient
 from servers import served, wait_for
 from test_server import ECHO_MODEL, make_repository, processes_mentioning
 
+from virnucpro_triton.interrupt import Interrupted, run_interruptible, stop_signals_interrupt
 from virnucpro_triton.results.journal import NAME as JOURNAL
 from virnucpro_triton.results.outputs import PREDICTIONS
 from virnucpro_triton.server import free_port
@@ -105,6 +108,32 @@ def serve(
     wait_for(lambda: ready(f"127.0.0.1:{ports[0]}") or process.poll() is not None, timeout=300)
     assert process.poll() is None, process.communicate()
     return process, ports
+
+
+def test_a_stop_signal_cancels_a_client_run_at_an_await_never_inside_its_code():
+    """A signal that lands in the middle of code (as in grpc's call set-up: the channel then
+    never closed and `embed --url` hung on SIGTERM) lets that code finish; the run is
+    cancelled at its next await and the signal raised once it has unwound."""
+    steps = []
+
+    async def run() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered here, between two lines of code
+        steps.append("the code went on")
+        try:
+            await asyncio.Event().wait()  # never set: only the signal ends the run
+        except asyncio.CancelledError:
+            steps.append("cancelled at the await")
+            raise
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Interrupted) as stopped, stop_signals_interrupt():
+        try:
+            run_interruptible(run())
+        finally:  # cleanup runs with repeats ignored
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    assert stopped.value.signum == signal.SIGTERM
+    assert steps == ["the code went on", "cancelled at the await"]
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])

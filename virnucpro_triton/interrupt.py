@@ -9,11 +9,15 @@ outputs are removed, the journal is kept for `--resume`.
 
 from __future__ import annotations
 
+import asyncio
 import signal
-from collections.abc import Iterator
+import threading
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
+from typing import Any, TypeVar
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+T = TypeVar("T")
 
 
 class Interrupted(KeyboardInterrupt):
@@ -33,9 +37,7 @@ def stop_signals_interrupt() -> Iterator[None]:
     """Within the block, SIGINT, SIGTERM and SIGHUP raise Interrupted in the main thread."""
 
     def interrupt(signum: int, _frame: object) -> None:
-        # Cleanup (stopping a server takes seconds) runs to its end: repeats are ignored.
-        for other in SIGNALS:
-            signal.signal(other, signal.SIG_IGN)
+        _ignore_repeats()
         raise Interrupted(signum)
 
     # A signal ignored from the start stays ignored (`nohup` ignores SIGHUP).
@@ -49,3 +51,47 @@ def stop_signals_interrupt() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def run_interruptible(main: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run(main), where a stop signal cancels `main` and is raised as Interrupted once
+    it has unwound. An exception raised wherever the signal lands (stop_signals_interrupt's way)
+    can land inside grpc's call set-up, whose channel then never closes: the command hung on
+    SIGTERM. The loop instead takes the signal at a safe point and cancels at an `await`."""
+    caught: list[int] = []
+
+    async def run() -> T:
+        task, loop = asyncio.current_task(), asyncio.get_running_loop()
+
+        def stop(signum: int) -> None:
+            if not caught:
+                caught.append(signum)
+                task.cancel()
+
+        # A signal ignored from the start stays ignored; the others get their handlers back.
+        # Signals reach the main thread only: a run in another thread leaves them alone.
+        previous = {s: signal.getsignal(s) for s in SIGNALS}
+        in_main = threading.current_thread() is threading.main_thread()
+        taken = [s for s, h in previous.items() if in_main and h is not signal.SIG_IGN]
+        for signum in taken:
+            loop.add_signal_handler(signum, stop, signum)
+        try:
+            return await main
+        finally:
+            for signum in taken:
+                loop.remove_signal_handler(signum)
+                signal.signal(signum, previous[signum])
+
+    try:
+        return asyncio.run(run())
+    except asyncio.CancelledError:
+        if not caught:
+            raise
+        _ignore_repeats()
+        raise Interrupted(caught[0]) from None
+
+
+def _ignore_repeats() -> None:
+    """Cleanup (stopping a server takes seconds) runs to its end: repeats are ignored."""
+    for signum in SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)

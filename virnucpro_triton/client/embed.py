@@ -8,7 +8,6 @@ whose length is unknown is read once.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import shutil
@@ -30,6 +29,7 @@ from virnucpro_triton.client.connection import (
     text_column,
 )
 from virnucpro_triton.fasta import Record, is_stream, read_fasta
+from virnucpro_triton.interrupt import run_interruptible
 from virnucpro_triton.records import unique_ids
 from virnucpro_triton.repository.spec import DNABERT_S, EMBEDDING, ESM2, SEQUENCE
 from virnucpro_triton.results.outputs import make_directory, remove_if_empty
@@ -96,7 +96,7 @@ def embed(
             open(partial_ids, "w") as id_file,
             tqdm(total=total, unit="record", disable=not progress, desc="embedding") as bar,
         ):
-            asyncio.run(write_all(rows, id_file, bar))
+            run_interruptible(write_all(rows, id_file, bar))
             with open(partial, "wb") as matrix:
                 header = {"descr": "<f4", "fortran_order": False, "shape": (count, dim)}
                 np.lib.format.write_array_header_1_0(matrix, header)

@@ -8,7 +8,6 @@ set of record ids (to keep duplicates apart) grows, by one short string per reco
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import time
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ from virnucpro_triton.client.connection import (
     EndpointStats,
 )
 from virnucpro_triton.fasta import is_stream, read_fasta
+from virnucpro_triton.interrupt import run_interruptible
 from virnucpro_triton.records import unique_ids
 from virnucpro_triton.repository import pipeline_entries
 from virnucpro_triton.results import frame_table, run_info
@@ -183,7 +183,7 @@ def predict(
                 FrameTable(frame_format, out[frames_file]) as table,
             ):
                 results = ResultWriter(out, table, thresholds, min_length)
-                asyncio.run(run_all(results, bar))
+                run_interruptible(run_all(results, bar))
                 results.verdicts.write(out[VERDICTS])
                 counts, sequence_verdicts = results.counts, results.sequence_verdicts
                 models = provenance.models(classifier.connection.urls, pipeline_entries(chunk_size))
