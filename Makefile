@@ -57,9 +57,10 @@ demo: $(STAMP)  ## tiny random models + embedded Triton server + client on examp
 	$(BIN)/virnucpro-triton demo
 
 # The test tiers (README, Tests); tests/conftest.py puts each test in one. pytest-xdist workers
-# take one test file each, so a file's module-scoped servers start once.
+# take one test file each, so a file's module-scoped servers start once, in the order
+# tests/conftest.py puts them (longest first; xdist would reorder by number of tests).
 TEST_WORKERS ?= 2
-PYTEST_PARALLEL = $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
+PYTEST_PARALLEL = $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test: $(STAMP) $(TOOLS_STAMP)  ## the unit and server tiers (what CI runs; starts real tritonservers)
 	$(PYTEST_PARALLEL) -m '(unit or server) and not workflow'
