@@ -21,7 +21,12 @@ import tritonclient.grpc as grpcclient
 from servers import served, wait_for
 from test_server import ECHO_MODEL, make_repository, processes_mentioning
 
-from virnucpro_triton.interrupt import Interrupted, run_interruptible, stop_signals_interrupt
+from virnucpro_triton.interrupt import (
+    Interrupted,
+    run_interruptible,
+    signals_deferred,
+    stop_signals_interrupt,
+)
 from virnucpro_triton.results.journal import NAME as JOURNAL
 from virnucpro_triton.results.outputs import PREDICTIONS
 from virnucpro_triton.server import free_port
@@ -134,6 +139,18 @@ def test_a_stop_signal_cancels_a_client_run_at_an_await_never_inside_its_code():
     assert stopped.value.signum == signal.SIGTERM
     assert steps == ["the code went on", "cancelled at the await"]
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_stop_signal_inside_a_deferring_block_is_raised_where_it_ends():
+    """Outside an event loop (the embedded server's readiness checks over grpc) a signal that
+    arrives inside `signals_deferred` lets the block finish, then stops the command."""
+    steps = []
+    with pytest.raises(Interrupted) as stopped, stop_signals_interrupt():
+        with signals_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            steps.append("the block went on")
+        steps.append("never reached")
+    assert stopped.value.signum == signal.SIGTERM and steps == ["the block went on"]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])

@@ -37,6 +37,9 @@ def stop_signals_interrupt() -> Iterator[None]:
     """Within the block, SIGINT, SIGTERM and SIGHUP raise Interrupted in the main thread."""
 
     def interrupt(signum: int, _frame: object) -> None:
+        if _deferring:
+            _deferred.append(signum)  # raised where the deferring block ends
+            return
         _ignore_repeats()
         raise Interrupted(signum)
 
@@ -51,6 +54,30 @@ def stop_signals_interrupt() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+_deferring: list[bool] = []  # one entry per open `signals_deferred` block of the main thread
+_deferred: list[int] = []
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """A stop signal that arrives inside the block is raised as Interrupted where it ends, not
+    in the middle of it: for grpc calls made outside an event loop (see run_interruptible). Only
+    the main thread takes signals; elsewhere the block changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _deferring.append(True)
+    try:
+        yield
+    finally:
+        _deferring.pop()
+        if _deferred and not _deferring:
+            signum = _deferred[0]
+            _deferred.clear()
+            _ignore_repeats()
+            raise Interrupted(signum)
 
 
 def run_interruptible(main: Coroutine[Any, Any, T]) -> T:

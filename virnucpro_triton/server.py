@@ -37,6 +37,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from virnucpro_triton.errors import VirnucproError
+from virnucpro_triton.interrupt import signals_deferred
 from virnucpro_triton.repository import SERVER_FLAGS
 
 
@@ -303,8 +304,15 @@ class EmbeddedServer:
             ("grpc.max_reconnect_backoff_ms", 500),
         ]
         try:
-            with grpcclient.InferenceServerClient(self.grpc_url, channel_args=backoff) as client:
-                while not self._ready(client):
+            # A stop signal raised inside grpc's calls can leave its channel unable to close:
+            # it is raised between them instead.
+            with signals_deferred():
+                client = grpcclient.InferenceServerClient(self.grpc_url, channel_args=backoff)
+            try:
+                while True:
+                    with signals_deferred():
+                        if self._ready(client):
+                            break
                     if progress is not None:
                         progress(time.monotonic() - started, self._loading())
                     # With model control mode "none" the server exits when a model fails to load.
@@ -313,6 +321,9 @@ class EmbeddedServer:
                     if time.monotonic() > deadline:
                         raise self._fail(f"tritonserver was not ready within {timeout:.0f} s")
                     time.sleep(0.2)
+            finally:
+                with signals_deferred():
+                    client.close()
         except BaseException:  # e.g. Ctrl-C while waiting: do not leave the server behind
             self.stop()
             raise
