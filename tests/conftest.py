@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests import fake_checkpoints 
 signal.signal(signal.SIGINT, signal.default_int_handler)
 
 from reference import MIXED  # noqa: E402
+from servers import Hold  # noqa: E402
 
 from virnucpro_triton.export import export_repository  # noqa: E402
 from virnucpro_triton.server import EmbeddedServer  # noqa: E402
@@ -33,6 +34,7 @@ SERVER_FIXTURES = {
     "server",
     "fixed_server",
     "second_server",
+    "held_server",
     "small_queue_server",
     "replica_a",
     "replica_b",
@@ -84,6 +86,12 @@ def tiny_repository(tmp_path_factory) -> Path:
     repository = tmp_path_factory.mktemp("repository")
     export_repository(repository, tiny=True, report=lambda _: None)
     return repository
+
+
+@pytest.fixture(scope="module")
+def hold(tiny_repository, tmp_path_factory) -> Hold:
+    """A copy of the tiny repository whose classifier holds requests on the test's word."""
+    return Hold(tiny_repository, tmp_path_factory.mktemp("hold"))
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from reference import read_rows, same_table
-from servers import Feeder, Hold, ensure_running, served, wait_for
+from servers import Feeder, ensure_running, served, wait_for
 from tritonclient.utils import InferenceServerException
 
 from virnucpro_triton.client.classify import Classifier
@@ -32,11 +32,6 @@ RESULTS = (PREDICTIONS, VERDICTS, SUMMARY, VIRUSES)
 # byte-identical between runs (see test_faults.py).
 SETTINGS = dict(batch_chunks=4, progress=False)
 CLI = Path(sys.executable).with_name("virnucpro-triton")
-
-
-@pytest.fixture(scope="module")
-def hold(tiny_repository, tmp_path_factory) -> Hold:
-    return Hold(tiny_repository, tmp_path_factory.mktemp("hold"))
 
 
 @pytest.fixture(scope="module")

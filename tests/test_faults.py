@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from servers import STOPPING, Hold, served, wait_for
+from servers import STOPPING, served, wait_for
 from tritonclient.utils import InferenceServerException
 
 from virnucpro_triton.client.connection import (
@@ -31,11 +31,6 @@ from virnucpro_triton.server import EmbeddedServer
 # results are byte-identical between runs (batches mixed from several requests differ in the
 # last float32 digit: padding changes the shapes the matrix products run in).
 SETTINGS = dict(batch_chunks=4, max_in_flight=1, progress=False)
-
-
-@pytest.fixture(scope="module")
-def hold(tiny_repository, tmp_path_factory) -> Hold:
-    return Hold(tiny_repository, tmp_path_factory.mktemp("hold"))
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import tritonclient.grpc as grpcclient
-from servers import served, wait_for
+from servers import wait_for
 from test_server import ECHO_MODEL, make_repository, processes_mentioning
 
 from virnucpro_triton.interrupt import (
@@ -29,7 +29,7 @@ from virnucpro_triton.interrupt import (
 )
 from virnucpro_triton.results.journal import NAME as JOURNAL
 from virnucpro_triton.results.outputs import PREDICTIONS
-from virnucpro_triton.server import free_port
+from virnucpro_triton.server import EmbeddedServer, free_port
 
 CLI = str(Path(sys.executable).parent / "virnucpro-triton")
 RESUME_HINT = "the same command with --resume goes on from here"
@@ -187,7 +187,8 @@ def test_a_sigkilled_serve_takes_its_server_along(echo_repository):
 
 @pytest.fixture(scope="module")
 def long_fasta(tmp_path_factory) -> Path:
-    """Enough one-chunk requests that a run is still going when the signal comes."""
+    """One-chunk records: the predict runs are held mid-run (`hold`); the embed run, of ten
+    times these, is still going when the signal comes ~940 requests before its end."""
     rng = random.Random(3)
     path = tmp_path_factory.mktemp("long") / "long.fa"
     path.write_text("".join(f">r{i}\n{''.join(rng.choices('ACGT', k=290))}\n" for i in range(3000)))
@@ -210,15 +211,22 @@ def assert_resumes(long_fasta: Path, out: Path, server) -> None:
     assert len((out / PREDICTIONS).read_text().splitlines()) > 1 and not (out / JOURNAL).exists()
 
 
+@pytest.fixture(scope="module")
+def held_server(hold, tmp_path_factory):
+    log = tmp_path_factory.mktemp("held_server") / "tritonserver.log"
+    with EmbeddedServer(hold.repository, log_path=log) as running:
+        yield running
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_to_predict_url_keeps_the_journal_and_names_resume(
-    server, long_fasta, tmp_path, signum
+    server, held_server, hold, long_fasta, tmp_path, signum
 ):
     out = tmp_path / "out"
-    before = served(server)
-    process = slow_predict(long_fasta, out, "--url", server.grpc_url)
-    wait_for(lambda: served(server) > before + 5 or process.poll() is not None, timeout=300)
-    code, stderr = stop(process, signum)
+    with hold.holding(after=5):  # the run's 6th request is held: it is stopped mid-run
+        process = slow_predict(long_fasta, out, "--url", held_server.grpc_url)
+        hold.wait_held()
+        code, stderr = stop(process, signum)
     assert code == 128 + signum, stderr
     assert f"stopped by {signal.Signals(signum).name}; {RESUME_HINT}" in stderr
     assert "Traceback" not in stderr and "Aborted" not in stderr
@@ -227,17 +235,17 @@ def test_a_signal_to_predict_url_keeps_the_journal_and_names_resume(
     assert_resumes(long_fasta, out, server)
 
 
-def test_sigterm_to_predict_stops_its_embedded_server(
-    server, tiny_repository, long_fasta, tmp_path
-):
+def test_sigterm_to_predict_stops_its_embedded_server(server, hold, long_fasta, tmp_path):
     repository = tmp_path / "repository"  # a path of its own: the session server shares none
-    shutil.copytree(tiny_repository, repository)
+    shutil.copytree(hold.repository, repository)
     out = tmp_path / "out"
-    process = slow_predict(long_fasta, out, "--repository", repository)
-    # The journal appears once the server is up and the first answers came.
-    wait_for(lambda: (out / JOURNAL).exists() or process.poll() is not None, timeout=600)
-    wait_for(lambda: (out / JOURNAL).stat().st_size > 1000 or process.poll() is not None)
-    code, stderr = stop(process, signal.SIGTERM)
+    with hold.holding(after=5):  # the run's 6th request is held: it is stopped mid-run
+        process = slow_predict(long_fasta, out, "--repository", repository)
+        hold.wait_held()
+        process.send_signal(signal.SIGTERM)
+        hold.release()  # the server's graceful stop waits for the request it holds
+        _, stderr = process.communicate(timeout=120)
+    code = process.returncode
     assert code == 143, stderr
     assert f"stopped by SIGTERM; {RESUME_HINT}" in stderr
     assert processes_mentioning(str(repository)) == set()
