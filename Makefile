@@ -66,7 +66,7 @@ test: $(STAMP) $(TOOLS_STAMP)  ## the unit and server tiers (what CI runs; start
 	$(PYTEST_PARALLEL) -m '(unit or server) and not workflow'
 
 test-unit: $(STAMP) $(TOOLS_STAMP)  ## unit tier: no tritonserver at all
-	$(PYTEST_PARALLEL) -m unit
+	$(PYTEST_PARALLEL) -m 'unit and not workflow'
 
 test-server: $(STAMP)  ## server tier: tests against real tritonserver processes
 	$(PYTEST_PARALLEL) -m 'server and not workflow'

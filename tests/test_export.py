@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,9 +26,8 @@ from virnucpro_triton.checkpoints import load_classifier, load_dnabert_s, load_e
 from virnucpro_triton.client.embed import embed, ids_path
 from virnucpro_triton.export import VerificationError, export_repository
 from virnucpro_triton.export.repository_writer import export_esm2
-from virnucpro_triton.export.tiny import TINY_ESM2
 from virnucpro_triton.models.dnabert_s import DnabertConfig
-from virnucpro_triton.models.esm2 import Esm2, encode_protein
+from virnucpro_triton.models.esm2 import encode_protein
 from virnucpro_triton.server import EmbeddedServer
 
 CLI = [str(Path(sys.executable).parent / "virnucpro-triton")]
@@ -210,36 +208,6 @@ def test_export_refuses_classifier_of_the_wrong_size(checkpoints, tmp_path):
         )
 
 
-@pytest.mark.server  # starts servers of its own
-def test_fp8_export_is_written_and_served_as_bf16_where_no_gpu_has_fp8(tmp_path):
-    plain, fp8 = tmp_path / "bf16", tmp_path / "fp8"
-    export_repository(plain, tiny=True, dtype="bf16", report=lambda _: None)
-    checks = export_repository(
-        fp8, tiny=True, dtype="bf16", fp8="feed_forward", report=lambda _: None
-    )
-    esm2_check = next(c for c in checks if c.entry == repo.ESM2)
-    assert esm2_check.note == "fp8 feed_forward not applied: cpu is not a CUDA GPU"
-    for repository, setting in ((fp8, "feed_forward"), (plain, "none")):  # recorded either way
-        config = text_format.Parse(
-            (repository / repo.ESM2 / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
-        )
-        assert config.parameters["fp8"].string_value == setting
-    # Served on the one entry fp8 is about (a fast start): the same embeddings either way.
-    proteins = tmp_path / "proteins.fa"
-    proteins.write_text(">p0\nMKTAYIAKQRQISFVKSHFSRQLEERLG\n>p1\nW\n>p2\n" + "MKV" * 50 + "\n")
-    outputs = {}
-    for repository in (plain, fp8):
-        served = tmp_path / f"{repository.name}-esm2"
-        shutil.copytree(repository / repo.ESM2, served / repo.ESM2)
-        log = repository / "server.log"
-        with EmbeddedServer(served, log_path=log) as server:
-            embed(proteins, repo.ESM2, repository / "esm2.npy", server.grpc_url)
-        loaded = [line for line in log.read_text().splitlines() if "loaded esm2 " in line]
-        assert loaded and all(("not applied" in line) == (repository == fp8) for line in loaded)
-        outputs[repository] = (repository / "esm2.npy").read_bytes()
-    assert outputs[plain] == outputs[fp8]
-
-
 def test_fp8_export_needs_bf16_torch_entries(tmp_path):
     result = subprocess.run(
         [*CLI, "export", "--tiny", "--out", str(tmp_path), "--fp8", "feed_forward"],
@@ -249,10 +217,3 @@ def test_fp8_export_needs_bf16_torch_entries(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "--fp8 feed_forward needs --dtype bf16 and --format torch" in result.stderr
     assert not list(tmp_path.iterdir())
-
-
-def test_an_unknown_fp8_setting_is_refused():
-    model = Esm2(TINY_ESM2).to(torch.bfloat16)
-    with pytest.raises(ValueError, match="fp8 must be 'none' or 'feed_forward', not 'all'"):
-        repo.apply_fp8(model, "all", torch.device("cpu"))
-    assert repo.apply_fp8(model, "none", torch.device("cpu")) == ""

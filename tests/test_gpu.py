@@ -13,10 +13,11 @@ from virnucpro_triton import repository as repo
 from virnucpro_triton.bench import make_workload
 from virnucpro_triton.client.predict import predict
 from virnucpro_triton.embedders import ProteinEmbedder
-from virnucpro_triton.export import VerificationError, export_repository
+from virnucpro_triton.export import export_repository
+from virnucpro_triton.export.fp8_choice import Fp8Refused
 from virnucpro_triton.export.tiny import TINY_ESM2
 from virnucpro_triton.models.esm2 import ESM2_SIZES, Esm2, Esm2Config, TransformerLayer
-from virnucpro_triton.models.fp8 import Fp8Linear, fp8_feed_forward, fp8_unavailable
+from virnucpro_triton.models.fp8 import Fp8Linear, fp8_unavailable, to_fp8
 from virnucpro_triton.repository import FP8_FEED_FORWARD as FEED_FORWARD
 from virnucpro_triton.repository import FP8_NONE as NONE
 from virnucpro_triton.server import EmbeddedServer
@@ -73,7 +74,8 @@ def test_fp8_feed_forward_runs_compiled_and_stays_close_to_bf16(tmp_path):
     proteins = [f.protein for f in make_workload(tmp_path / "frames.fa", 300, 300)]
     device = torch.device("cuda")
     bf16 = ProteinEmbedder(model.eval(), device)(proteins)
-    fp8_model = fp8_feed_forward(copy.deepcopy(model))
+    fp8_model = copy.deepcopy(model)
+    to_fp8(fp8_model, repo.fp8_layers(FEED_FORWARD, fp8_model))
     assert isinstance(fp8_model.layers[0].fc1, Fp8Linear)
     eager = ProteinEmbedder(fp8_model, device)(proteins)
     compiled = ProteinEmbedder(fp8_model, device, compiled=True)(proteins)
@@ -87,13 +89,28 @@ def test_fp8_feed_forward_runs_compiled_and_stays_close_to_bf16(tmp_path):
 
 
 @needs_fp8
-def test_fp8_export_is_verified_and_refused_out_of_tolerance(tmp_path):
-    # The tiny model's 32-wide layers lose more to FP8 than the 0.999 cosine export accepts.
+def test_fp8_export_is_verified_on_the_gpu_and_refused_out_of_tolerance(tmp_path):
+    # The tiny model's 32-wide layers lose more to FP8 than the rule accepts.
     with pytest.raises(
-        VerificationError, match=r"refused to write esm2 \(bf16, fp8 feed_forward\)"
+        Fp8Refused, match=r"refused to write esm2 with fp8 feed_forward: .* on NVIDIA"
     ):
         export_repository(tmp_path, tiny=True, dtype="bf16", fp8="feed_forward", report=print)
     assert not (tmp_path / repo.ESM2).exists()
+
+
+@needs_fp8
+@torch.inference_mode()
+def test_emulated_fp8_matches_the_gpus_fp8_matmul():
+    """Export decides FP8 by emulation where it has no FP8 GPU: the emulated product must be the
+    GPU's up to accumulation order and bf16 rounding (ESM-2 3B's fc1 shape)."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(2560, 10240).to("cuda", torch.bfloat16)
+    x = torch.randn(512, 2560, device="cuda", dtype=torch.bfloat16)
+    real = Fp8Linear(linear)(x).float()
+    emulated = Fp8Linear(linear, emulate=True)(x).float()
+    exact = linear(x).float()
+    assert (real - emulated).norm() / real.norm() < 5e-3  # bf16 rounding, not FP8's error
+    assert (real - exact).norm() / exact.norm() > 10 * ((real - emulated).norm() / real.norm())
 
 
 @needs_fp8

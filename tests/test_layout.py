@@ -16,6 +16,7 @@ from virnucpro_triton.client import connection
 from virnucpro_triton.client.addresses import AddressError
 from virnucpro_triton.client.classify import BATCH_CHUNKS
 from virnucpro_triton.export import VerificationError
+from virnucpro_triton.export.fp8_choice import Fp8Refused
 from virnucpro_triton.fasta import FastaError
 from virnucpro_triton.front_door import DoorError
 from virnucpro_triton.repository import CHUNK_SIZES, RepositoryError
@@ -55,6 +56,7 @@ def test_the_cli_starts_without_its_commands_heavy_imports():
         AddressError,
         CheckpointError,
         VerificationError,
+        Fp8Refused,
         ReportError,
         ThresholdError,
         DoorError,

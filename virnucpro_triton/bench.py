@@ -40,7 +40,7 @@ from virnucpro_triton.export.tiny import TINY_DNABERT, TINY_ESM2
 from virnucpro_triton.models.classifier import MLPClassifier
 from virnucpro_triton.models.dnabert_s import DnabertConfig, DnabertS, build_dna_bpe_tokenizer
 from virnucpro_triton.models.esm2 import ESM2_SIZES, PAD_IDX, Esm2, Esm2Config, pad_batch
-from virnucpro_triton.models.fp8 import fp8_feed_forward, fp8_unavailable
+from virnucpro_triton.models.fp8 import fp8_unavailable, to_fp8
 from virnucpro_triton.results import frame_table
 from virnucpro_triton.sequence import chunks, reverse_complement, six_frames
 from virnucpro_triton.server import EmbeddedServer
@@ -180,7 +180,9 @@ def fp8_cosine(models: dict, frames: list, device: torch.device) -> dict:
     """Pooled ESM-2 embeddings with FP8 feed-forward layers against bf16, on the same frames."""
     proteins = [f.protein for f in frames]
     bf16 = ProteinEmbedder(models["esm2"], device)(proteins)
-    fp8 = ProteinEmbedder(fp8_feed_forward(copy.deepcopy(models["esm2"])), device)(proteins)
+    model = copy.deepcopy(models["esm2"])
+    to_fp8(model, repo.fp8_layers(repo.FP8_FEED_FORWARD, model))
+    fp8 = ProteinEmbedder(model, device)(proteins)
     cosine = torch.cosine_similarity(torch.from_numpy(bf16), torch.from_numpy(fp8))
     return {"frames": len(frames), "min": cosine.min().item(), "mean": cosine.mean().item()}
 

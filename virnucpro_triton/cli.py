@@ -17,6 +17,8 @@ from virnucpro_triton.repository import (
     CHUNK_SIZES,
     DNABERT_S,
     ESM2,
+    FP8_ALL,
+    FP8_AUTO,
     FP8_FEED_FORWARD,
     FP8_NONE,
     check_entries,
@@ -541,11 +543,14 @@ def _classifier_options(command):
 )
 @click.option(
     "--fp8",
-    type=click.Choice([FP8_NONE, FP8_FEED_FORWARD]),
+    type=click.Choice([FP8_NONE, FP8_AUTO, FP8_FEED_FORWARD, FP8_ALL]),
     default=FP8_NONE,
     show_default=True,
-    help="feed_forward: ESM-2's feed-forward matmuls in FP8 on GPUs that have it (sm_89+, e.g. "
-    "H100; others serve bf16). Needs --dtype bf16; verified here when this machine has such a GPU.",
+    help="ESM-2's linear layers in FP8 on GPUs that have it (sm_89+, e.g. H100; others serve "
+    "bf16). auto: the layers that keep cosine >= 0.999 and 99.5% of verdicts against bf16 on "
+    "the probe frames, decided on these weights; feed_forward/all: those layers, refused when "
+    "they miss that rule. Needs --dtype bf16, and DNABERT-S and a classifier exported with it "
+    "or before it.",
 )
 @click.option(
     "--format",

@@ -9,14 +9,15 @@ from collections.abc import Iterable
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from virnucpro_triton.repository import PROVENANCE
+from virnucpro_triton.repository import FP8_VERIFIED, PROVENANCE
 
 _log = logging.getLogger(__name__)
 
 
 def provenance(url: str, names: Iterable[str]) -> dict[str, dict[str, str]]:
     """Where each entry's weights came from, as its config parameters say (export writes
-    repository.PROVENANCE and esm2's fp8); {} for an entry exported before they existed."""
+    repository.PROVENANCE, esm2's fp8 and fp8_verified); {} for an entry exported before
+    they existed."""
     found = {}
     with grpcclient.InferenceServerClient(url) as client:
         for name in names:
@@ -24,7 +25,7 @@ def provenance(url: str, names: Iterable[str]) -> dict[str, dict[str, str]]:
             parameters = config.get("parameters", {})
             found[name] = {
                 key: parameters[key].get("string_value", "")
-                for key in (*PROVENANCE, "fp8")
+                for key in (*PROVENANCE, "fp8", FP8_VERIFIED)
                 if key in parameters
             }
     return found

@@ -41,9 +41,11 @@ def export_repository(
 
     The classifiers stay in fp32 whatever `dtype` says: they are tiny and sit at the verdict.
     `format` "onnx" writes ONNX compute entries behind the same Python entries (onnx_export.py);
-    it is fp32 only. `fp8` "feed_forward" runs ESM-2's feed-forward matmuls in FP8 on GPUs that
-    have it (bf16 only; models/fp8.py). `chunk_sizes`: the tiny classifiers to make (one
-    entry each); the pipeline serves every classifier the repository then holds.
+    it is fp32 only. `fp8` (bf16 only; models/fp8.py) runs ESM-2's linear layers in FP8 on GPUs
+    that have it: "auto" those that keep the accuracy rule on these weights, "feed_forward",
+    "all" or a list of layers as given, refused when they miss it (fp8_choice.py).
+    `chunk_sizes`: the tiny classifiers to make (one entry each); the pipeline serves every
+    classifier the repository then holds.
     """
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; choose from {', '.join(FORMATS)}")
@@ -78,10 +80,10 @@ def export_repository(
         if dna_model is not None:
             source = sources[repo.DNABERT_S]
             checks.append(write_dnabert_s(out, dna_model, tokenizer, source=source))
-        if esm_model is not None:
-            checks.append(write_esm2(out, esm_model, source=sources[repo.ESM2]))
         for size, model in sorted(classifier_models.items()):
             checks.append(write_classifier(out, size, model, source=sources[size]))
+        if esm_model is not None:  # last: its FP8 check runs through DNABERT-S and classifiers
+            checks.append(write_esm2(out, esm_model, source=sources[repo.ESM2]))
     export_pipeline(out)
     for check in checks:
         report(f"verified {check.describe()}")

@@ -23,6 +23,7 @@ import torch
 from virnucpro_triton import repository as repo
 from virnucpro_triton.embedders import DnaEmbedder, ProteinEmbedder
 from virnucpro_triton.errors import VirnucproError
+from virnucpro_triton.export.fp8_choice import choose_fp8
 from virnucpro_triton.models.classifier import MLPClassifier
 from virnucpro_triton.models.dnabert_s import DnabertS
 from virnucpro_triton.models.esm2 import Esm2
@@ -196,21 +197,28 @@ def export_dnabert_s(
 def export_esm2(
     repository: Path, model: Esm2, dtype: str, source: repo.Source, fp8: str = repo.FP8_NONE
 ) -> Check:
-    """`fp8` (models/fp8.py) is written into the entry's config and verified where this machine's
-    GPU has FP8; elsewhere the check runs bf16 and says so."""
+    """`fp8` other than none (bf16 only) is decided on the staged entry (fp8_choice.py) against
+    the DNABERT-S and classifiers already in `repository`, and written into its config with the
+    numbers; the entry is then checked against fp32 as served on this machine."""
     model = model.float().eval()
+    config = _config(repo.ESM2, {repo.WIDTH: model.config.embed_dim})
 
     def verify(version: Path) -> Check:
         device = verify_device()
         model.to(device)
         loaded = repo.load_model(version, device)[0]
-        note = repo.apply_fp8(loaded, fp8, device)
+        setting, verified = fp8, ""
+        if fp8 != repo.FP8_NONE:
+            setting, verified = choose_fp8(fp8, loaded, repository, device)
+            config.parameters["fp8"].string_value = setting
+            config.parameters[repo.FP8_VERIFIED].string_value = verified
+            repo.write_config(version.parent, config)
+        note = "; ".join(filter(None, (repo.apply_fp8(loaded, setting, device), verified)))
         served = ProteinEmbedder(loaded, device)
         _, protein = probe_frames()
         reference = reference_protein(model, served, protein)
         return replace(compare(repo.ESM2, dtype, reference, served(protein)), note=note)
 
-    config = _config(repo.ESM2, {repo.WIDTH: model.config.embed_dim}, {"fp8": fp8})
     return _export(repository, config, model, repo.ESM2, dtype, verify, source)
 
 

@@ -116,9 +116,13 @@ ONNX_DATA = "model.onnx.data"  # its external weights, when they do not fit a 2 
 # Where the model of a Python entry runs: in the entry ("torch"), or in its ONNX compute entry
 # ("onnx"), which the Python entry calls through BLS.
 TORCH, ONNX = "torch", "onnx"
-# Values of the embedders' `fp8` parameter (models/fp8.py): FP8 matmuls nowhere, or in ESM-2's
-# feed-forward layers.
-FP8_NONE, FP8_FEED_FORWARD = "none", "feed_forward"
+# Values of the esm2 entry's `fp8` parameter (models/fp8.py): FP8 matmuls nowhere, in ESM-2's
+# feed-forward layers, in all its linear layers, or a comma-separated list of its layers
+# ("layers.0.fc1,layers.0.fc2", as export chose them on the weights: export/fp8_choice.py).
+# FP8_VERIFIED holds export's numbers for the setting. FP8_AUTO asks export to choose (never in
+# a config).
+FP8_NONE, FP8_FEED_FORWARD, FP8_ALL, FP8_AUTO = "none", "feed_forward", "all", "auto"
+FP8_VERIFIED = "fp8_verified"
 # The config parameters that say where an entry comes from (besides the esm2 entry's `fp8`).
 # Any Triton client reads them with the model-config API; `predict` puts them into run.json.
 PROVENANCE = (

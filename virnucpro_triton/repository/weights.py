@@ -18,6 +18,7 @@ from virnucpro_triton.repository.spec import (
     ARCHITECTURE,
     DNABERT_S,
     ESM2,
+    FP8_ALL,
     FP8_FEED_FORWARD,
     FP8_NONE,
     MODEL_PY,
@@ -104,7 +105,6 @@ def write_entry(
     when a model is given, architecture.json when one is given, copies of `files` into 1/, and
     config.pbtxt with the entry's provenance (PROVENANCE; `source` names the weights' origin,
     whose files in 1/ it hashes: those already there too, e.g. an ONNX graph)."""
-    from google.protobuf import text_format
 
     entry = repository / config.name
     version = entry / "1"
@@ -133,8 +133,14 @@ def write_entry(
     dtype_name = architecture["dtype"] if architecture else None
     for key, value in _provenance(version, source, dtype_name).items():
         config.parameters[key].string_value = value
-    (entry / "config.pbtxt").write_text(text_format.MessageToString(config))
+    write_config(entry, config)
     return entry
+
+
+def write_config(entry: Path, config: model_config_pb2.ModelConfig) -> None:
+    from google.protobuf import text_format
+
+    (entry / "config.pbtxt").write_text(text_format.MessageToString(config))
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -219,20 +225,45 @@ def load_model(
     return model.to(torch_dtype(architecture["dtype"])).eval(), architecture
 
 
+def fp8_layers(setting: str, model: torch.nn.Module) -> list[str]:
+    """The ESM-2 linear layers an entry's `fp8` setting names (spec.FP8_*): none, a named set,
+    or a comma-separated list of layers."""
+    from virnucpro_triton.models.fp8 import BLOCK_LINEARS, FEED_FORWARD, linear_layers
+
+    sets = {FP8_NONE: (), FP8_FEED_FORWARD: FEED_FORWARD, FP8_ALL: BLOCK_LINEARS}
+    if setting in ("", *sets):
+        return linear_layers(model, sets.get(setting, ()))
+    names, known = setting.split(","), set(linear_layers(model))
+    for name in names:
+        if name not in known:
+            raise ValueError(
+                f"fp8: {name!r} is not a linear layer of this ESM-2; the setting is one of "
+                f"{', '.join(sets)} or a comma-separated list of layers (layers.0.fc1,...)"
+            )
+    return names
+
+
+def describe_fp8(setting: str, model: torch.nn.Module) -> str:
+    """The setting in a log line: a set by its name, a list by its size."""
+    from virnucpro_triton.models.fp8 import linear_layers
+
+    if setting in (FP8_FEED_FORWARD, FP8_ALL):
+        return f"fp8 {setting}"
+    return f"fp8 on {len(fp8_layers(setting, model))} of {len(linear_layers(model))} linear layers"
+
+
 def apply_fp8(model: torch.nn.Module, setting: str, device: torch.device) -> str:
-    """Apply an esm2 entry's `fp8` setting ("none" or "feed_forward") to `model`, in place.
+    """Apply an esm2 entry's `fp8` setting to `model`, in place.
 
     Returns what was done, for the log: FP8 needs a GPU that has it (models/fp8.py); elsewhere
     the model stays bf16, whose results are within the same tolerance.
     """
-    if setting in ("", FP8_NONE):
+    if not fp8_layers(setting, model):
         return ""
-    if setting != FP8_FEED_FORWARD:
-        raise ValueError(f"fp8 must be {FP8_NONE!r} or {FP8_FEED_FORWARD!r}, not {setting!r}")
-    from virnucpro_triton.models.fp8 import fp8_feed_forward, fp8_unavailable
+    from virnucpro_triton.models.fp8 import fp8_unavailable, to_fp8
 
-    problem = fp8_unavailable(device)
+    what, problem = describe_fp8(setting, model), fp8_unavailable(device)
     if problem:
-        return f"fp8 {setting} not applied: {problem}"
-    fp8_feed_forward(model)
-    return f"fp8 {setting}"
+        return f"{what} not applied: {problem}"
+    to_fp8(model, fp8_layers(setting, model))
+    return what

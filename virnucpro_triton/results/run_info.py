@@ -13,6 +13,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
+from virnucpro_triton.repository import FP8_ALL, FP8_FEED_FORWARD, FP8_NONE
+
 RUN_INFO = "run.json"
 
 
@@ -41,8 +43,11 @@ def describe(about: dict[str, str]) -> str:
     if about.get("source_sha256"):
         parts.append(f"sha256 {about['source_sha256'][:12]}")
     parts += [about[key] for key in ("dtype",) if key in about]
-    if about.get("fp8", "none") != "none":
-        parts.append(f"fp8 {about['fp8']}")
+    fp8 = about.get("fp8", FP8_NONE)
+    if fp8 in (FP8_FEED_FORWARD, FP8_ALL):
+        parts.append(f"fp8 {fp8}")
+    elif fp8 != FP8_NONE:  # the layers export chose
+        parts.append(f"fp8 on {len(fp8.split(','))} linear layers")
     if about.get("random_weights") == "true":
         parts.append("RANDOM WEIGHTS")
     return ", ".join(parts)
