@@ -14,6 +14,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from virnucpro_triton import repository as repo
+from virnucpro_triton.export.fp8_choice import probe_frames
 from virnucpro_triton.results.outputs import PREDICTIONS, SUMMARY, VERDICTS
 from virnucpro_triton.server import free_port
 
@@ -120,6 +121,12 @@ def test_the_server_install_exports_and_serves(server_install, mixed_fasta, tmp_
         if spec.model:
             written = repository / spec.name / "1" / repo.MODEL_PY
             assert written.read_text() == repo.model_py(spec)
+    # FP8's probe frames are package data: the wheel must carry them.
+    count = (
+        "from virnucpro_triton.export import fp8_choice; print(len(fp8_choice.probe_frames(300)))"
+    )
+    probe = subprocess.run([server_install / "python", "-c", count], capture_output=True, text=True)
+    assert probe.stdout.strip() == str(len(probe_frames(300))), probe.stderr
     grpc_port = free_port()
     serving = subprocess.Popen(
         [server_install / "virnucpro-triton", "serve", "--repository", repository,
