@@ -183,3 +183,14 @@ def test_a_run_names_the_fp8_it_was_served_with_in_a_few_words():
     assert run_info.describe({**about, "fp8": "feed_forward"}).endswith(", fp8 feed_forward")
     chosen = {**about, "fp8": "layers.0.fc1,layers.3.fc2,layers.4.self_attn.q_proj"}
     assert run_info.describe(chosen).endswith(", bf16, fp8 on 3 linear layers")
+
+
+def test_fp8_is_refused_in_one_line_over_onnx_entries(verdict_repository, tmp_path):
+    repository = tmp_path / "repository"
+    shutil.copytree(verdict_repository, repository)
+    architecture = repository / repo.classifier_name(300) / "1" / repo.ARCHITECTURE
+    architecture.write_text(architecture.read_text().replace('"torch"', '"onnx"'))
+    assert repo.runtime_of(repo.read_architecture(architecture.parent)) == repo.ONNX
+    with pytest.raises(Fp8Refused, match="verified through the torch models: .*ONNX entry"):
+        export_esm2(repository, quiet_block_0(tmp_path), "bf16", repo.TINY_SOURCE, fp8="auto")
+    assert not (repository / repo.ESM2).exists()

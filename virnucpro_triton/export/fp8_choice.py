@@ -100,7 +100,7 @@ class Probe:
                 f"FP8 is verified on verdicts, which need the {repo.DNABERT_S} entry and a "
                 f"classifier in {repository}: export them first, or in the same command"
             )
-        dna = DnaEmbedder(repo.load_model(dna_entry, device)[0], dna_entry / repo.TOKENIZER, device)
+        dna = DnaEmbedder(_load(dna_entry, device), dna_entry / repo.TOKENIZER, device)
         self.model, self.device = model, device
         self.emulate = fp8_unavailable(device) is not None
         self.where = "emulated" if self.emulate else f"on {torch.cuda.get_device_name(device)}"
@@ -110,7 +110,7 @@ class Probe:
             self.proteins[size] = [f.protein for f in frames]
             self.dna[size] = dna([f.nucleotide for f in frames])
             entry = repository / repo.classifier_name(size) / "1"
-            self.classifiers[size] = repo.load_model(entry, device)[0]
+            self.classifiers[size] = _load(entry, device)
         self.reference = self._embed()
         self.verdicts = self._verdicts(self.reference)
 
@@ -177,6 +177,13 @@ class Probe:
             else:
                 missing = middle
         return passing, missing
+
+
+def _load(version: Path, device: torch.device) -> torch.nn.Module:
+    try:
+        return repo.load_model(version, device)[0]
+    except ValueError as error:  # an ONNX-format entry: FP8's check runs the torch models
+        raise Fp8Refused(f"FP8 is verified through the torch models: {error}") from error
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
