@@ -89,11 +89,7 @@ class Probe:
     ESM-2 computed once: DNABERT-S's features, and ESM-2's bf16 embeddings and verdicts."""
 
     def __init__(self, repository: Path, model: Esm2, device: torch.device):
-        sizes = sorted(
-            size
-            for path in (repository.iterdir() if repository.is_dir() else ())
-            if (size := repo.chunk_size_of(path.name)) and (path / "config.pbtxt").is_file()
-        )
+        sizes = repo.classifier_sizes(repository)
         dna_entry = repository / repo.DNABERT_S / "1"
         if not sizes or not (dna_entry / repo.ARCHITECTURE).is_file():
             raise Fp8Refused(

@@ -259,11 +259,7 @@ def export_pipeline(repository: Path) -> Path:
             return repo.spec_of(name).max_batch_size
         return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig()).max_batch_size
 
-    present = sorted(
-        size
-        for path in (repository.iterdir() if repository.is_dir() else ())
-        if (size := repo.chunk_size_of(path.name)) and (path / "config.pbtxt").is_file()
-    )
+    present = repo.classifier_sizes(repository)
     names = [repo.DNABERT_S, repo.ESM2, *map(repo.classifier_name, present)]
     calls = {name: max_batch_size(name) for name in names}
     config = _config(repo.PIPELINE, {}, {repo.CALLS: json.dumps(calls)})

@@ -12,6 +12,7 @@ Every public name of those is importable from here.
 from virnucpro_triton.repository.check import (  # noqa: F401
     RepositoryError,
     check_entries,
+    classifier_sizes,
 )
 from virnucpro_triton.repository.config import (  # noqa: F401
     entry_config,
@@ -89,7 +90,6 @@ from virnucpro_triton.repository.weights import (  # noqa: F401
     Source,
     apply_fp8,
     architecture_of,
-    describe_fp8,
     fp8_layers,
     load_model,
     read_architecture,

@@ -14,6 +14,7 @@ from virnucpro_triton.repository.spec import (
     ONNX,
     PIPELINE,
     WEIGHTS,
+    chunk_size_of,
     classifier_name,
     onnx_name,
 )
@@ -30,6 +31,15 @@ _EXPORT_ARGUMENTS = {
     ESM2: "ESM2=esm2_t36_3B_UR50D.pt",
     **{classifier_name(s): f"CLASSIFIER_{s}={s}_model.pth" for s in CHUNK_SIZES},
 }
+
+
+def classifier_sizes(repository: Path) -> list[int]:
+    """The chunk sizes of the classifier entries exported into `repository`, ascending."""
+    return sorted(
+        size
+        for path in (repository.iterdir() if repository.is_dir() else ())
+        if (size := chunk_size_of(path.name)) and (path / "config.pbtxt").is_file()
+    )
 
 
 def _entry_problem(entry: Path) -> str | None:

@@ -243,27 +243,25 @@ def fp8_layers(setting: str, model: torch.nn.Module) -> list[str]:
     return names
 
 
-def describe_fp8(setting: str, model: torch.nn.Module) -> str:
-    """The setting in a log line: a set by its name, a list by its size."""
-    from virnucpro_triton.models.fp8 import linear_layers
-
-    if setting in (FP8_FEED_FORWARD, FP8_ALL):
-        return f"fp8 {setting}"
-    return f"fp8 on {len(fp8_layers(setting, model))} of {len(linear_layers(model))} linear layers"
-
-
 def apply_fp8(model: torch.nn.Module, setting: str, device: torch.device) -> str:
     """Apply an esm2 entry's `fp8` setting to `model`, in place.
 
     Returns what was done, for the log: FP8 needs a GPU that has it (models/fp8.py); elsewhere
     the model stays bf16, whose results are within the same tolerance.
     """
-    if not fp8_layers(setting, model):
+    names = fp8_layers(setting, model)
+    if not names:
         return ""
-    from virnucpro_triton.models.fp8 import fp8_unavailable, to_fp8
+    from virnucpro_triton.models.fp8 import fp8_unavailable, linear_layers, to_fp8
 
-    what, problem = describe_fp8(setting, model), fp8_unavailable(device)
+    # A named set by its name, a list by its size.
+    what = (
+        f"fp8 {setting}"
+        if setting in (FP8_FEED_FORWARD, FP8_ALL)
+        else (f"fp8 on {len(names)} of {len(linear_layers(model))} linear layers")
+    )
+    problem = fp8_unavailable(device)
     if problem:
         return f"{what} not applied: {problem}"
-    to_fp8(model, fp8_layers(setting, model))
+    to_fp8(model, names)
     return what
