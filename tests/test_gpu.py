@@ -60,6 +60,25 @@ def test_bf16_entries_on_gpu_agree_with_fp32(mixed_fasta, tmp_path):
     assert max(abs(a[k][2] - b[k][2]) for k in a) < 0.05
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_packed_attention_on_the_gpu_equals_padded(tmp_path, dtype):
+    """Half precision on a GPU packs ESM-2's batches (flash varlen): the padded path's results,
+    eager and compiled, within rounding; fp32 keeps the padded path."""
+    torch.manual_seed(0)
+    device = torch.device("cuda")
+    model = Esm2(Esm2Config(*ESM2_SIZES["esm2_t12_35M_UR50D"])).to(device, dtype).eval()
+    proteins = [f.protein for f in make_workload(tmp_path / "frames.fa", 600, 500)]
+    padded = ProteinEmbedder(model, device)
+    padded.packed = False
+    reference = torch.from_numpy(padded(proteins))
+    for compiled in (False, True):
+        embedder = ProteinEmbedder(model, device, compiled=compiled)
+        assert embedder.packed
+        got = torch.from_numpy(embedder(proteins))
+        assert torch.cosine_similarity(got, reference).min() >= 0.9999
+    assert not ProteinEmbedder(copy.deepcopy(model).float(), device).packed
+
+
 needs_fp8 = pytest.mark.skipif(
     torch.cuda.is_available() and fp8_unavailable(torch.device("cuda")) is not None,
     reason="needs a GPU with FP8 (sm_89+)",

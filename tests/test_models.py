@@ -21,6 +21,7 @@ from virnucpro_triton.models.esm2 import (
     PAD_IDX,
     UNK_IDX,
     Esm2,
+    Packed,
     encode_protein,
     pad_batch,
 )
@@ -110,6 +111,52 @@ def test_esm2_bf16_close_to_fp32(fair_esm, protein_tokens):
     bf16 = bf16_model.embed(protein_tokens)
     assert bf16.dtype == torch.float32
     assert torch.cosine_similarity(bf16, fp32).min() >= 0.999
+
+
+def per_sequence_attention(q, k, v, cu_q, cu_k, max_q, max_k):
+    """flash varlen's contract on the CPU: attention within each cu_q span, 1/sqrt(d) scale."""
+    assert torch.equal(cu_q, cu_k) and max_q == max_k == int((cu_q[1:] - cu_q[:-1]).max())
+    out = torch.full_like(q, float("nan"))  # a token left out would poison its sequence
+    for start, end in zip(cu_q[:-1].tolist(), cu_q[1:].tolist(), strict=True):
+        span = [t[start:end].transpose(0, 1) for t in (q, k, v)]
+        out[start:end] = torch.nn.functional.scaled_dot_product_attention(*span).transpose(0, 1)
+    return out
+
+
+@torch.no_grad()
+def test_esm2_packed_matches_fair_esm(fair_esm, monkeypatch):
+    """The GPU's packed layout (sequences end to end, no padding) is fair-esm's math: here with
+    the flash kernel's contract computed per sequence, a <mask> in one sequence only."""
+    import torch.nn.attention.varlen
+
+    monkeypatch.setattr(torch.nn.attention.varlen, "varlen_attn", per_sequence_attention)
+    reference, model = fair_esm
+    rows = [encode_protein(p) for p in PROTEINS]
+    rows[0][3] = MASK_IDX
+    padded = pad_batch(rows, PAD_IDX)
+    expected = residue_mean(reference(padded, repr_layers=[2])["representations"][2], padded)
+    packed = Packed.of([len(r) for r in rows])
+    assert packed.positions.tolist()[: len(rows[0]) + 2] == [*range(len(rows[0])), 0, 1]
+    ours = model.embed_packed(torch.tensor([t for r in rows for t in r]), packed)
+    assert (ours - expected).abs().max() <= 1e-5
+
+
+def test_packed_embedder_batches_real_tokens_and_keeps_input_order(fair_esm, monkeypatch):
+    import torch.nn.attention.varlen
+
+    from virnucpro_triton.embedders import ProteinEmbedder, _batches
+
+    monkeypatch.setattr(torch.nn.attention.varlen, "varlen_attn", per_sequence_attention)
+    _, model = fair_esm
+    # Padded, [3, 10] costs 2 x 10 tokens; packed, 13.
+    assert _batches([3, 10, 10], 20, 8) == [[0, 1], [2]]
+    assert _batches([3, 10, 10], 13, 8, padded=False) == [[0, 1], [2]]
+    assert _batches([3, 10, 10], 23, 8, padded=False) == [[0, 1, 2]]
+    proteins = random.Random(3).choices(PROTEINS, k=40)
+    padded = ProteinEmbedder(model, torch.device("cpu"))(proteins)
+    packed = ProteinEmbedder(model, torch.device("cpu"), token_budget=200, max_rows=7)
+    packed.packed = True  # what a CUDA GPU in half precision sets
+    assert abs(packed(proteins) - padded).max() <= 1e-5
 
 
 @pytest.mark.parametrize(("masked_lm", "hub_layout"), [(False, False), (True, True)])

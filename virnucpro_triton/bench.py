@@ -6,8 +6,9 @@ writes them into a model repository, and on the same frames measures
       input order, padded, SDPA attention, bf16 — how the reference tools run;
   (b) served: FASTA -> client -> embedded tritonserver -> pipeline -> result files;
 and reports frames/s, the ratio b/a, GPU memory peak, GPU busy % and an MFU estimate. On a GPU
-with FP8 it serves again with ESM-2's feed-forward layers in FP8 and reports how far verdicts and
-embeddings move. `--tiny` runs the same on the demo-size models (the CPU smoke run in the tests).
+with FP8 it lets `export --fp8 auto`'s check choose ESM-2's FP8 layers for these weights, serves
+again with them and reports how far verdicts and embeddings move. `--tiny` runs the same on the
+demo-size models (the CPU smoke run in the tests).
 `--duplicate-fraction F` also serves reads of which F are copies of others (half of them reverse
 complements), with the embedders' cache of embeddings off and on, and the same reads without the
 copies. Every served run reports the CPU seconds of the server, each entry's stubs and the client.
@@ -15,7 +16,6 @@ copies. Every served run reports the CPU seconds of the server, each entry's stu
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import random
@@ -23,6 +23,7 @@ import subprocess
 import threading
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import click
@@ -35,12 +36,13 @@ from google.protobuf import text_format
 from virnucpro_triton import repository as repo
 from virnucpro_triton.client.predict import predict
 from virnucpro_triton.embedders import DnaEmbedder, ProteinEmbedder
+from virnucpro_triton.export.fp8_choice import choose_fp8
 from virnucpro_triton.export.repository_writer import export_pipeline
 from virnucpro_triton.export.tiny import TINY_DNABERT, TINY_ESM2
 from virnucpro_triton.models.classifier import MLPClassifier
 from virnucpro_triton.models.dnabert_s import DnabertConfig, DnabertS, build_dna_bpe_tokenizer
 from virnucpro_triton.models.esm2 import ESM2_SIZES, PAD_IDX, Esm2, Esm2Config, pad_batch
-from virnucpro_triton.models.fp8 import fp8_unavailable, to_fp8
+from virnucpro_triton.models.fp8 import fp8_unavailable, linear_layers, swap_layers, to_fp8
 from virnucpro_triton.results import frame_table
 from virnucpro_triton.sequence import chunks, reverse_complement, six_frames
 from virnucpro_triton.server import EmbeddedServer
@@ -176,13 +178,15 @@ def _agreement(a: list[bool], b: list[bool]) -> float:
 
 
 @torch.inference_mode()
-def fp8_cosine(models: dict, frames: list, device: torch.device) -> dict:
-    """Pooled ESM-2 embeddings with FP8 feed-forward layers against bf16, on the same frames."""
+def fp8_cosine(models: dict, layers: list[str], frames: list, device: torch.device) -> dict:
+    """Pooled ESM-2 embeddings with `layers` in FP8 against bf16, on the same frames."""
     proteins = [f.protein for f in frames]
     bf16 = ProteinEmbedder(models["esm2"], device)(proteins)
-    model = copy.deepcopy(models["esm2"])
-    to_fp8(model, repo.fp8_layers(repo.FP8_FEED_FORWARD, model))
-    fp8 = ProteinEmbedder(model, device)(proteins)
+    originals = to_fp8(models["esm2"], layers)
+    try:
+        fp8 = ProteinEmbedder(models["esm2"], device)(proteins)
+    finally:
+        swap_layers(models["esm2"], originals)
     cosine = torch.cosine_similarity(torch.from_numpy(bf16), torch.from_numpy(fp8))
     return {"frames": len(frames), "min": cosine.min().item(), "mean": cosine.mean().item()}
 
@@ -421,13 +425,27 @@ def duplicate_runs(
 def served_fp8(
     models: dict, arguments: tuple, workload: list, verdicts: list[bool], device: torch.device
 ) -> dict:
-    """The served run again with ESM-2's feed-forward layers in FP8, and how far results move:
+    """What `export --fp8 auto` would write for these weights (decided on the probe against this
+    repository's DNABERT-S and balanced classifiers), served again, and how far results move:
     verdicts per frame against the bf16 run (`verdicts`), embeddings in-process."""
     repository, out = arguments[0], arguments[4].with_name(arguments[4].name + "_fp8")
+    start = time.perf_counter()
+    setting, verified = choose_fp8(repo.FP8_AUTO, models["esm2"], repository, device)
+    layers = repo.fp8_layers(setting, models["esm2"])
+    chosen = {
+        "decision_s": time.perf_counter() - start,
+        "layers": len(layers),
+        "of": len(linear_layers(models["esm2"])),
+        "kinds": dict(Counter(name.split(".", 2)[2] for name in layers)),
+        "verified": verified,
+    }
+    click.echo(f"fp8 auto: {verified} ({chosen['decision_s']:.0f} s)")
+    if not layers:
+        return chosen
     # Only the esm2 entry's config.pbtxt changes; its weights stay as they are.
     dim = models["esm2"].config.embed_dim
     spec, widths = repo.spec_of(repo.ESM2), {repo.WIDTH: dim}
-    fp8_config = repo.entry_config(spec, widths, {"fp8": repo.FP8_FEED_FORWARD})
+    fp8_config = repo.entry_config(spec, widths, {"fp8": setting, repo.FP8_VERIFIED: verified})
     repo.write_entry(repository, fp8_config, source=repo.BENCH_SOURCE)
     try:
         result = served(*arguments[:4], out, *arguments[5:])
@@ -435,10 +453,11 @@ def served_fp8(
         repo.write_entry(repository, repo.entry_config(spec, widths), source=repo.BENCH_SOURCE)
     fp8_verdicts = _verdicts(out / "run")
     return {
+        **chosen,
         **result,
         "virus_share": sum(fp8_verdicts) / len(fp8_verdicts),
         "verdict_agreement": _agreement(verdicts, fp8_verdicts),
-        "embedding_cosine": fp8_cosine(models, workload[:2_000], device),
+        "embedding_cosine": fp8_cosine(models, layers, workload[:2_000], device),
     }
 
 
@@ -480,8 +499,8 @@ _COMPUTE = ("compute_input", "compute_infer", "compute_output")
 @click.option(
     "--fp8/--no-fp8",
     default=None,
-    help="Also serve with ESM-2's feed-forward matmuls in FP8 and measure how far results move "
-    "(default: when the GPU has FP8).",
+    help="Also serve with the FP8 layers that `export --fp8 auto` verifies for these weights and "
+    "measure how far results move (default: when the GPU has FP8).",
 )
 @click.option(
     "--duplicate-fraction",
@@ -579,16 +598,19 @@ def main(
                 f"(target {cached['target_over_no_duplicates']:.2f}x)"
             )
         if fp8:
-            run["served_fp8"] = served_fp8(models, arguments, workload, verdicts, device)
-            run["served_fp8_over_in_process"] = (
-                run["served_fp8"]["frames_per_s"] / baseline["frames_per_s"]
-            )
-            click.echo(
-                f"{size} bp: served with FP8 feed-forward {run['served_fp8']['frames_per_s']:.0f}/s"
-                f" | ratio {run['served_fp8_over_in_process']:.2f} | verdicts agree on "
-                f"{run['served_fp8']['verdict_agreement']:.2%} of frames | embedding cosine min "
-                f"{run['served_fp8']['embedding_cosine']['min']:.5f}"
-            )
+            served_fp = served_fp8(models, arguments, workload, verdicts, device)
+            run["served_fp8"] = served_fp
+            if "frames_per_s" in served_fp:
+                run["served_fp8_over_in_process"] = (
+                    served_fp["frames_per_s"] / baseline["frames_per_s"]
+                )
+                click.echo(
+                    f"{size} bp: served with FP8 on {served_fp['layers']} of {served_fp['of']} "
+                    f"linear layers {served_fp['frames_per_s']:.0f}/s | ratio "
+                    f"{run['served_fp8_over_in_process']:.2f} | verdicts agree on "
+                    f"{served_fp['verdict_agreement']:.2%} of frames | embedding cosine min "
+                    f"{served_fp['embedding_cosine']['min']:.5f}"
+                )
         json_out.write_text(json.dumps(results, indent=2) + "\n")  # kept if a later run fails
     click.echo(f"written {json_out}")
 

@@ -1,9 +1,10 @@
 """Sequences in, pooled embeddings out: tokenization plus length-bucketed batches.
 
 Used by the served `dnabert_s` and `esm2` models and by export's verification. Sequences are
-sorted by length and packed into batches under a token budget, so padding stays small; the
+sorted by length and grouped into batches under a token budget, so padding stays small; the
 models mask padding out of attention and pooling, so the result of a sequence does not depend
-on the batch it lands in.
+on the batch it lands in. ESM-2 in half precision on a GPU takes its batches packed instead
+(models/esm2.py `Packed`: no padding at all; the budget counts real tokens).
 
 The model is the torch module, or a `GraphEmbedding`: the same model exported as an ONNX graph
 and run elsewhere (its Triton entry through BLS, or onnxruntime at export). Tokenization and
@@ -21,7 +22,14 @@ from tokenizers import Tokenizer
 
 from virnucpro_triton.alphabet import DNA, EXPECTED, PROTEIN, as_dna, first_invalid
 from virnucpro_triton.models.dnabert_s import DnabertS
-from virnucpro_triton.models.esm2 import PAD_IDX, Esm2, encode_protein, pad_batch
+from virnucpro_triton.models.esm2 import (
+    PAD_IDX,
+    Esm2,
+    Packed,
+    encode_protein,
+    packable,
+    pad_batch,
+)
 from virnucpro_triton.repository.spec import (
     MAX_DNA_LENGTH,
     MAX_PROTEIN_LENGTH,
@@ -55,19 +63,23 @@ class GraphEmbedding:
 Model = torch.nn.Module | GraphEmbedding
 
 
-def _batches(lengths: Sequence[int], token_budget: int, max_rows: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length whose padded size fits the budget."""
+def _batches(
+    lengths: Sequence[int], token_budget: int, max_rows: int, padded: bool = True
+) -> list[list[int]]:
+    """Indices grouped into batches of similar length whose size (`padded`: as padded to the
+    longest; else the tokens themselves) fits the budget."""
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
     batches: list[list[int]] = []
     current: list[int] = []
+    tokens = 0
     for index in order:
         # Sorted ascending, so the newest member is the longest of its batch.
-        if current and (
-            lengths[index] * (len(current) + 1) > token_budget or len(current) >= max_rows
-        ):
+        size = lengths[index] * (len(current) + 1) if padded else tokens + lengths[index]
+        if current and (size > token_budget or len(current) >= max_rows):
             batches.append(current)
-            current = []
+            current, tokens = [], 0
         current.append(index)
+        tokens += lengths[index]
     if current:
         batches.append(current)
     return batches
@@ -79,6 +91,7 @@ class _Embedder:
     pad_id: int
     dim: int
     warm_up_letters: str  # what synthetic sequences for warm_up() are made of
+    packed = False  # batches as models/esm2.py `Packed` rather than padded
 
     def __init__(
         self,
@@ -116,18 +129,25 @@ class _Embedder:
     def _embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def _embed_packed(self, tokens: list[list[int]], pinned: bool) -> torch.Tensor:
+        raise NotImplementedError
+
     @torch.inference_mode()
     def __call__(self, sequences: Sequence[str]) -> np.ndarray:
         out = np.empty((len(sequences), self.dim), dtype=np.float32)
         if not sequences:
             return out
         tokens = self.tokenize(sequences)
-        batches = _batches([len(t) for t in tokens], self.token_budget, self.max_rows)
+        lengths = [len(t) for t in tokens]
+        batches = _batches(lengths, self.token_budget, self.max_rows, padded=not self.packed)
         # Every batch is queued on the device before any result comes back, so the CPU pads
         # the next batch while the GPU computes this one; one copy back at the end.
         pinned = self.device.type == "cuda"
         vectors = []
         for batch in batches:
+            if self.packed:
+                vectors.append(self._embed_packed([tokens[i] for i in batch], pinned))
+                continue
             ids = pad_batch([tokens[i] for i in batch], self.pad_id)
             ids = ids.pin_memory() if pinned else ids
             vectors.append(self._run(ids.to(self.device, non_blocking=pinned)).float())
@@ -182,13 +202,23 @@ class ProteinEmbedder(_Embedder):
         compiled: bool = False,
     ):
         super().__init__(model, device, token_budget, max_rows, compiled)
-        self.dim = model.dim if isinstance(model, GraphEmbedding) else model.config.embed_dim
+        if isinstance(model, GraphEmbedding):
+            self.dim = model.dim
+        else:
+            self.dim = model.config.embed_dim
+            self.packed = packable(device, model.embed_tokens.weight.dtype)
 
     def tokenize(self, sequences: Sequence[str]) -> list[list[int]]:
         return [encode_protein(s.upper()) for s in sequences]
 
     def _embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model.embed(ids)
+
+    def _embed_packed(self, tokens: list[list[int]], pinned: bool) -> torch.Tensor:
+        ids = torch.tensor([token for row in tokens for token in row])
+        ids = (ids.pin_memory() if pinned else ids).to(self.device, non_blocking=pinned)
+        packing = Packed.of([len(row) for row in tokens]).to(self.device, pinned)
+        return self.model.embed_packed(ids, packing)
 
 
 def check_dna(sequence: str, max_length: int = MAX_DNA_LENGTH) -> str | None:

@@ -1,11 +1,15 @@
 """ESM-2 (fair-esm's `esm.model.esm2.ESM2`) as a short module with fair-esm's parameter names.
 
-Same math as fair-esm; attention runs through `F.scaled_dot_product_attention`.
+Same math as fair-esm. Two layouts of a batch: right-padded [B, L] token ids, attention through
+`F.scaled_dot_product_attention` with a padding mask (every device, ONNX export); or `Packed`,
+the real tokens of every sequence one after another [T], attention through flash varlen
+(CUDA, bf16/fp16): no pad token in any matmul, ESM-2 3B +8% frames/s compiled on an H200
+(docs/performance.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -61,6 +65,39 @@ def pad_batch(token_lists: list[list[int]], pad_id: int) -> torch.Tensor:
     return out
 
 
+@dataclass(frozen=True)
+class Packed:
+    """Sequences laid end to end: sequence i holds tokens cu[i]:cu[i + 1] of the batch."""
+
+    cu: torch.Tensor  # int32 [N + 1], cumulative lengths from 0
+    max_len: int  # longest sequence
+    positions: torch.Tensor  # long [T]: each token's position in its sequence
+    sequence: torch.Tensor  # long [T]: each token's sequence
+
+    @staticmethod
+    def of(lengths: Sequence[int]) -> Packed:
+        """Packing (on the CPU) of sequences of `lengths` tokens."""
+        sizes = torch.tensor(lengths)
+        cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+        cu[1:] = sizes.cumsum(0)
+        positions = torch.arange(int(cu[-1])) - torch.repeat_interleave(cu[:-1].long(), sizes)
+        sequence = torch.repeat_interleave(torch.arange(len(lengths)), sizes)
+        return Packed(cu, max(lengths), positions, sequence)
+
+    def to(self, device: torch.device, pinned: bool = False) -> Packed:
+        """On `device`; `pinned`: through pinned memory, without waiting for the copies."""
+        cu, positions, sequence = (
+            (t.pin_memory() if pinned else t).to(device, non_blocking=pinned)
+            for t in (self.cu, self.positions, self.sequence)
+        )
+        return Packed(cu, self.max_len, positions, sequence)
+
+
+def packable(device: torch.device, dtype: torch.dtype) -> bool:
+    """Flash varlen attention runs on CUDA in half precision only."""
+    return device.type == "cuda" and dtype in (torch.bfloat16, torch.float16)
+
+
 @dataclass
 class Esm2Config:
     num_layers: int
@@ -93,10 +130,12 @@ class RotaryEmbedding(nn.Module):
         self.inv_freq = inv_freq.to(self.inv_freq.device, torch.float32)
         return self
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        t = torch.arange(q.shape[-2], device=q.device, dtype=torch.float32)
-        freqs = torch.outer(t, self.inv_freq.float())
-        emb = torch.cat((freqs, freqs), dim=-1)
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """q, k [..., positions, heads or 1, head_dim] rotated by each row's position."""
+        freqs = positions.float()[:, None] * self.inv_freq.float()
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]
         cos, sin = emb.cos().to(q.dtype), emb.sin().to(q.dtype)
         return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
 
@@ -112,17 +151,28 @@ class MultiheadAttention(nn.Module):
         self.out_proj = nn.Linear(embed_dim, embed_dim)
         self.rot_emb = RotaryEmbedding(self.head_dim)
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        B, L, D = x.shape
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | Packed) -> torch.Tensor:
+        """x [B, L, D] with `keep` its SDPA mask, or [T, D] with its `Packed` layout."""
+        *rows, D = x.shape
 
         def heads(t: torch.Tensor) -> torch.Tensor:
-            return t.view(B, L, self.num_heads, self.head_dim).transpose(1, 2)
+            return t.view(*rows, self.num_heads, self.head_dim)
 
+        q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
+        if isinstance(keep, Packed):
+            from torch.nn.attention.varlen import varlen_attn
+
+            # The rotation is linear, so the kernel's 1/sqrt(head_dim) after it is fair-esm's
+            # scaling of the queries before it.
+            q, k = self.rot_emb(q, k, keep.positions)
+            out = varlen_attn(q, k, v, keep.cu, keep.cu, keep.max_len, keep.max_len)
+            return self.out_proj(out.reshape(*rows, D))
         # fair-esm scales queries before the rotation, so SDPA must not scale again.
-        q = heads(self.q_proj(x) * self.head_dim**-0.5)
-        q, k = self.rot_emb(q, heads(self.k_proj(x)))
-        out = F.scaled_dot_product_attention(q, k, heads(self.v_proj(x)), attn_mask=keep, scale=1.0)
-        return self.out_proj(out.transpose(1, 2).reshape(B, L, D))
+        positions = torch.arange(x.shape[1], device=x.device)
+        q, k = self.rot_emb(q * self.head_dim**-0.5, k, positions)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, heads, L, head_dim]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=1.0)
+        return self.out_proj(out.transpose(1, 2).reshape(*rows, D))
 
 
 class TransformerLayer(nn.Module):
@@ -136,7 +186,7 @@ class TransformerLayer(nn.Module):
         self.fc2 = nn.Linear(4 * embed_dim, embed_dim)
         self.final_layer_norm = nn.LayerNorm(embed_dim, eps=eps)
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | Packed) -> torch.Tensor:
         x = x + self.self_attn(self.self_attn_layer_norm(x), keep)
         return x + self.fc2(self._fc1_gelu(self.final_layer_norm(x)))
 
@@ -195,3 +245,20 @@ class Esm2(nn.Module):
         residue = ~(tokens.eq(CLS_IDX) | tokens.eq(EOS_IDX) | tokens.eq(PAD_IDX))
         weights = residue.unsqueeze(-1).float()
         return (self(tokens).float() * weights).sum(1) / weights.sum(1)
+
+    def embed_packed(self, tokens: torch.Tensor, packed: Packed) -> torch.Tensor:
+        """`embed` of sequences laid end to end in `tokens` [T] (no padding): [N, D], fp32."""
+        rows, sequence = packed.cu.shape[0] - 1, packed.sequence
+        x = self.embed_tokens(tokens)
+        if self.config.token_dropout:  # as in forward, per sequence
+            masked = tokens.eq(MASK_IDX)
+            x = x.masked_fill(masked[:, None], 0.0)
+            lengths = packed.cu[1:] - packed.cu[:-1]
+            observed = x.new_zeros(rows).index_add_(0, sequence, masked.to(x.dtype)) / lengths
+            x = x * (1 - 0.15 * 0.8) / (1 - observed)[sequence, None]
+        for layer in self.layers:
+            x = layer(x, packed)
+        x = self.emb_layer_norm_after(x).float()
+        residue = (~(tokens.eq(CLS_IDX) | tokens.eq(EOS_IDX))).float()
+        sums = x.new_zeros(rows, x.shape[1]).index_add_(0, sequence, x * residue[:, None])
+        return sums / residue.new_zeros(rows).index_add_(0, sequence, residue)[:, None]

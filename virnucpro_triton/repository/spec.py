@@ -175,7 +175,7 @@ ATTENTION_MASK = Tensor("ATTENTION_MASK", "TYPE_INT64", (-1,))
 # Config parameters holding limits that the served models read back (serving/): a repository
 # keeps serving with the values frozen into its configs at export, whatever the code says now.
 MAX_LENGTH = "max_length"  # embedders: longest sequence taken
-TOKEN_BUDGET_KEY = "token_budget"  # embedders: padded tokens per batch
+TOKEN_BUDGET_KEY = "token_budget"  # embedders: tokens per batch, as padded where batches are
 MAX_ROWS_KEY = "max_rows"  # embedders: rows per batch
 CONCURRENT_KEY = "concurrent_requests"  # the pipeline: requests of one execute() at once
 # The pipeline: {entry: max_batch_size} of the entries it calls (JSON), read from their configs
