@@ -73,7 +73,8 @@ QUEUE_TIMEOUT_US = 600_000_000
 # Chunks sent to the pipeline are at most their CHUNK_SIZE long.
 MAX_DNA_LENGTH = 20_000
 MAX_PROTEIN_LENGTH = 4_000
-# An embedder's batches: padded tokens and rows at most (embedders.py sorts by length first).
+# An embedder's batches: tokens (as padded, where batches are padded; ESM-2 packed on a GPU
+# counts real ones) and rows at most (embedders.py sorts by length first).
 TOKEN_BUDGET = 16_384
 MAX_ROWS = 256
 # Largest request body or gRPC message the servers take (front_door.py refuses larger ones
