@@ -86,6 +86,36 @@ def test_the_cli_defaults_are_their_owners_values():
     assert {f"classifier_{size}" for size in CHUNK_SIZES} <= export
 
 
+def test_the_request_size_limit_has_one_home():
+    """`predict --batch-chunks` and the workflow's config take repository.MAX_BATCH_CHUNKS."""
+    from pathlib import Path
+
+    import yaml
+
+    from virnucpro_triton.repository import MAX_BATCH_CHUNKS
+
+    option = next(p for p in main.commands["predict"].params if p.name == "batch_chunks")
+    assert (option.type.min, option.type.max) == (1, MAX_BATCH_CHUNKS)
+    schema = Path(__file__).parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+    found = yaml.safe_load(schema.read_text())
+    batch_chunks = found["properties"]["predict"]["properties"]["batch_chunks"]
+    assert (batch_chunks["maximum"], batch_chunks["default"]) == (MAX_BATCH_CHUNKS, BATCH_CHUNKS)
+    refused = CliRunner().invoke(
+        main,
+        [
+            "predict",
+            "x.fa",
+            "--chunk-size",
+            "300",
+            "-o",
+            "o",
+            "--batch-chunks",
+            str(MAX_BATCH_CHUNKS + 1),
+        ],
+    )
+    assert refused.exit_code == 2 and f"1<=x<={MAX_BATCH_CHUNKS}" in refused.output
+
+
 def test_the_one_handler_prints_a_user_error_as_one_line(tmp_path):
     """Contradicting thresholds (a ThresholdError) and a missing report input (ReportError)
     go through the group's handler: one line, exit 1, no traceback."""

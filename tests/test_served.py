@@ -249,3 +249,41 @@ def test_embed_cli_writes_rows_in_input_order_with_ids(server, tmp_path):
     assert vectors.shape == (3, 32) and vectors.dtype == np.float32
     assert (tmp_path / "e.ids.txt").read_text() == "p1\np2\np1#2\n"
     assert not np.allclose(vectors[0], vectors[1])
+
+
+def test_a_request_of_the_most_chunks_allowed_is_one_request(server, tmp_path):
+    """`--batch-chunks` up to MAX_BATCH_CHUNKS: the pipeline takes that many chunks in one
+    request, and answers each as it answers them in small requests."""
+    stops = {"TAA", "TAG", "TGA"}
+    codons = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in stops]
+    rng = np.random.default_rng(5)
+    fasta = tmp_path / "many.fa"
+    with open(fasta, "w") as handle:
+        for i in range(repo.MAX_BATCH_CHUNKS):
+            # One chunk per record; most have a stop in every frame (cheap), every 64th has
+            # stop-free frames, so the request carries embedding work too.
+            real = i % 64 == 0
+            sequence = "".join(rng.choice(codons, 100)) if real else "AACT" * 75
+            handle.write(f">r{i}\n{sequence}\n")
+    small = tmp_path / "small"
+    predict(fasta, 300, small, server.grpc_url, batch_chunks=64, progress=False)
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+
+        def requests_and_chunks() -> np.ndarray:
+            stats = client.get_inference_statistics(repo.PIPELINE, as_json=True)["model_stats"][0]
+            requests = stats["inference_stats"]["success"].get("count", 0)
+            return np.array([int(requests), int(stats.get("inference_count", 0))])
+
+        before = requests_and_chunks()
+        big = tmp_path / "big"
+        predict(
+            fasta, 300, big, server.grpc_url, batch_chunks=repo.MAX_BATCH_CHUNKS, progress=False
+        )
+        assert (requests_and_chunks() - before).tolist() == [1, repo.MAX_BATCH_CHUNKS]
+    small_rows, big_rows = read_rows(small), read_rows(big)
+    # Rows are frames: every stop-free record has its first frame, none of the others any.
+    records = {key.split("_chunk_")[0] for key in small_rows}
+    assert records == {f"r{i}" for i in range(0, repo.MAX_BATCH_CHUNKS, 64)}
+    assert small_rows.keys() == big_rows.keys()
+    for key, (label, *scores) in small_rows.items():
+        assert big_rows[key][0] == label and np.allclose(big_rows[key][1:], scores, atol=1e-6)

@@ -21,6 +21,7 @@ from virnucpro_triton.repository import (
     FP8_AUTO,
     FP8_FEED_FORWARD,
     FP8_NONE,
+    MAX_BATCH_CHUNKS,
     check_entries,
     pipeline_entries,
 )
@@ -311,7 +312,7 @@ def _servers(addresses: list[str], repository: Path):
 @_server_options
 @click.option(
     "--batch-chunks",
-    type=click.IntRange(1, 256),
+    type=click.IntRange(1, MAX_BATCH_CHUNKS),
     cls=_OwnedDefault,
     default=lambda: _classify().BATCH_CHUNKS,
     help="Chunks per request.",

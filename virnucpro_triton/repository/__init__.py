@@ -49,6 +49,7 @@ from virnucpro_triton.repository.spec import (  # noqa: F401
     FRAME_PROBABILITIES,
     INPUT_IDS,
     LEGACY_CALLS,
+    MAX_BATCH_CHUNKS,
     MAX_DNA_LENGTH,
     MAX_LENGTH,
     MAX_PROTEIN_LENGTH,

@@ -49,6 +49,11 @@ def pipeline_entries(chunk_size: int) -> tuple[str, ...]:
 # idled between requests (GPU busy 76%, docs/performance.md). Its frames (6 per chunk at most)
 # fan out to the embedders in pieces of at most their max_batch_size.
 PIPELINE_MAX_BATCH = 4096
+# Chunks in one client request (`predict --batch-chunks`, the workflow's batch_chunks): a
+# quarter of an execute, so one execute still takes several requests. On an H200 512 chunks
+# served 5.5% more frames/s than 256 (docs/performance.md); the client's default stays small
+# (client/classify.py BATCH_CHUNKS) for CPU servers.
+MAX_BATCH_CHUNKS = PIPELINE_MAX_BATCH // 4
 # Two pipeline instances per device: while one waits for the last answers of its batch, the
 # other already feeds the embedders the next batch (it holds no model, only a stub process).
 PIPELINE_INSTANCES = 2
