@@ -112,12 +112,12 @@ def mixed_fasta(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def contigs(tmp_path_factory) -> Path:
     """~300 chunks of 300 bp with a stop-free first frame: ~10 s of requests on 2 CPU cores."""
-    stops = {"TAA", "TAG", "TGA"}
-    codons = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in stops]
+    from virnucpro_triton.bench import STOP_FREE_CODONS
+
     rng = random.Random(7)
     path = tmp_path_factory.mktemp("contigs") / "contigs.fa"
     with open(path, "w") as handle:
         for i in range(90):
-            sequence = "".join(rng.choices(codons, k=rng.randrange(100, 500)))
+            sequence = "".join(rng.choices(STOP_FREE_CODONS, k=rng.randrange(100, 500)))
             handle.write(f">contig_{i}\n{sequence}\n")
     return path

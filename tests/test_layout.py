@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from virnucpro_triton import errors
@@ -19,7 +21,7 @@ from virnucpro_triton.export import VerificationError
 from virnucpro_triton.export.fp8_choice import Fp8Refused
 from virnucpro_triton.fasta import FastaError
 from virnucpro_triton.front_door import DoorError
-from virnucpro_triton.repository import CHUNK_SIZES, RepositoryError
+from virnucpro_triton.repository import CHUNK_SIZES, MAX_BATCH_CHUNKS, RepositoryError
 from virnucpro_triton.results import report
 from virnucpro_triton.results.evidence import DEFAULT_THRESHOLDS, ThresholdError
 from virnucpro_triton.results.journal import ResumeRefused
@@ -88,12 +90,6 @@ def test_the_cli_defaults_are_their_owners_values():
 
 def test_the_request_size_limit_has_one_home():
     """`predict --batch-chunks` and the workflow's config take repository.MAX_BATCH_CHUNKS."""
-    from pathlib import Path
-
-    import yaml
-
-    from virnucpro_triton.repository import MAX_BATCH_CHUNKS
-
     option = next(p for p in main.commands["predict"].params if p.name == "batch_chunks")
     assert (option.type.min, option.type.max) == (1, MAX_BATCH_CHUNKS)
     schema = Path(__file__).parents[1] / "workflow" / "schemas" / "config.schema.yaml"

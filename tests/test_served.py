@@ -17,6 +17,7 @@ from reference import MIXED, in_process, read_rows
 from tritonclient.utils import InferenceServerException
 
 from virnucpro_triton import repository as repo
+from virnucpro_triton.bench import STOP_FREE_CODONS
 from virnucpro_triton.client.predict import predict
 from virnucpro_triton.results.outputs import PREDICTIONS, SUMMARY, VERDICTS
 from virnucpro_triton.sequence import six_frames
@@ -254,8 +255,6 @@ def test_embed_cli_writes_rows_in_input_order_with_ids(server, tmp_path):
 def test_a_request_of_the_most_chunks_allowed_is_one_request(server, tmp_path):
     """`--batch-chunks` up to MAX_BATCH_CHUNKS: the pipeline takes that many chunks in one
     request, and answers each as it answers them in small requests."""
-    stops = {"TAA", "TAG", "TGA"}
-    codons = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in stops]
     rng = np.random.default_rng(5)
     fasta = tmp_path / "many.fa"
     with open(fasta, "w") as handle:
@@ -263,7 +262,7 @@ def test_a_request_of_the_most_chunks_allowed_is_one_request(server, tmp_path):
             # One chunk per record; most have a stop in every frame (cheap), every 64th has
             # stop-free frames, so the request carries embedding work too.
             real = i % 64 == 0
-            sequence = "".join(rng.choice(codons, 100)) if real else "AACT" * 75
+            sequence = "".join(rng.choice(STOP_FREE_CODONS, 100)) if real else "AACT" * 75
             handle.write(f">r{i}\n{sequence}\n")
     small = tmp_path / "small"
     predict(fasta, 300, small, server.grpc_url, batch_chunks=64, progress=False)

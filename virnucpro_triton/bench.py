@@ -50,7 +50,9 @@ from virnucpro_triton.serving.embedding_cache import read_cache_metrics
 
 H100_BF16_DENSE_TFLOPS = 989.0  # spec sheet, SXM; DESIGN.md measured ~790 on a large matmul
 _STOPS = {"TAA", "TAG", "TGA"}
-_CODONS = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in _STOPS]
+STOP_FREE_CODONS = [
+    a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in _STOPS
+]
 
 
 def make_workload(
@@ -74,7 +76,7 @@ def make_workload(
             if n % 4 == 3:  # random DNA: mostly no stop-free frame, as in real metagenomes
                 seq = "".join(rng.choice("ACGT") for _ in range(length))
             else:
-                seq = "".join(rng.choice(_CODONS) for _ in range(length // 3))
+                seq = "".join(rng.choice(STOP_FREE_CODONS) for _ in range(length // 3))
             handle.write(f">contig_{n}\n{seq}\n")
             for _, chunk in chunks(f"contig_{n}", seq, chunk_size):
                 frames.extend(f for f in six_frames(chunk) if f is not None)
@@ -600,7 +602,7 @@ def main(
         if fp8:
             served_fp = served_fp8(models, arguments, workload, verdicts, device)
             run["served_fp8"] = served_fp
-            if "frames_per_s" in served_fp:
+            if served_fp["layers"]:  # else nothing passed: no FP8 run
                 run["served_fp8_over_in_process"] = (
                     served_fp["frames_per_s"] / baseline["frames_per_s"]
                 )

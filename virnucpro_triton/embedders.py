@@ -129,8 +129,11 @@ class _Embedder:
     def _embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def _embed_packed(self, tokens: list[list[int]], pinned: bool) -> torch.Tensor:
-        raise NotImplementedError
+    def _embed_batch(self, tokens: list[list[int]], pinned: bool) -> torch.Tensor:
+        """One batch's vectors [B, dim] (fp32), queued on the device."""
+        ids = pad_batch(tokens, self.pad_id)
+        ids = ids.pin_memory() if pinned else ids
+        return self._run(ids.to(self.device, non_blocking=pinned)).float()
 
     @torch.inference_mode()
     def __call__(self, sequences: Sequence[str]) -> np.ndarray:
@@ -143,14 +146,7 @@ class _Embedder:
         # Every batch is queued on the device before any result comes back, so the CPU pads
         # the next batch while the GPU computes this one; one copy back at the end.
         pinned = self.device.type == "cuda"
-        vectors = []
-        for batch in batches:
-            if self.packed:
-                vectors.append(self._embed_packed([tokens[i] for i in batch], pinned))
-                continue
-            ids = pad_batch([tokens[i] for i in batch], self.pad_id)
-            ids = ids.pin_memory() if pinned else ids
-            vectors.append(self._run(ids.to(self.device, non_blocking=pinned)).float())
+        vectors = [self._embed_batch([tokens[i] for i in batch], pinned) for batch in batches]
         out[np.concatenate(batches)] = torch.cat(vectors).cpu().numpy()
         return out
 
@@ -214,7 +210,9 @@ class ProteinEmbedder(_Embedder):
     def _embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model.embed(ids)
 
-    def _embed_packed(self, tokens: list[list[int]], pinned: bool) -> torch.Tensor:
+    def _embed_batch(self, tokens: list[list[int]], pinned: bool) -> torch.Tensor:
+        if not self.packed:
+            return super()._embed_batch(tokens, pinned)
         ids = torch.tensor([token for row in tokens for token in row])
         ids = (ids.pin_memory() if pinned else ids).to(self.device, non_blocking=pinned)
         packing = Packed.of([len(row) for row in tokens]).to(self.device, pinned)
