@@ -7,6 +7,7 @@
 #   fc1:    docs/experiments/fc1_gelu.py -> $OUT/fc1_gelu.json
 #   lever2: docs/experiments/lever2.py (packed attention, CUDA graphs, two streams) -> $OUT/lever2.json
 #   flight: docs/experiments/in_flight.py (served at more work in flight) -> $OUT/in_flight.json
+#   gaps:   docs/experiments/gaps.py (recompilations, request size, esm2 instances) -> $OUT/gaps.json
 #   gpu:    pytest -m gpu
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -26,6 +27,8 @@ for step in "$@"; do
         lever2) timeout "${LEVER2_S:-330}" python3 docs/experiments/lever2.py "$OUT/lever2.json" \
                 2>&1 | tee "$OUT/lever2.log" | grep -v "^W\|^I" | tail -80 ;;
         flight) python3 docs/experiments/in_flight.py "$OUT/in_flight.json" 2>&1 | grep "^{" ;;
+        gaps) timeout "${GAPS_S:-540}" python3 docs/experiments/gaps.py "$OUT/gaps.json" \
+                2>&1 | tee "$OUT/gaps.log" | grep -v "^W\|^I" | grep -v "^\[" | tail -60 ;;
         gpu) timeout "${GPU_S:-330}" python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -15 ;;
     esac
 done
