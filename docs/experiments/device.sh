@@ -8,6 +8,8 @@
 #   lever2: docs/experiments/lever2.py (packed attention, CUDA graphs, two streams) -> $OUT/lever2.json
 #   flight: docs/experiments/in_flight.py (served at more work in flight) -> $OUT/in_flight.json
 #   gaps:   docs/experiments/gaps.py (recompilations, request size, esm2 instances) -> $OUT/gaps.json
+#   step:   docs/experiments/esm2_step.py (one esm2 execute: rotary once, fused qkv, batch size) -> $OUT/esm2_step.json
+#   cpu:    docs/experiments/stub_cpu.py (the esm2 stub's CPU: syncs, top host ops) -> $OUT/stub_cpu.json
 #   gpu:    pytest -m gpu
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -27,8 +29,10 @@ for step in "$@"; do
         lever2) timeout "${LEVER2_S:-330}" python3 docs/experiments/lever2.py "$OUT/lever2.json" \
                 2>&1 | tee "$OUT/lever2.log" | grep -v "^W\|^I" | tail -80 ;;
         flight) python3 docs/experiments/in_flight.py "$OUT/in_flight.json" 2>&1 | grep "^{" ;;
-        gaps) timeout "${GAPS_S:-540}" python3 docs/experiments/gaps.py "$OUT/gaps.json" \
+        gaps) timeout "${GAPS_S:-540}" python3 docs/experiments/gaps.py "$OUT/gaps.json" ${GAPS_ARGS:-} \
                 2>&1 | tee "$OUT/gaps.log" | grep -v "^W\|^I" | grep -v "^\[" | tail -60 ;;
+        step) python3 docs/experiments/esm2_step.py "$OUT/esm2_step.json" 2>&1 | grep -v "^W\|^I" | tail -70 ;;
+        cpu) python3 docs/experiments/stub_cpu.py "$OUT/stub_cpu.json" 2>&1 | grep -v "^W\|^I" | tail -120 ;;
         gpu) timeout "${GPU_S:-330}" python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -15 ;;
     esac
 done

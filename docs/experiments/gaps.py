@@ -88,7 +88,9 @@ def set_instances(repository: Path, name: str, count: int) -> None:
 
 def recompilations() -> dict:
     """Counts in the newest server log (the run just stopped)."""
-    log = max(Path("/tmp").glob("tritonserver-*.log"), key=os.path.getmtime).read_text("replace")
+    log = max(Path("/tmp").glob("tritonserver-*.log"), key=os.path.getmtime).read_text(
+        errors="replace"
+    )
     return {
         "recompiling": log.count("Recompiling"),
         "limit_hit": log.count("recompile_limit") + log.count("cache_size_limit"),
