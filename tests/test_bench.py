@@ -33,6 +33,12 @@ def test_bench_smoke_run_reports_both_paths(tmp_path):
         == run["served"]["frames_per_s"] / run["in_process"]["frames_per_s"]
     )
     assert run["served"]["cold_start_s"] > 0
+    # The models alone, as the entries embed, on sets of one execute's frames.
+    alone = run["models_alone"]
+    assert alone["frames_per_s"] < alone["esm2_frames_per_s"]  # DNABERT-S's time added
+    assert 0 < alone["dnabert_s_share"] < 1
+    assert run["served_over_models_alone"] == run["served"]["frames_per_s"] / alone["frames_per_s"]
+    assert report["batch_chunks"] == 512  # the README's recommendation for GPU servers
     # The random classifier was balanced: verdict agreement of variants means something.
     assert 0.2 <= run["served"]["virus_share"] <= 0.8
     # fp32 on both paths: frames line up and get the in-process verdicts.

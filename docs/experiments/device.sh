@@ -23,7 +23,7 @@ for step in "$@"; do
     case $step in
         bench)
             python3 -m virnucpro_triton.bench --chunk-size 300 --frames "${FRAMES:-15000}" \
-                --duplicate-fraction "${DUP:-0.3}" --work-dir /tmp/bench --json-out "$OUT/bench.json" \
+                --duplicate-fraction "${DUP:-0.3}" ${BENCH_ARGS:-} --work-dir /tmp/bench --json-out "$OUT/bench.json" \
                 2>&1 | tee "$OUT/bench.log" | grep -v "^W\|^I" ;;
         fc1) python3 docs/experiments/fc1_gelu.py "$OUT/fc1_gelu.json" 2>&1 | tail -60 ;;
         lever2) timeout "${LEVER2_S:-330}" python3 docs/experiments/lever2.py "$OUT/lever2.json" \

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -76,21 +77,23 @@ class Packed:
 
     @staticmethod
     def of(lengths: Sequence[int]) -> Packed:
-        """Packing (on the CPU) of sequences of `lengths` tokens."""
-        sizes = torch.tensor(lengths)
-        cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
-        cu[1:] = sizes.cumsum(0)
-        positions = torch.arange(int(cu[-1])) - torch.repeat_interleave(cu[:-1].long(), sizes)
-        sequence = torch.repeat_interleave(torch.arange(len(lengths)), sizes)
-        return Packed(cu, max(lengths), positions, sequence)
+        """Packing (on the CPU) of sequences of `lengths` tokens.
+
+        In numpy: torch's CPU repeat_interleave wakes its OpenMP workers, which then spin and
+        kept a second core of the esm2 stub busy (docs/performance.md)."""
+        sizes = np.asarray(lengths, dtype=np.int64)
+        ends = np.cumsum(sizes)
+        sequence = np.repeat(np.arange(len(sizes)), sizes)
+        positions = np.arange(int(ends[-1])) - (ends - sizes)[sequence]
+        cu = torch.from_numpy(np.concatenate([[0], ends]).astype(np.int32))
+        return Packed(cu, int(sizes.max()), torch.from_numpy(positions), torch.from_numpy(sequence))
 
     def to(self, device: torch.device, pinned: bool = False) -> Packed:
-        """On `device`; `pinned`: through pinned memory, without waiting for the copies."""
-        cu, positions, sequence = (
-            (t.pin_memory() if pinned else t).to(device, non_blocking=pinned)
-            for t in (self.cu, self.positions, self.sequence)
-        )
-        return Packed(cu, self.max_len, positions, sequence)
+        """On `device`, in one copy; `pinned`: through pinned memory, without waiting for it."""
+        host = torch.cat([self.cu.long(), self.positions, self.sequence])
+        moved = (host.pin_memory() if pinned else host).to(device, non_blocking=pinned)
+        cu, positions, sequence = moved.split([len(self.cu), *(len(self.positions),) * 2])
+        return Packed(cu.int(), self.max_len, positions, sequence)
 
 
 def packable(device: torch.device, dtype: torch.dtype) -> bool:
