@@ -37,6 +37,11 @@ def test_bench_smoke_run_reports_both_paths(tmp_path):
     alone = run["models_alone"]
     assert alone["frames_per_s"] < alone["esm2_frames_per_s"]  # DNABERT-S's time added
     assert 0 < alone["dnabert_s_share"] < 1
+    assert alone["frames_per_s"] == pytest.approx(
+        1 / (1 / alone["esm2_frames_per_s"] + 1 / alone["dnabert_s_frames_per_s"])
+    )
+    assert alone["sets"] == -(-run["frames"] // alone["frames_per_set"])
+    assert alone["recompilations"] == 0  # nothing is compiled on the CPU
     assert run["served_over_models_alone"] == run["served"]["frames_per_s"] / alone["frames_per_s"]
     assert report["batch_chunks"] == 512  # the README's recommendation for GPU servers
     # The random classifier was balanced: verdict agreement of variants means something.

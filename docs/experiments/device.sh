@@ -10,6 +10,7 @@
 #   gaps:   docs/experiments/gaps.py (recompilations, request size, esm2 instances) -> $OUT/gaps.json
 #   step:   docs/experiments/esm2_step.py (one esm2 execute: rotary once, fused qkv, batch size) -> $OUT/esm2_step.json
 #   cpu:    docs/experiments/stub_cpu.py (the esm2 stub's CPU: syncs, top host ops) -> $OUT/stub_cpu.json
+#   dna:    docs/experiments/dna_step.py (DNABERT-S on fresh frames) -> $OUT/dna_step.json
 #   gpu:    pytest -m gpu
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -33,6 +34,7 @@ for step in "$@"; do
                 2>&1 | tee "$OUT/gaps.log" | grep -v "^W\|^I" | grep -v "^\[" | tail -60 ;;
         step) python3 docs/experiments/esm2_step.py "$OUT/esm2_step.json" 2>&1 | grep -v "^W\|^I" | tail -70 ;;
         cpu) python3 docs/experiments/stub_cpu.py "$OUT/stub_cpu.json" 2>&1 | grep -v "^W\|^I" | tail -120 ;;
+        dna) python3 docs/experiments/dna_step.py "$OUT/dna_step.json" 2>&1 | grep -v "^W\|^I" | tail -20 ;;
         gpu) timeout "${GPU_S:-330}" python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -15 ;;
     esac
 done
