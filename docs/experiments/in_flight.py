@@ -1,6 +1,7 @@
 """Issue 17: is the served path limited by the work in flight? One repository, one server
 launch per setting: the bench's served run at (chunks per request, requests in flight) =
-(256, 32) as `make bench`, (256, 64), (512, 32), then (256, 32) again for the spread.
+(256, 32) as `make bench` ran until 2026-12-02, (256, 64), (512, 32), then (256, 32) again
+for the spread.
 Run on a CUDA GPU: python docs/experiments/in_flight.py [out.json]
 """
 
