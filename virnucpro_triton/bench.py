@@ -5,10 +5,11 @@ writes them into a model repository, and on the same frames measures
   (a) in-process: DNABERT-S + ESM-2 + classifier resident on the GPU, batches of 256 frames in
       input order, padded, SDPA attention, bf16 — how the reference tools run;
   (b) served: FASTA -> client -> embedded tritonserver -> pipeline -> result files;
-and reports frames/s, the ratio b/a, GPU memory peak, GPU busy % and an MFU estimate. On a GPU
-with FP8 it lets `export --fp8 auto`'s check choose ESM-2's FP8 layers for these weights, serves
-again with them and reports how far verdicts and embeddings move. `--tiny` runs the same on the
-demo-size models (the CPU smoke run in the tests).
+  (c) models alone: the entries' embedders without the server (`models_alone`);
+and reports frames/s, the ratios b/a and b/c, GPU memory peak, GPU busy % and an MFU estimate.
+On a GPU with FP8 it lets `export --fp8 auto`'s check choose ESM-2's FP8 layers for these
+weights, serves again with them and reports how far verdicts and embeddings move. `--tiny` runs
+the same on the demo-size models (the CPU smoke run in the tests).
 `--duplicate-fraction F` also serves reads of which F are copies of others (half of them reverse
 complements), with the embedders' cache of embeddings off and on, and the same reads without the
 copies. Every served run reports the CPU seconds of the server, each entry's stubs and the client.
