@@ -24,6 +24,7 @@ with its exit status once it has, and removes its sockets.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import ctypes
 import dataclasses
@@ -34,6 +35,7 @@ import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import grpc
 from aiohttp import ClientConnectionError, ClientSession, ClientTimeout, UnixConnector, web
@@ -367,21 +369,44 @@ def _log_in_one_line() -> None:
         logger.propagate = False
 
 
+def _positive(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"needs a positive whole number, not {text!r}")
+    return int(text)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise DoorError(message)
+
+
+def door_parser() -> argparse.ArgumentParser:
+    """The door's own options, which come before the tritonserver command it wraps."""
+    parser = _Parser(
+        prog="virnucpro-triton-door",
+        usage="virnucpro-triton-door [DOOR OPTIONS] tritonserver ARGS...",
+        allow_abbrev=False,
+    )
+    parser.add_argument(
+        "--max-request-bytes",
+        type=_positive,
+        default=MAX_REQUEST_BYTES,
+        help="largest request body or gRPC message, in bytes",
+    )
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="tritonserver ARGS...")
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    args = list(sys.argv[1:] if argv is None else argv)
     _log_in_one_line()
     _returns_freed_memory()
-    limit = MAX_REQUEST_BYTES
     try:
-        if args and args[0].startswith("--max-request-bytes"):
-            option, value, used = _option(args[0], args[1] if len(args) > 1 else None)
-            if value is None or not value.isdigit() or int(value) < 1:
-                raise DoorError(f"{option} needs a positive number of bytes, not {value!r}")
-            limit, args = int(value), args[used:]
+        options = door_parser().parse_args(sys.argv[1:] if argv is None else argv)
+        args = options.command
         # Before exec, so that a missing binary is one line, not a traceback.
         if args and shutil.which(args[0]) is None:
             raise DoorError(f"{args[0]}: no such program")
-        sys.exit(asyncio.run(serve(args, limit)))
+        sys.exit(asyncio.run(serve(args, options.max_request_bytes)))
     except DoorError as e:
         print(f"error: virnucpro-triton-door: {e}", file=sys.stderr)
         sys.exit(2)
