@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import ctypes
 import dataclasses
 import logging
+import re
 import shutil
 import signal
 import sys
-import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -40,6 +41,9 @@ from typing import NoReturn
 import grpc
 from aiohttp import ClientConnectionError, ClientSession, ClientTimeout, UnixConnector, web
 
+from virnucpro_triton import door_limits
+from virnucpro_triton.door_limits import ConnectionGuard, InFlight, JsonDepth, Limits
+from virnucpro_triton.door_sockets import private_directory
 from virnucpro_triton.errors import VirnucproError
 from virnucpro_triton.repository import MAX_REQUEST_BYTES
 
@@ -156,11 +160,24 @@ def _metadata(context: grpc.aio.ServicerContext) -> tuple[tuple[str, str | bytes
     )
 
 
+def _public(error: grpc.aio.AioRpcError, sockets: Path) -> str:
+    """The upstream call's error details, less the door's private socket path (a failed
+    connection's error names it)."""
+    details = error.details() or ""
+    if str(sockets) not in details:
+        return details
+    if error.code() == grpc.StatusCode.UNAVAILABLE:
+        return "tritonserver is not answering yet"
+    return re.sub(rf"(unix:)?{re.escape(str(sockets))}\S*", "tritonserver", details)
+
+
 class _GrpcForwarder(grpc.GenericRpcHandler):
     """Forwards every method's messages as bytes to tritonserver's gRPC socket."""
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    def __init__(self, channel: grpc.aio.Channel, sockets: Path, in_flight: InFlight) -> None:
         self._channel = channel
+        self._sockets = sockets
+        self._in_flight = in_flight
 
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
         method = details.method
@@ -172,12 +189,16 @@ class _GrpcForwarder(grpc.GenericRpcHandler):
         call = self._channel.unary_unary(method)
 
         async def forward(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            if not self._in_flight.admit(len(request)):
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self._in_flight.busy())
             try:
                 return await call(
                     request, metadata=_metadata(context), timeout=context.time_remaining()
                 )
             except grpc.aio.AioRpcError as e:
-                await context.abort(e.code(), e.details() or "")
+                await context.abort(e.code(), _public(e, self._sockets))
+            finally:
+                self._in_flight.release(len(request))
 
         return forward
 
@@ -187,27 +208,62 @@ class _GrpcForwarder(grpc.GenericRpcHandler):
         async def forward(
             requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
         ) -> AsyncIterator[bytes]:
+            # A message's bytes count until its answer comes (one per request: no entry is
+            # decoupled), or the stream ends.
+            sizes: collections.deque[int] = collections.deque()
+            refused = ""
+
+            async def admitted() -> AsyncIterator[bytes]:
+                nonlocal refused
+                async for request in requests:
+                    if not self._in_flight.admit(len(request)):
+                        refused = self._in_flight.busy()  # the stream ends there
+                        return
+                    sizes.append(len(request))
+                    yield request
+
             try:
-                async for response in call(requests, metadata=_metadata(context)):
+                async for response in call(admitted(), metadata=_metadata(context)):
+                    if sizes:
+                        self._in_flight.release(sizes.popleft())
                     yield response
             except grpc.aio.AioRpcError as e:
-                await context.abort(e.code(), e.details() or "")
+                await context.abort(e.code(), _public(e, self._sockets))
+            finally:
+                while sizes:
+                    self._in_flight.release(sizes.popleft())
+            if refused:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
 
         return forward
 
 
-async def _grpc_door(endpoint: Endpoint, upstream: Path, limit: int) -> grpc.aio.Server:
-    unlimited = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
-    channel = grpc.aio.insecure_channel(f"unix:{upstream}", options=unlimited)
+async def _grpc_door(
+    endpoint: Endpoint, upstream: Path, limit: int, limits: Limits, in_flight: InFlight
+) -> grpc.aio.Server:
+    channel = grpc.aio.insecure_channel(
+        f"unix:{upstream}",
+        options=[
+            ("grpc.max_send_message_length", -1),
+            ("grpc.max_receive_message_length", -1),
+            # tritonserver opens its socket only once its models are loaded: calls before then
+            # would put the channel in reconnect back-off (up to 2 minutes by default), and
+            # gRPC would stay down after HTTP says ready.
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 500),
+        ],
+    )
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", -1),
             # grpcio's default SO_REUSEPORT would let the door share a port another server holds.
             ("grpc.so_reuseport", 0),
+            *limits.grpc_options(),
         ]
     )
-    server.add_generic_rpc_handlers((_GrpcForwarder(channel),))
+    server.add_generic_rpc_handlers((_GrpcForwarder(channel, upstream.parent, in_flight),))
     try:
         server.add_insecure_port(endpoint.public)
     except RuntimeError:
@@ -227,29 +283,90 @@ def _too_large(size: int | None, limit: int) -> web.Response:
     )
 
 
-def _http_app(upstream: Path, limit: int) -> web.Application:
+def _refusal(status: int, message: str, **headers: str) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+class _BodyRefused(Exception):
+    def __init__(self, response: web.Response) -> None:
+        self.response = response
+
+
+async def _body(request: web.Request, limit: int, max_depth: int) -> bytes:
+    """The request's body, decompressed, read as it streams: refused (413) once it passes
+    `limit` bytes, or (400) once its JSON nests deeper than `max_depth` (with the binary tensor
+    extension, only its JSON head, the first Inference-Header-Content-Length bytes, is JSON)."""
+    head = request.headers.get("Inference-Header-Content-Length", "")
+    json_left = int(head) if head.isascii() and head.isdigit() else None
+    depth = JsonDepth(max_depth)
+    chunks, size = [], 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise _BodyRefused(_too_large(None, limit))
+        json_part = chunk if json_left is None else chunk[:json_left]
+        if json_left is not None:
+            json_left -= len(json_part)
+        if depth.feed(json_part):
+            raise _BodyRefused(
+                _refusal(400, f"request JSON nests deeper than the server's limit of {max_depth}")
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _http_app(
+    upstream: Path, limit: int, limits: Limits, in_flight: InFlight, guard: ConnectionGuard
+) -> web.Application:
     async def forward(request: web.Request) -> web.StreamResponse:
+        guard.started(request.transport)
+        try:
+            return await _forward(request)
+        finally:
+            guard.done(request.transport)
+
+    async def _forward(request: web.Request) -> web.StreamResponse:
         if request.content_length is not None and request.content_length > limit:
             return _too_large(request.content_length, limit)
+        # A body of unknown decompressed size may grow to the limit.
+        encoded = "Content-Encoding" in request.headers
+        reserved = 0
+        if request.body_exists:
+            reserved = (
+                limit if encoded or request.content_length is None else request.content_length
+            )
+        if not in_flight.admit(reserved):
+            return _refusal(503, in_flight.busy(), **{"Retry-After": "1"})
         try:
-            body = await request.read()  # decompressed: Content-Encoding is not forwarded
-        except web.HTTPRequestEntityTooLarge:
-            return _too_large(None, limit)
-        headers = {
-            k: v
-            for k, v in request.headers.items()
-            if k.lower() not in _NOT_FORWARDED and k.lower() != "content-encoding"
-        }
-        session: ClientSession = request.app["session"]
-        try:
-            async with session.request(
-                request.method, f"http://triton{request.rel_url}", headers=headers, data=body
-            ) as answer:
-                content = await answer.read()
-                kept = {k: v for k, v in answer.headers.items() if k.lower() not in _NOT_FORWARDED}
-                return web.Response(status=answer.status, headers=kept, body=content)
-        except ClientConnectionError:
-            return web.json_response({"error": "tritonserver is not answering yet"}, status=503)
+            try:
+                body = await asyncio.wait_for(
+                    _body(request, limit, limits.max_json_depth), limits.body_timeout
+                )
+            except _BodyRefused as refused:
+                return refused.response
+            except asyncio.TimeoutError:
+                return _refusal(408, f"request body not received within {limits.body_timeout:g} s")
+            except web.RequestPayloadError as e:
+                return _refusal(400, f"request body cannot be read: {e}")
+            headers = {
+                k: v
+                for k, v in request.headers.items()
+                if k.lower() not in _NOT_FORWARDED and k.lower() != "content-encoding"
+            }
+            session: ClientSession = request.app["session"]
+            try:
+                async with session.request(
+                    request.method, f"http://triton{request.rel_url}", headers=headers, data=body
+                ) as answer:
+                    content = await answer.read()
+                    kept = {
+                        k: v for k, v in answer.headers.items() if k.lower() not in _NOT_FORWARDED
+                    }
+                    return web.Response(status=answer.status, headers=kept, body=content)
+            except ClientConnectionError:
+                return _refusal(503, "tritonserver is not answering yet")
+        finally:
+            in_flight.release(reserved)
 
     async def session(app: web.Application) -> AsyncIterator[None]:
         # The answer's body passes as it is (compressed or not): Triton set its headers. No
@@ -257,7 +374,14 @@ def _http_app(upstream: Path, limit: int) -> web.Application:
         # HTTP connections to close, and a Unix socket costs little to open per request.
         connector = UnixConnector(path=str(upstream), limit=0, force_close=True)
         timeout = ClientTimeout(total=None)
-        async with ClientSession(connector=connector, timeout=timeout, auto_decompress=False) as s:
+        # Headers the client did not send are not added: an Accept-Encoding would have Triton
+        # compress answers nobody asked to be compressed.
+        async with ClientSession(
+            connector=connector,
+            timeout=timeout,
+            auto_decompress=False,
+            skip_auto_headers=("Accept-Encoding", "User-Agent"),
+        ) as s:
             app["session"] = s
             yield
 
@@ -267,8 +391,36 @@ def _http_app(upstream: Path, limit: int) -> web.Application:
     return app
 
 
-async def _http_door(endpoint: Endpoint, upstream: Path, limit: int) -> web.AppRunner:
-    runner = web.AppRunner(_http_app(upstream, limit), access_log=None)
+class _GuardedRunner(web.AppRunner):
+    """An AppRunner whose sites accept connections through the port's ConnectionGuard."""
+
+    def __init__(self, app: web.Application, guard: ConnectionGuard, **kwargs: object) -> None:
+        super().__init__(app, **kwargs)
+        self._guard = guard
+
+    @property
+    def server(self) -> web.Server | None:  # what TCPSite serves its port with
+        real = super().server
+        if real is None:
+            return None
+        self._guard.factory = real
+        return self._guard  # type: ignore[return-value]
+
+
+async def _http_door(
+    endpoint: Endpoint, upstream: Path, limit: int, limits: Limits, in_flight: InFlight
+) -> web.AppRunner:
+    guard = ConnectionGuard(limits, _NAMES[endpoint.name])
+    runner = _GuardedRunner(
+        _http_app(upstream, limit, limits, in_flight, guard),
+        guard,
+        access_log=None,
+        # The idle timeout (aiohttp's keep-alive timer runs from a connection's opening too).
+        keepalive_timeout=limits.idle_timeout,
+        # A refused request's body is not read on (decompressing it would go on after the
+        # answer): its connection is closed instead.
+        lingering_time=0,
+    )
     await runner.setup()
     try:
         await web.TCPSite(runner, endpoint.address, endpoint.port).start()
@@ -308,10 +460,13 @@ def _dies_with_parent() -> None:
     _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-async def serve(command: Sequence[str], limit: int = MAX_REQUEST_BYTES) -> int:
+async def serve(
+    command: Sequence[str], limit: int = MAX_REQUEST_BYTES, limits: Limits | None = None
+) -> int:
     """Run tritonserver behind the door until it exits; return its exit status."""
     rest, endpoints = split_command(command)
-    sockets = Path(tempfile.mkdtemp(prefix="vt-door-"))  # 0700: only this user connects
+    limits = limits or Limits()
+    sockets = private_directory()  # 0700: only this user connects
     doors: list[grpc.aio.Server | web.AppRunner] = []
     # Started before the doors open: forking after grpcio has started its threads is unsafe.
     triton = await asyncio.create_subprocess_exec(
@@ -323,14 +478,18 @@ async def serve(command: Sequence[str], limit: int = MAX_REQUEST_BYTES) -> int:
             # Triton shuts down gracefully on SIGINT and SIGTERM; a hang-up means the same here.
             to_send = signal.SIGTERM if sig == signal.SIGHUP else sig
             loop.add_signal_handler(sig, triton.send_signal, to_send)
+        in_flight = InFlight(limits.max_bytes_in_flight, door_limits.MemoryGiveBack())
         for e in endpoints.values():
             if e.enabled:
                 open_door = _grpc_door if e.name == "grpc" else _http_door
-                doors.append(await open_door(e, e.socket(sockets), limit))
+                doors.append(await open_door(e, e.socket(sockets), limit, limits, in_flight))
         print(
             "front door: "
             + ", ".join(f"{_NAMES[e.name]} {e.public}" for e in endpoints.values() if e.enabled)
-            + f"; requests up to {limit} bytes",
+            + f"; requests up to {limit} bytes, {limits.max_bytes_in_flight} in flight; "
+            f"{limits.max_connections} connections per port; JSON nested up to "
+            f"{limits.max_json_depth} levels; timeouts (s): header {limits.header_timeout:g}, "
+            f"idle {limits.idle_timeout:g}, body {limits.body_timeout:g}",
             file=sys.stderr,
             flush=True,
         )
@@ -363,7 +522,10 @@ class _OneLine(logging.Formatter):
 def _log_in_one_line() -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_OneLine())
-    for name in ("aiohttp", "grpc"):
+    # A flood (connections past the cap, failed accepts when descriptors run out) is one line
+    # per condition and minute, not a line (or a traceback, asyncio's) per connection.
+    handler.addFilter(door_limits.RateLimited())
+    for name in ("aiohttp", "grpc", "asyncio"):
         logger = logging.getLogger(name)
         logger.addHandler(handler)
         logger.propagate = False
@@ -373,6 +535,16 @@ def _positive(text: str) -> int:
     if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise argparse.ArgumentTypeError(f"needs a positive whole number, not {text!r}")
     return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"needs a positive number of seconds, not {text!r}")
+    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -393,6 +565,45 @@ def door_parser() -> argparse.ArgumentParser:
         default=MAX_REQUEST_BYTES,
         help="largest request body or gRPC message, in bytes",
     )
+    # Limits on connections, time and memory (door_limits.py holds their defaults).
+    parser.add_argument(
+        "--max-bytes-in-flight",
+        type=_positive,
+        default=door_limits.MAX_BYTES_IN_FLIGHT,
+        help="bytes of requests forwarded at once; past it a request is refused as busy "
+        "(HTTP 503, gRPC RESOURCE_EXHAUSTED)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=_positive,
+        default=door_limits.MAX_CONNECTIONS,
+        help="connections open at once per port; past it a connection is refused",
+    )
+    parser.add_argument(
+        "--max-json-depth",
+        type=_positive,
+        default=door_limits.MAX_JSON_DEPTH,
+        help="deepest nesting of an HTTP request's JSON (400 past it)",
+    )
+    parser.add_argument(
+        "--header-timeout",
+        type=_seconds,
+        default=door_limits.HEADER_TIMEOUT_S,
+        help="seconds from a request's first byte to its complete head (gRPC: the connection "
+        "preface)",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=_seconds,
+        default=door_limits.IDLE_TIMEOUT_S,
+        help="seconds a connection may stay without a request before it is closed",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=_seconds,
+        default=door_limits.BODY_TIMEOUT_S,
+        help="seconds to receive a whole HTTP request body (408 past it)",
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="tritonserver ARGS...")
     return parser
 
@@ -406,7 +617,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         # Before exec, so that a missing binary is one line, not a traceback.
         if args and shutil.which(args[0]) is None:
             raise DoorError(f"{args[0]}: no such program")
-        sys.exit(asyncio.run(serve(args, options.max_request_bytes)))
+        if options.max_bytes_in_flight < options.max_request_bytes:
+            raise DoorError(
+                f"--max-bytes-in-flight={options.max_bytes_in_flight} is below "
+                f"--max-request-bytes={options.max_request_bytes}: the largest request could "
+                "never pass"
+            )
+        limits = Limits(
+            max_json_depth=options.max_json_depth,
+            max_connections=options.max_connections,
+            header_timeout=options.header_timeout,
+            idle_timeout=options.idle_timeout,
+            body_timeout=options.body_timeout,
+            max_bytes_in_flight=options.max_bytes_in_flight,
+        )
+        sys.exit(asyncio.run(serve(args, options.max_request_bytes, limits)))
     except DoorError as e:
         print(f"error: virnucpro-triton-door: {e}", file=sys.stderr)
         sys.exit(2)

@@ -29,7 +29,7 @@ import sysconfig
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -196,8 +196,11 @@ class EmbeddedServer:
         log_path: Path | None = None,
         log_verbose: int = 0,
         gpus: str | None = None,
+        door_options: Sequence[str] = (),
     ) -> None:
-        """`gpus`: the CUDA_VISIBLE_DEVICES of the server (default: this process's)."""
+        """`gpus`: the CUDA_VISIBLE_DEVICES of the server (default: this process's);
+        `door_options`: the front door's own (`virnucpro-triton-door --help`), its defaults
+        if none."""
         self.repository = Path(repository).absolute()
         self.gpus = gpus
         self.address = address
@@ -213,6 +216,7 @@ class EmbeddedServer:
             log_path = Path(name)
         self.log_path = Path(log_path)
         self.log_verbose = log_verbose
+        self.door_options = list(door_options)
         # Clients cannot connect to a wildcard address.
         self._host = "127.0.0.1" if address == "0.0.0.0" else address
         self.grpc_url = f"{self._host}:{self.ports['gRPC']}"
@@ -230,6 +234,7 @@ class EmbeddedServer:
             sys.executable,
             "-m",
             "virnucpro_triton.front_door",
+            *self.door_options,
             str(dist / "bin" / "tritonserver"),
             f"--model-repository={self.repository}",
             f"--backend-directory={backend_directory()}",

@@ -1,0 +1,279 @@
+"""The front door's limits on connections, time and memory: their defaults (the one home of
+them: the door's options, README and the deployment files all take these) and the parts that
+enforce them, each small enough to check on its own.
+
+- JSON depth: Triton parses an HTTP request's JSON with a recursive parser, so a body of deeply
+  nested brackets (200,000 `[`, 326 bytes gzip-compressed) overflows its stack. `JsonDepth`
+  counts the nesting as the decompressed body streams through the door, in constant memory.
+- Bytes in flight: the size limit is per request; `InFlight` bounds their sum, which tritonserver
+  and its Python backend's shared-memory regions (they grow to fit and never shrink) hold at once.
+- Connections: a cap per port, and timeouts for a request head, an idle connection and a body,
+  so that idle or trickling connections cannot hold the door's descriptors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+MAX_JSON_DEPTH = 64  # a KServe v2 request nests 4 levels and its tensors' dimensions, if at all
+MAX_CONNECTIONS = 256  # per port: at most the entries' queue (256 requests) of clients at once
+HEADER_TIMEOUT_S = 10.0  # from a request's first byte to its complete head (and TLS-less
+# gRPC's connection preface)
+IDLE_TIMEOUT_S = 75.0  # a connection without a request; longer than load balancers' 60 s
+BODY_TIMEOUT_S = 60.0  # a whole body: 32 MiB at about 0.5 MB/s
+MAX_BYTES_IN_FLIGHT = 64 * 2**20  # two requests of the largest size forwarded at once
+GRPC_KEEPALIVE_S = 60.0  # pings on a gRPC connection that is quiet, to find dead peers
+GRPC_KEEPALIVE_TIMEOUT_S = 20.0
+LOG_EVERY_S = 60.0  # one log line per condition at most this often
+
+_STEP = np.zeros(256, np.int64)  # what a byte outside strings does to the depth
+_STEP[list(b"[{")], _STEP[list(b"]}")] = 1, -1
+_QUOTE, _BACKSLASH = ord('"'), ord("\\")
+
+
+class JsonDepth:
+    """The nesting depth of a JSON text fed in pieces: brackets inside strings (escapes
+    included) do not count. Vectorized, so a body of brackets or quotes costs no more than one
+    of letters. Not a parser: text that is not JSON is Triton's to refuse, and once the text
+    closes more than it opened it is not JSON, and counting stops."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._depth = 0
+        self._in_string = False
+        self._backslashes = 0  # parity of the backslash run the previous piece ended with
+        self._stopped = False
+
+    def feed(self, piece: bytes) -> bool:
+        """Whether the text so far nests deeper than the limit."""
+        if self._stopped or not piece:
+            return False
+        b = np.frombuffer(piece, np.uint8)
+        index = np.arange(len(b))
+        backslash = b == _BACKSLASH
+        starts = backslash & ~np.concatenate(([False], backslash[:-1]))
+        run_start = np.maximum.accumulate(np.where(starts, index, 0))
+        run = np.where(backslash, index - run_start + 1, 0)
+        run[: np.argmin(backslash) if not backslash.all() else len(b)] += self._backslashes
+        # A character is escaped when an odd run of backslashes comes just before it.
+        escaped = np.concatenate(([self._backslashes % 2 == 1], (run[:-1] % 2 == 1)))
+        delimiter = (b == _QUOTE) & ~escaped
+        quotes_before = np.cumsum(delimiter) - delimiter + self._in_string
+        outside = quotes_before % 2 == 0
+        depth = self._depth + np.cumsum(_STEP[b] * outside)
+        if depth.min() < 0:
+            self._stopped = True
+            return False
+        self._depth = int(depth[-1])
+        self._in_string = bool((self._in_string + int(delimiter.sum())) % 2)
+        self._backslashes = int(run[-1] % 2) if backslash[-1] else 0
+        return int(depth.max()) > self.limit
+
+
+class InFlight:
+    """Bytes of requests the door is forwarding now, against a bound: past it a request is
+    refused at once as busy (a client retries, the project's own among them) rather than held,
+    since a held gRPC message is already in the door's memory."""
+
+    def __init__(self, limit: int, idle: Callable[[], None]) -> None:
+        self.limit = limit
+        self.bytes = 0
+        self._idle = idle
+
+    def admit(self, size: int) -> bool:
+        if self.bytes + size > self.limit:
+            return False
+        self.bytes += size
+        return True
+
+    def release(self, size: int) -> None:
+        self.bytes -= size
+        if self.bytes == 0:
+            self._idle()
+
+    def busy(self) -> str:
+        return (
+            f"the server is busy: {self.bytes} bytes of requests in flight, against a limit of "
+            f"{self.limit}; retry later"
+        )
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class MemoryGiveBack:
+    """Freed memory back to the system once the door is idle: its heap is fragmented by gRPC's
+    small buffers around the large ones, which malloc's thresholds alone do not give back."""
+
+    def __init__(self, delay: float = 1.0) -> None:
+        self._delay = delay
+        self._handle: asyncio.TimerHandle | None = None
+
+    def __call__(self) -> None:
+        if self._handle is None:
+            self._handle = asyncio.get_running_loop().call_later(self._delay, self._trim)
+
+    def _trim(self) -> None:
+        self._handle = None
+        _libc.malloc_trim(0)
+
+
+class RateLimited(logging.Filter):
+    """One record per condition (its message template and exception type) per `every`
+    seconds; the next one says how many were left out meanwhile."""
+
+    def __init__(self, every: float = LOG_EVERY_S) -> None:
+        super().__init__()
+        self._every = every
+        self._last: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kind = type(record.exc_info[1]).__name__ if record.exc_info else ""
+        key = (str(record.msg), kind)
+        now = time.monotonic()
+        last, left_out = self._last.get(key, (float("-inf"), 0))
+        if now - last < self._every:
+            self._last[key] = (last, left_out + 1)
+            return False
+        self._last[key] = (now, 0)
+        if left_out:
+            record.msg = f"{record.msg} (and {left_out} more like it in {self._every:.0f} s)"
+        return True
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """The door's limits, as its options set them."""
+
+    max_json_depth: int = MAX_JSON_DEPTH
+    max_connections: int = MAX_CONNECTIONS
+    header_timeout: float = HEADER_TIMEOUT_S
+    idle_timeout: float = IDLE_TIMEOUT_S
+    body_timeout: float = BODY_TIMEOUT_S
+    max_bytes_in_flight: int = MAX_BYTES_IN_FLIGHT
+
+    def grpc_options(self) -> list[tuple[str, int]]:
+        """grpcio server options: the connection cap (past it a connection is closed at
+        accept), a deadline for the connection preface, idle connections closed (GOAWAY), and
+        keepalive pings to find dead peers."""
+        return [
+            ("grpc.max_allowed_incoming_connections", self.max_connections),
+            ("grpc.server_handshake_timeout_ms", int(self.header_timeout * 1000)),
+            ("grpc.max_connection_idle_ms", int(self.idle_timeout * 1000)),
+            ("grpc.keepalive_time_ms", int(GRPC_KEEPALIVE_S * 1000)),
+            ("grpc.keepalive_timeout_ms", int(GRPC_KEEPALIVE_TIMEOUT_S * 1000)),
+        ]
+
+
+class _Refused(asyncio.Protocol):
+    """A connection past the port's cap: a 503 and closed, before anything of it is read."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        body = b'{"error":"the server has too many open connections; retry later"}'
+        transport.write(  # type: ignore[attr-defined]
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(body), body)
+        )
+        transport.close()
+
+
+class _Connection(asyncio.Protocol):
+    """An accepted HTTP connection: aiohttp's handler, with the header timeout around it (the
+    time from a request's first byte to its complete head; aiohttp's keep-alive timer closes
+    a connection that sends nothing)."""
+
+    def __init__(self, guard: ConnectionGuard, handler: asyncio.Protocol) -> None:
+        self._guard, self._handler = guard, handler
+        self._timer: asyncio.TimerHandle | None = None
+        self._in_request = False
+        self.transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self._guard.open[transport] = self
+        self._handler.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._in_request and self._timer is None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self._guard.header_timeout, self._expire)
+        self._handler.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._handler.eof_received()
+
+    def pause_writing(self) -> None:
+        self._handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._handler.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel()
+        self._guard.lost(self)
+        self._handler.connection_lost(exc)
+
+    def request_started(self) -> None:
+        self._cancel()
+        self._in_request = True
+
+    def request_done(self) -> None:
+        self._in_request = False
+
+    def _cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self) -> None:
+        self._timer = None
+        self._guard.log.warning(
+            "closed a connection whose request head was not complete within %g s",
+            self._guard.header_timeout,
+        )
+        if self.transport is not None:
+            self.transport.close()
+
+
+class ConnectionGuard:
+    """The protocol factory of an HTTP port: aiohttp's, with a cap on the connections open at
+    once (past it: 503 and closed) and the header timeout."""
+
+    def __init__(self, limits: Limits, name: str) -> None:
+        self.factory: Callable[[], asyncio.Protocol] | None = None  # aiohttp's, once set up
+        self._cap = limits.max_connections
+        self.header_timeout = limits.header_timeout
+        self.open: dict[asyncio.BaseTransport, _Connection] = {}
+        self._count = 0  # counted at accept: connection_made comes a loop turn later
+        self._name = name
+        self.log = logging.getLogger("aiohttp.server")
+
+    def __call__(self) -> asyncio.Protocol:
+        if self._count >= self._cap:
+            self.log.warning(
+                "refused %s connections past the limit of %d open at once", self._name, self._cap
+            )
+            return _Refused()
+        self._count += 1
+        assert self.factory is not None
+        return _Connection(self, self.factory())
+
+    def lost(self, connection: _Connection) -> None:
+        self._count -= 1
+        self.open.pop(connection.transport, None)  # type: ignore[arg-type]
+
+    def started(self, transport: asyncio.BaseTransport | None) -> None:
+        if (connection := self.open.get(transport)) is not None:  # type: ignore[arg-type]
+            connection.request_started()
+
+    def done(self, transport: asyncio.BaseTransport | None) -> None:
+        if (connection := self.open.get(transport)) is not None:  # type: ignore[arg-type]
+            connection.request_done()
