@@ -17,6 +17,7 @@ import asyncio
 import ctypes
 import dataclasses
 import logging
+import re
 import time
 from collections.abc import Callable
 
@@ -35,45 +36,43 @@ LOG_EVERY_S = 60.0  # one log line per condition at most this often
 
 _STEP = np.zeros(256, np.int64)  # what a byte outside strings does to the depth
 _STEP[list(b"[{")], _STEP[list(b"]}")] = 1, -1
-_QUOTE, _BACKSLASH = ord('"'), ord("\\")
+_QUOTE = ord('"')
+_ESCAPE = re.compile(rb"\\.", re.DOTALL)  # a backslash and the character it escapes
+_NOT_STRUCTURE = bytes(sorted(set(range(256)) - set(b'[]{}"')))
 
 
 class JsonDepth:
-    """The nesting depth of a JSON text fed in pieces: brackets inside strings (escapes
-    included) do not count. Vectorized, so a body of brackets or quotes costs no more than one
-    of letters. Not a parser: text that is not JSON is Triton's to refuse, and once the text
-    closes more than it opened it is not JSON, and counting stops."""
+    """The nesting depth of a JSON text fed in pieces: brackets inside strings (escaped quotes
+    included) do not count. Each piece costs a few passes in C and numpy, whatever its bytes.
+    Not a parser: text that is not JSON is Triton's to refuse, and once the text closes more
+    than it opened it is not JSON, and counting stops."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._depth = 0
         self._in_string = False
-        self._backslashes = 0  # parity of the backslash run the previous piece ended with
+        self._tail = b""  # a backslash whose escaped character is in the next piece
         self._stopped = False
 
     def feed(self, piece: bytes) -> bool:
         """Whether the text so far nests deeper than the limit."""
-        if self._stopped or not piece:
+        if self._stopped:
             return False
-        b = np.frombuffer(piece, np.uint8)
-        index = np.arange(len(b))
-        backslash = b == _BACKSLASH
-        starts = backslash & ~np.concatenate(([False], backslash[:-1]))
-        run_start = np.maximum.accumulate(np.where(starts, index, 0))
-        run = np.where(backslash, index - run_start + 1, 0)
-        run[: np.argmin(backslash) if not backslash.all() else len(b)] += self._backslashes
-        # A character is escaped when an odd run of backslashes comes just before it.
-        escaped = np.concatenate(([self._backslashes % 2 == 1], (run[:-1] % 2 == 1)))
-        delimiter = (b == _QUOTE) & ~escaped
-        quotes_before = np.cumsum(delimiter) - delimiter + self._in_string
-        outside = quotes_before % 2 == 0
-        depth = self._depth + np.cumsum(_STEP[b] * outside)
+        text = _ESCAPE.sub(b"", self._tail + piece)
+        self._tail = b""
+        if text.endswith(b"\\"):  # all other backslashes were paired with what they escape
+            self._tail, text = b"\\", text[:-1]
+        structure = np.frombuffer(text.translate(None, _NOT_STRUCTURE), np.uint8)
+        if not len(structure):
+            return False
+        quote = structure == _QUOTE
+        outside = (np.cumsum(quote) - quote + self._in_string) % 2 == 0
+        depth = self._depth + np.cumsum(_STEP[structure] * outside)
         if depth.min() < 0:
             self._stopped = True
             return False
         self._depth = int(depth[-1])
-        self._in_string = bool((self._in_string + int(delimiter.sum())) % 2)
-        self._backslashes = int(run[-1] % 2) if backslash[-1] else 0
+        self._in_string = bool((self._in_string + int(quote.sum())) % 2)
         return int(depth.max()) > self.limit
 
 

@@ -1,0 +1,281 @@
+"""The front door's limits (door_limits.py) against real servers: JSON nesting, idle and slow
+connections, connections per port, bytes in flight, compression bombs, the answer's encoding,
+gRPC once tritonserver is ready, and a killed door's socket directory."""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import json
+import os
+import random
+import socket
+import time
+from pathlib import Path
+
+import brotli
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+from servers import wait_for
+from test_server import ECHO_MODEL, infer, make_repository
+
+from virnucpro_triton import door_limits
+from virnucpro_triton import repository as repo
+from virnucpro_triton.door_limits import JsonDepth
+from virnucpro_triton.server import EmbeddedServer
+from virnucpro_triton.server import free_port as free_port
+
+MB = 2**20
+INFER = "/v2/models/echo/infer"
+ECHO_JSON = json.dumps(
+    {"inputs": [{"name": "x", "shape": [3], "datatype": "FP32", "data": [1, 2, 3]}]}
+).encode()
+
+
+def http_call(
+    url: str, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """One request with exactly these headers (http.client adds no Accept-Encoding here)."""
+    host, port = url.rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        connection.putrequest(method, path, skip_accept_encoding=True)
+        for k, v in {"Content-Length": str(len(body)), **(headers or {})}.items():
+            connection.putheader(k, v)
+        connection.endheaders(body)
+        answer = connection.getresponse()
+        return answer.status, dict(answer.getheaders()), answer.read()
+    finally:
+        connection.close()
+
+
+def echo_answers(url: str) -> bool:
+    """gRPC and HTTP (JSON) inference both answer."""
+    np.testing.assert_array_equal(infer(url, np.ones(3, np.float32)).as_numpy("y"), [2, 2, 2])
+    return True
+
+
+@pytest.fixture(scope="module")
+def echo_repository(tmp_path_factory) -> Path:
+    return make_repository(tmp_path_factory.mktemp("echo"), echo=ECHO_MODEL)
+
+
+@pytest.fixture(scope="module")
+def echo_server(echo_repository):
+    with EmbeddedServer(echo_repository) as srv:
+        yield srv
+
+
+def test_json_depth_counts_brackets_outside_strings_in_any_pieces():
+    cases = [
+        (b"[" * 65, 64, True),
+        (b"[" * 64, 64, False),
+        (b"[" * 64 + b"]" * 64 + b"[" * 64, 64, False),
+        (b'"[[[["' * 100, 1, False),
+        (rb'["\\"' + b"[" * 64, 64, True),  # an escaped backslash ends the string
+        (rb'["\\\"' + b"[" * 70 + b'"]', 64, False),  # an escaped quote does not
+        (b"]" + b"[" * 70, 64, False),  # not JSON: Triton refuses it at the first byte
+    ]
+    for text, limit, deeper in cases:
+        for size in range(1, len(text) + 1):
+            depth, over = JsonDepth(limit), False
+            for i in range(0, len(text), size):
+                over = depth.feed(text[i : i + size]) or over
+            assert over == deeper, (text, size)
+    rng = random.Random(5)
+
+    def nested(levels: int) -> object:
+        if levels == 0 or rng.random() < 0.3:
+            return rng.choice(['a"\\[{', "\\\\", '"', "[]", 1.5, "\\u005b"])
+        if rng.random() < 0.5:
+            return [nested(levels - 1) for _ in range(rng.randrange(3))]
+        return {'k\\"[': nested(levels - 1)}
+
+    def depth_of(value: object) -> int:
+        children = value if isinstance(value, list) else getattr(value, "values", list)()
+        return isinstance(value, list | dict) + max(map(depth_of, children), default=0)
+
+    for _ in range(200):
+        value = nested(8)
+        text, levels = json.dumps(value).encode(), depth_of(value)
+        for size in (1, 3, len(text)):
+            for limit, deeper in [(levels, False), (levels - 1, True)][: 1 + (levels > 0)]:
+                depth = JsonDepth(limit)
+                fed = [depth.feed(text[i : i + size]) for i in range(0, len(text), size)]
+                assert any(fed) == deeper, (text, size, limit)
+
+
+def test_a_json_nesting_bomb_is_refused_and_the_server_lives(echo_server):
+    """200,000 nested `[` (200 KB, or 326 bytes gzip-compressed) segfaulted tritonserver: a
+    400 naming the limit, for both, and the server answers on."""
+    bomb = b"[" * 200_000
+    for body, headers in [(bomb, {}), (gzip.compress(bomb), {"Content-Encoding": "gzip"})]:
+        status, _, answer = http_call(echo_server.http_url, "POST", INFER, body, headers)
+        assert status == 400, (status, answer)
+        assert f"limit of {door_limits.MAX_JSON_DEPTH}" in json.loads(answer)["error"]
+    assert echo_answers(echo_server.grpc_url)
+    status, _, answer = http_call(echo_server.http_url, "POST", INFER, ECHO_JSON)
+    assert status == 200 and json.loads(answer)["outputs"][0]["data"] == [2, 3, 4]
+    # Binary tensors after the JSON head are not JSON: bytes of `[` in them pass.
+    x = np.frombuffer(b"[" * 4000, np.float32)
+    tensor = httpclient.InferInput("x", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x, binary_data=True)
+    with httpclient.InferenceServerClient(echo_server.http_url) as client:
+        np.testing.assert_array_equal(client.infer("echo", [tensor]).as_numpy("y"), x + 1)
+    assert echo_server._proc.poll() is None
+
+
+def test_answers_are_compressed_only_when_the_client_asks(echo_server):
+    """The door's HTTP client added its own Accept-Encoding: gzip answers to plain curl."""
+    status, headers, answer = http_call(echo_server.http_url, "POST", INFER, ECHO_JSON)
+    assert status == 200 and "Content-Encoding" not in headers, headers
+    assert json.loads(answer)["outputs"][0]["data"] == [2, 3, 4]
+    status, headers, answer = http_call(
+        echo_server.http_url, "POST", INFER, ECHO_JSON, {"Accept-Encoding": "gzip"}
+    )
+    assert status == 200
+    if headers.get("Content-Encoding") == "gzip":
+        answer = gzip.decompress(answer)
+    assert json.loads(answer)["outputs"][0]["data"] == [2, 3, 4]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) * 1024
+
+
+def test_a_compression_bomb_costs_no_more_than_the_limit(echo_server):
+    """A brotli body of under 1 KB that inflates to 1 GiB: 413, and the door stops inflating
+    there (it went on after the answer: seconds of CPU, +300 MB)."""
+    compressor = brotli.Compressor(quality=4, lgwin=24)
+    zeros = bytes(4 * MB)
+    bomb = b"".join(compressor.process(zeros) for _ in range(256)) + compressor.finish()
+    assert len(bomb) < 2000
+    # What inflating a quarter of it costs here: the door may spend well under that.
+    decompressor, quarter = brotli.Decompressor(), 0
+    started = time.process_time()
+    for i in range(0, len(bomb), 16):
+        quarter += len(decompressor.process(bomb[i : i + 16]))
+        if quarter >= 256 * MB:
+            break
+    budget = time.process_time() - started
+    door = echo_server._proc.pid
+    Path(f"/proc/{door}/clear_refs").write_text("5")  # resets the peak RSS
+    rss, cpu = peak_rss(door), cpu_seconds(door)
+    status, _, answer = http_call(
+        echo_server.http_url, "POST", INFER, bomb, {"Content-Encoding": "br"}
+    )
+    assert status == 413, answer
+    wait_for(lambda: echo_answers(echo_server.grpc_url))
+    assert cpu_seconds(door) - cpu < budget, (cpu_seconds(door) - cpu, budget)
+    assert peak_rss(door) - rss < 4 * repo.MAX_REQUEST_BYTES
+
+
+TIGHT = ["--header-timeout=2", "--idle-timeout=4", "--body-timeout=4"]
+
+
+@pytest.fixture(scope="module")
+def tight_server(echo_repository):
+    with EmbeddedServer(echo_repository, door_options=TIGHT) as srv:
+        yield srv
+
+
+def connect(url: str) -> socket.socket:
+    host, port = url.rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=30)
+
+
+def closed(connection: socket.socket) -> bool:
+    """Whether the server closed it (after an answer, if any)."""
+    connection.setblocking(False)
+    try:
+        while connection.recv(65536):
+            pass
+        return True
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def test_idle_half_sent_and_trickling_connections_are_closed(tight_server):
+    """Connections that send nothing, half a head, or a body a byte at a time were open
+    after 120 s: closed after the header, idle or body timeout (2, 4 and 4 s here)."""
+    http, grpc = tight_server.http_url, tight_server.grpc_url
+    idle = [connect(http) for _ in range(3)] + [connect(grpc) for _ in range(3)]
+    half = [connect(http) for _ in range(3)]
+    for connection in half:
+        connection.sendall(b"POST /v2/models/echo/infer HTTP/1.1\r\nHost: x\r\n")
+    trickling = [connect(http) for _ in range(3)]
+    for connection in trickling:
+        connection.sendall(
+            b"POST /v2/models/echo/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n["
+        )
+    connections = idle + half + trickling
+
+    def all_closed() -> bool:
+        for connection in trickling:
+            try:
+                connection.send(b" ")
+            except OSError:
+                pass
+        return all(map(closed, connections))
+
+    try:
+        wait_for(all_closed, timeout=120)
+        assert echo_answers(grpc)
+        assert http_call(http, "POST", INFER, ECHO_JSON)[0] == 200
+    finally:
+        for connection in connections:
+            connection.close()
+    log = tight_server.log_text()
+    assert "not complete within 2 s" in log
+    assert "Traceback" not in log
+
+
+@pytest.fixture(scope="module")
+def capped_server(echo_repository):
+    options = ["--max-connections=8", "--header-timeout=600", "--idle-timeout=600"]
+    with EmbeddedServer(echo_repository, door_options=options) as srv:
+        yield srv
+
+
+def ready_status(url: str) -> int:
+    """The readiness answer's status, 0 when the connection closed without one."""
+    try:
+        return http_call(url, "GET", "/v2/health/ready")[0]
+    except (ConnectionError, http.client.HTTPException):
+        return 0
+
+
+def test_connections_past_the_cap_are_refused_and_other_ports_answer(capped_server):
+    """500 idle connections locked every client out: past the cap of a port (8 here) a
+    connection is refused, the other port answers, and the log says so in one line."""
+    http, grpc = capped_server.http_url, capped_server.grpc_url
+    held = [connect(http) for _ in range(8)]
+    try:
+        for _ in range(5):
+            assert ready_status(http) in (0, 503)  # refused: closed, or 503 and closed
+        assert echo_answers(grpc)  # gRPC's port has its own cap
+    finally:
+        for connection in held:
+            connection.close()
+    wait_for(lambda: ready_status(http) == 200)
+    held = [connect(grpc) for _ in range(8)]
+    try:
+        refused = connect(grpc)
+        wait_for(lambda: closed(refused))
+        assert http_call(http, "POST", INFER, ECHO_JSON)[0] == 200
+    finally:
+        for connection in held:
+            connection.close()
+    wait_for(lambda: echo_answers(grpc))
+    log = capped_server.log_text()
+    assert log.count("refused HTTP connections past the limit of 8") == 1, log
+    assert "Traceback" not in log
