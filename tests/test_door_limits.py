@@ -9,22 +9,34 @@ import http.client
 import json
 import os
 import random
+import signal
 import socket
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
 import brotli
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from servers import wait_for
-from test_server import ECHO_MODEL, infer, make_repository
+from test_server import ECHO_MODEL, infer, make_repository, processes_mentioning
+from tritonclient.utils import InferenceServerException
 
 from virnucpro_triton import door_limits
 from virnucpro_triton import repository as repo
 from virnucpro_triton.door_limits import JsonDepth
-from virnucpro_triton.server import EmbeddedServer
-from virnucpro_triton.server import free_port as free_port
+from virnucpro_triton.door_sockets import PREFIX
+from virnucpro_triton.server import (
+    EmbeddedServer,
+    _server_env,
+    _wheel_dirs,
+    backend_directory,
+    free_port,
+)
 
 MB = 2**20
 INFER = "/v2/models/echo/infer"
@@ -279,3 +291,95 @@ def test_connections_past_the_cap_are_refused_and_other_ports_answer(capped_serv
     log = capped_server.log_text()
     assert log.count("refused HTTP connections past the limit of 8") == 1, log
     assert "Traceback" not in log
+
+
+HELD_LOAD_MODEL = ECHO_MODEL.replace(
+    "    def initialize(self, args):\n",
+    "    def initialize(self, args):\n"
+    "        import pathlib, time\n"
+    "        while pathlib.Path(__file__).with_name('loading').exists():\n"
+    "            time.sleep(0.05)\n",
+)
+
+
+@pytest.mark.server  # starts a server of its own
+def test_grpc_answers_as_soon_as_http_says_ready(tmp_path):
+    """gRPC calls during a model load put the door's channel to tritonserver in reconnect
+    back-off: UNAVAILABLE for 10-26 s after /v2/health/ready turned 200, with the door's
+    socket path in the error."""
+    repository = make_repository(tmp_path / "repo", echo=HELD_LOAD_MODEL)
+    loading = repository / "echo" / "1" / "loading"
+    loading.touch()
+    server = EmbeddedServer(repository)
+    started = threading.Thread(target=server.start)
+    started.start()
+    try:
+        wait_for(lambda: server._proc is not None and "loading: echo" in server.log_text())
+        errors = []
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with grpcclient.InferenceServerClient(server.grpc_url) as client:
+                try:
+                    client.is_server_ready(client_timeout=5)
+                except InferenceServerException as error:
+                    errors.append(str(error))
+        assert errors and all("UNAVAILABLE" in e for e in errors), errors
+        assert not any(PREFIX in e or "unix:" in e for e in errors), errors
+        loading.unlink()
+        url = f"http://{server.http_url}/v2/health/ready"
+        wait_for(lambda: ready_status(server.http_url) == 200, timeout=120)
+        ready_at = time.monotonic()
+        wait_for(lambda: grpc_answers(server.grpc_url), timeout=60)
+        assert time.monotonic() - ready_at < 3, url
+    finally:
+        loading.unlink(missing_ok=True)
+        started.join(timeout=300)
+        server.stop()
+
+
+def grpc_answers(url: str) -> bool:
+    try:
+        return echo_answers(url)
+    except InferenceServerException:
+        return False
+
+
+def door_command(repository: Path, ports: dict[str, int]) -> list[str]:
+    return [
+        str(Path(sys.executable).parent / "virnucpro-triton-door"),
+        str(_wheel_dirs()[0] / "bin" / "tritonserver"),
+        f"--model-repository={repository}",
+        f"--backend-directory={backend_directory()}",
+        *(f"--{n}-address=127.0.0.1" for n in ports),
+        *(f"--{n}-port={p}" for n, p in ports.items()),
+    ]
+
+
+def test_a_killed_doors_socket_directory_is_removed_by_the_next(tmp_path, echo_repository):
+    """SIGKILL gives the door no chance to remove its sockets' directory: the next door
+    removes those of doors no longer running (and only those)."""
+    env = {**_server_env(None), "TMPDIR": str(tmp_path)}
+    doors = []
+    try:
+        for _ in range(2):
+            ports = {"grpc": free_port(), "http": free_port(), "metrics": free_port()}
+            door = subprocess.Popen(
+                door_command(echo_repository, ports), env=env, stderr=subprocess.DEVNULL
+            )
+            doors.append(door)
+            wait_for(lambda p=ports: grpc_answers(f"127.0.0.1:{p['grpc']}"), timeout=300)
+            (directory,) = tmp_path.glob(f"{PREFIX}*")  # the killed door's is gone
+            assert directory.name.startswith(f"{PREFIX}{door.pid}-")
+            if len(doors) == 1:
+                door.send_signal(signal.SIGKILL)
+                door.wait()
+                # tritonserver gets SIGTERM when its door dies, and stops.
+                wait_for(lambda d=str(directory): not processes_mentioning(d), timeout=120)
+                assert directory.exists()
+        doors[1].send_signal(signal.SIGTERM)
+        assert doors[1].wait(timeout=120) == 0
+        assert not list(tmp_path.glob(f"{PREFIX}*"))
+    finally:
+        for door in doors:
+            door.kill()
+            door.wait()
