@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import dataclasses
+import gc
 import logging
 import re
 import time
@@ -108,8 +109,10 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 class MemoryGiveBack:
-    """Freed memory back to the system once the door is idle: its heap is fragmented by gRPC's
-    small buffers around the large ones, which malloc's thresholds alone do not give back."""
+    """Freed memory back to the system once no request is in flight: a refused gRPC message
+    stays referenced from its exception's traceback (a cycle only the garbage collector
+    breaks, and an idle door allocates too little to run it), and malloc keeps the heap that
+    gRPC's small buffers fragment, which its thresholds alone do not give back."""
 
     def __init__(self, delay: float = 1.0) -> None:
         self._delay = delay
@@ -117,10 +120,11 @@ class MemoryGiveBack:
 
     def __call__(self) -> None:
         if self._handle is None:
-            self._handle = asyncio.get_running_loop().call_later(self._delay, self._trim)
+            self._handle = asyncio.get_running_loop().call_later(self._delay, self._give_back)
 
-    def _trim(self) -> None:
+    def _give_back(self) -> None:
         self._handle = None
+        gc.collect()
         _libc.malloc_trim(0)
 
 
