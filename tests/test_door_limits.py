@@ -9,6 +9,7 @@ import http.client
 import json
 import os
 import random
+import resource
 import signal
 import socket
 import subprocess
@@ -423,3 +424,28 @@ def test_bytes_in_flight_are_bounded_and_the_doors_memory_comes_back(server):
     assert shm_bytes(server) < shm + repo.PIPELINE_INSTANCES * bound + 50 * MB
     with grpcclient.InferenceServerClient(server.grpc_url) as client:
         assert client.is_model_ready(repo.PIPELINE)
+
+
+def test_running_out_of_descriptors_is_one_line_of_the_log(echo_server):
+    """With its descriptors used up, the door logged a traceback per failed accept (238 MB in
+    110 s): one line per condition and minute, and it answers again once they are freed."""
+    door = echo_server._proc.pid
+    soft, hard = resource.prlimit(door, resource.RLIMIT_NOFILE)
+    start = len(echo_server.log_text())
+    used = len(os.listdir(f"/proc/{door}/fd"))
+    connections = []
+    resource.prlimit(door, resource.RLIMIT_NOFILE, (used + 8, hard))
+    try:
+        for url in (echo_server.http_url, echo_server.grpc_url):
+            connections += [connect(url) for _ in range(30)]
+        wait_for(lambda: "Too many open files" in echo_server.log_text()[start:])
+    finally:
+        resource.prlimit(door, resource.RLIMIT_NOFILE, (soft, hard))
+        for connection in connections:
+            connection.close()
+    wait_for(lambda: ready_status(echo_server.http_url) == 200)
+    wait_for(lambda: grpc_answers(echo_server.grpc_url))
+    log = echo_server.log_text()[start:]
+    assert "Traceback" not in log
+    lines = [line for line in log.splitlines() if "Too many open files" in line]
+    assert len(lines) <= 2 and all(line.startswith("front door: ") for line in lines), lines

@@ -512,7 +512,7 @@ class _OneLine(logging.Formatter):
     with the reason: no traceback, which would read like a crash of the server."""
 
     def format(self, record: logging.LogRecord) -> str:
-        text = f"front door: {record.getMessage()}"
+        text = "front door: " + "; ".join(record.getMessage().splitlines())
         if record.exc_info and record.exc_info[1] is not None:
             reason = " ".join(str(record.exc_info[1]).split())
             text += f": {type(record.exc_info[1]).__name__}: {reason}"
