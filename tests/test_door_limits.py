@@ -30,8 +30,9 @@ from tritonclient.utils import InferenceServerException
 
 from virnucpro_triton import door_limits
 from virnucpro_triton import repository as repo
-from virnucpro_triton.door_limits import JsonDepth
+from virnucpro_triton.door_limits import JsonDepth, Limits
 from virnucpro_triton.door_sockets import PREFIX
+from virnucpro_triton.front_door import DoorError, door_parser, limits_of
 from virnucpro_triton.server import (
     EmbeddedServer,
     _server_env,
@@ -449,3 +450,27 @@ def test_running_out_of_descriptors_is_one_line_of_the_log(echo_server):
     assert "Traceback" not in log
     lines = [line for line in log.splitlines() if "Too many open files" in line]
     assert len(lines) <= 2 and all(line.startswith("front door: ") for line in lines), lines
+
+
+def test_the_limits_are_door_options_with_one_home():
+    """The defaults come from door_limits.py (the image, Kubernetes and KServe run the door
+    without options); each can be set, and a bad value is one line."""
+    options = door_parser().parse_args(["tritonserver", "--model-repository=/m"])
+    assert limits_of(options) == Limits()
+    assert Limits().max_bytes_in_flight >= repo.MAX_REQUEST_BYTES
+    options = door_parser().parse_args(
+        ["--max-connections=8", "--header-timeout=2.5", "--max-json-depth=10", "tritonserver"]
+    )
+    limits = limits_of(options)
+    assert (limits.max_connections, limits.header_timeout, limits.max_json_depth) == (8, 2.5, 10)
+    assert options.command == ["tritonserver"]
+    for bad, message in [
+        (["--idle-timeout=0"], "positive number of seconds"),
+        (["--body-timeout=nan"], "positive number of seconds"),
+        (["--max-connections=-1"], "positive whole number"),
+    ]:
+        with pytest.raises(DoorError, match=message):
+            door_parser().parse_args([*bad, "tritonserver"])
+    options = door_parser().parse_args(["--max-bytes-in-flight=1000", "tritonserver"])
+    with pytest.raises(DoorError, match="below --max-request-bytes"):
+        limits_of(options)

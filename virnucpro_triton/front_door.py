@@ -12,11 +12,13 @@ this user can enter, and serves the ports tritonserver was given itself:
   read, or once a chunked or compressed body grows past it (counted after decompression, since
   Triton would decompress it).
 
-Everything else passes through unchanged, bytes for bytes: the door parses no request. It wraps
-the tritonserver command line, so the image's CMD, Kubernetes' args and KServe's runtime args
-(all starting with `tritonserver`) stay Triton's own:
+It also bounds connections per port, the time a request head, a body or an idle connection
+may take, the bytes of requests forwarded at once and the nesting of an HTTP request's JSON
+(door_limits.py). Everything else passes through unchanged, bytes for bytes: the door parses no
+request. It wraps the tritonserver command line, so the image's CMD, Kubernetes' args and
+KServe's runtime args (all starting with `tritonserver`) stay Triton's own:
 
-    virnucpro-triton-door [--max-request-bytes N] tritonserver ARGS...
+    virnucpro-triton-door [--max-request-bytes N] [LIMIT OPTIONS] tritonserver ARGS...
 
 Signals (SIGINT, SIGTERM, SIGHUP) go to tritonserver, which shuts down gracefully; the door exits
 with its exit status once it has, and removes its sockets.
@@ -608,6 +610,24 @@ def door_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def limits_of(options: argparse.Namespace) -> Limits:
+    """The limits the door's parsed options set."""
+    if options.max_bytes_in_flight < options.max_request_bytes:
+        raise DoorError(
+            f"--max-bytes-in-flight={options.max_bytes_in_flight} is below "
+            f"--max-request-bytes={options.max_request_bytes}: the largest request could never "
+            "pass"
+        )
+    return Limits(
+        max_json_depth=options.max_json_depth,
+        max_connections=options.max_connections,
+        header_timeout=options.header_timeout,
+        idle_timeout=options.idle_timeout,
+        body_timeout=options.body_timeout,
+        max_bytes_in_flight=options.max_bytes_in_flight,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     _log_in_one_line()
     _returns_freed_memory()
@@ -617,21 +637,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         # Before exec, so that a missing binary is one line, not a traceback.
         if args and shutil.which(args[0]) is None:
             raise DoorError(f"{args[0]}: no such program")
-        if options.max_bytes_in_flight < options.max_request_bytes:
-            raise DoorError(
-                f"--max-bytes-in-flight={options.max_bytes_in_flight} is below "
-                f"--max-request-bytes={options.max_request_bytes}: the largest request could "
-                "never pass"
-            )
-        limits = Limits(
-            max_json_depth=options.max_json_depth,
-            max_connections=options.max_connections,
-            header_timeout=options.header_timeout,
-            idle_timeout=options.idle_timeout,
-            body_timeout=options.body_timeout,
-            max_bytes_in_flight=options.max_bytes_in_flight,
-        )
-        sys.exit(asyncio.run(serve(args, options.max_request_bytes, limits)))
+        sys.exit(asyncio.run(serve(args, options.max_request_bytes, limits_of(options))))
     except DoorError as e:
         print(f"error: virnucpro-triton-door: {e}", file=sys.stderr)
         sys.exit(2)
