@@ -265,6 +265,7 @@ def test_idle_half_sent_and_trickling_connections_are_closed(tight_server):
 @pytest.fixture(scope="module")
 def capped_server(echo_repository):
     options = ["--max-connections=8", "--header-timeout=600", "--idle-timeout=600"]
+    options.append(f"--max-bytes-in-flight={repo.MAX_REQUEST_BYTES}")  # one request at a time
     with EmbeddedServer(echo_repository, door_options=options) as srv:
         yield srv
 
@@ -475,3 +476,21 @@ def test_the_limits_are_door_options_with_one_home():
     options = door_parser().parse_args(["--max-bytes-in-flight=1000", "tritonserver"])
     with pytest.raises(DoorError, match="below --max-request-bytes"):
         limits_of(options)
+
+
+def test_a_stream_passes_whole_and_its_bytes_are_counted_until_answered(capped_server):
+    """ModelStreamInfer's messages count against the bytes in flight until their answers: a
+    stream passes, each message answered, and nothing of it stays counted (a 30 MB request
+    then fits under this server's bound of one request's size)."""
+    answers: list[object] = []
+    with grpcclient.InferenceServerClient(capped_server.grpc_url) as client:
+        client.start_stream(callback=lambda result, error: answers.append(error or result))
+        for i in range(5):
+            x = grpcclient.InferInput("x", [MB // 4], "FP32")
+            x.set_data_from_numpy(np.full(MB // 4, i, np.float32))
+            client.async_stream_infer("echo", [x])
+        client.stop_stream()
+    assert len(answers) == 5 and not any(isinstance(a, Exception) for a in answers), answers
+    assert sorted(a.as_numpy("y")[0] for a in answers) == [1, 2, 3, 4, 5]
+    big = np.zeros(30 * MB // 4, np.float32)
+    np.testing.assert_array_equal(infer(capped_server.grpc_url, big).as_numpy("y"), big + 1)
