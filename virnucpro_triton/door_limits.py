@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+from aiohttp import web
 
 MAX_JSON_DEPTH = 64  # a KServe v2 request nests 4 levels and its tensors' dimensions, if at all
 MAX_CONNECTIONS = 256  # per port: at most the entries' queue (256 requests) of clients at once
@@ -75,6 +76,35 @@ class JsonDepth:
         self._depth = int(depth[-1])
         self._in_string = bool((self._in_string + int(quote.sum())) % 2)
         return int(depth.max()) > self.limit
+
+
+class BodyTooLarge(Exception):
+    """The decompressed body passed the request limit."""
+
+
+class BodyTooDeep(Exception):
+    """The body's JSON nests deeper than the limit; the message names it."""
+
+
+async def read_body(request: web.Request, limit: int, max_depth: int) -> bytes:
+    """The request's body, decompressed, read as it streams, refused once it passes `limit`
+    bytes or once its JSON nests deeper than `max_depth` (with the binary tensor extension,
+    only its JSON head, the first Inference-Header-Content-Length bytes, is JSON)."""
+    head = request.headers.get("Inference-Header-Content-Length", "")
+    json_left = int(head) if head.isascii() and head.isdigit() else None
+    depth = JsonDepth(max_depth)
+    chunks, size = [], 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        json_part = chunk if json_left is None else chunk[:json_left]
+        if json_left is not None:
+            json_left -= len(json_part)
+        if depth.feed(json_part):
+            raise BodyTooDeep(f"request JSON nests deeper than the server's limit of {max_depth}")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class InFlight:
@@ -280,3 +310,19 @@ class ConnectionGuard:
     def done(self, transport: asyncio.BaseTransport | None) -> None:
         if (connection := self.open.get(transport)) is not None:  # type: ignore[arg-type]
             connection.request_done()
+
+
+class GuardedRunner(web.AppRunner):
+    """An AppRunner whose sites accept connections through the port's ConnectionGuard."""
+
+    def __init__(self, app: web.Application, guard: ConnectionGuard, **kwargs: object) -> None:
+        super().__init__(app, **kwargs)  # type: ignore[arg-type]
+        self._guard = guard
+
+    @property
+    def server(self) -> web.Server | None:  # what TCPSite serves its port with
+        real = super().server
+        if real is None:
+            return None
+        self._guard.factory = real
+        return self._guard  # type: ignore[return-value]

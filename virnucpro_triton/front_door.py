@@ -44,7 +44,15 @@ import grpc
 from aiohttp import ClientConnectionError, ClientSession, ClientTimeout, UnixConnector, web
 
 from virnucpro_triton import door_limits
-from virnucpro_triton.door_limits import ConnectionGuard, InFlight, JsonDepth, Limits
+from virnucpro_triton.door_limits import (
+    BodyTooDeep,
+    BodyTooLarge,
+    ConnectionGuard,
+    GuardedRunner,
+    InFlight,
+    Limits,
+    read_body,
+)
 from virnucpro_triton.door_sockets import private_directory
 from virnucpro_triton.errors import VirnucproError
 from virnucpro_triton.repository import MAX_REQUEST_BYTES
@@ -289,34 +297,6 @@ def _refusal(status: int, message: str, **headers: str) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers)
 
 
-class _BodyRefused(Exception):
-    def __init__(self, response: web.Response) -> None:
-        self.response = response
-
-
-async def _body(request: web.Request, limit: int, max_depth: int) -> bytes:
-    """The request's body, decompressed, read as it streams: refused (413) once it passes
-    `limit` bytes, or (400) once its JSON nests deeper than `max_depth` (with the binary tensor
-    extension, only its JSON head, the first Inference-Header-Content-Length bytes, is JSON)."""
-    head = request.headers.get("Inference-Header-Content-Length", "")
-    json_left = int(head) if head.isascii() and head.isdigit() else None
-    depth = JsonDepth(max_depth)
-    chunks, size = [], 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise _BodyRefused(_too_large(None, limit))
-        json_part = chunk if json_left is None else chunk[:json_left]
-        if json_left is not None:
-            json_left -= len(json_part)
-        if depth.feed(json_part):
-            raise _BodyRefused(
-                _refusal(400, f"request JSON nests deeper than the server's limit of {max_depth}")
-            )
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def _http_app(
     upstream: Path, limit: int, limits: Limits, in_flight: InFlight, guard: ConnectionGuard
 ) -> web.Application:
@@ -342,10 +322,12 @@ def _http_app(
         try:
             try:
                 body = await asyncio.wait_for(
-                    _body(request, limit, limits.max_json_depth), limits.body_timeout
+                    read_body(request, limit, limits.max_json_depth), limits.body_timeout
                 )
-            except _BodyRefused as refused:
-                return refused.response
+            except BodyTooLarge:
+                return _too_large(None, limit)
+            except BodyTooDeep as refused:
+                return _refusal(400, str(refused))
             except asyncio.TimeoutError:
                 return _refusal(408, f"request body not received within {limits.body_timeout:g} s")
             except web.RequestPayloadError as e:
@@ -393,27 +375,11 @@ def _http_app(
     return app
 
 
-class _GuardedRunner(web.AppRunner):
-    """An AppRunner whose sites accept connections through the port's ConnectionGuard."""
-
-    def __init__(self, app: web.Application, guard: ConnectionGuard, **kwargs: object) -> None:
-        super().__init__(app, **kwargs)
-        self._guard = guard
-
-    @property
-    def server(self) -> web.Server | None:  # what TCPSite serves its port with
-        real = super().server
-        if real is None:
-            return None
-        self._guard.factory = real
-        return self._guard  # type: ignore[return-value]
-
-
 async def _http_door(
     endpoint: Endpoint, upstream: Path, limit: int, limits: Limits, in_flight: InFlight
 ) -> web.AppRunner:
     guard = ConnectionGuard(limits, _NAMES[endpoint.name])
-    runner = _GuardedRunner(
+    runner = GuardedRunner(
         _http_app(upstream, limit, limits, in_flight, guard),
         guard,
         access_log=None,
