@@ -1,6 +1,6 @@
-"""The front door's limits on connections, time and memory: their defaults (the one home of
-them: the door's options, README and the deployment files all take these) and the parts that
-enforce them, each small enough to check on its own.
+"""The front door's limits on connections, time and memory: their defaults (their one home: the
+door's options default to them, and the image, Kubernetes and KServe run the door without
+options) and the parts that enforce them, each small enough to check on its own.
 
 - JSON depth: Triton parses an HTTP request's JSON with a recursive parser, so a body of deeply
   nested brackets (200,000 `[`, 326 bytes gzip-compressed) overflows its stack. `JsonDepth`
@@ -27,9 +27,10 @@ from aiohttp import web
 
 MAX_JSON_DEPTH = 64  # a KServe v2 request nests 4 levels and its tensors' dimensions, if at all
 MAX_CONNECTIONS = 256  # per port: at most the entries' queue (256 requests) of clients at once
-HEADER_TIMEOUT_S = 10.0  # from a request's first byte to its complete head (and TLS-less
-# gRPC's connection preface)
-IDLE_TIMEOUT_S = 75.0  # a connection without a request; longer than load balancers' 60 s
+HEADER_TIMEOUT_S = 10.0  # a request's first byte to its complete head; gRPC: the preface
+# A connection without a request; longer than common load balancers' idle timeout (60 s), so
+# that they, not the door, close a connection they keep for reuse.
+IDLE_TIMEOUT_S = 75.0
 BODY_TIMEOUT_S = 60.0  # a whole body: 32 MiB at about 0.5 MB/s
 MAX_BYTES_IN_FLIGHT = 64 * 2**20  # two requests of the largest size forwarded at once
 GRPC_KEEPALIVE_S = 60.0  # pings on a gRPC connection that is quiet, to find dead peers
