@@ -28,6 +28,7 @@ from tritonclient.utils import InferenceServerException
 
 from virnucpro_triton import repository as repo
 from virnucpro_triton.bench import STOP_FREE_CODONS
+from virnucpro_triton.bench_door import make_certificates
 from virnucpro_triton.credentials import TOKEN_FILE_ENV, bearer
 from virnucpro_triton.door_access import METRIC
 from virnucpro_triton.door_settings import AccessSettings
@@ -52,30 +53,11 @@ REFUSED = [None, bearer(WRONG), *MALFORMED]
 # --- certificates ------------------------------------------------------------------------------
 
 
-def openssl(*args: str | Path, cwd: Path) -> None:
-    subprocess.run(["openssl", *map(str, args)], cwd=cwd, check=True, capture_output=True)
-
-
-def issue(directory: Path, name: str, ca: str, extensions: str) -> None:
-    """`name`.pem/.key: a certificate that the CA `ca`.pem/.key signed."""
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
-            f"{name}.csr", "-subj", f"/CN={name}", cwd=directory)  # fmt: skip
-    (directory / f"{name}.ext").write_text(extensions)
-    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
-            "-set_serial", str(random.getrandbits(63)), "-days", "2", "-out", f"{name}.pem",
-            "-extfile", f"{name}.ext", cwd=directory)  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory) -> Path:
     """ca, a server certificate for 127.0.0.1 and a client's; other_ca and a stranger it signed."""
     directory = tmp_path_factory.mktemp("certs")
-    for ca in ("ca", "other_ca"):
-        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{ca}.key", "-out",
-                f"{ca}.pem", "-days", "2", "-subj", f"/CN={ca}", cwd=directory)  # fmt: skip
-    issue(directory, "server", "ca", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
-    issue(directory, "client", "ca", "extendedKeyUsage=clientAuth\n")
-    issue(directory, "stranger", "other_ca", "extendedKeyUsage=clientAuth\n")
+    make_certificates(directory, {"client": "ca", "stranger": "other_ca"})
     return directory
 
 
