@@ -32,6 +32,7 @@ from virnucpro_triton.bench_door import make_certificates
 from virnucpro_triton.credentials import TOKEN_FILE_ENV, bearer
 from virnucpro_triton.door_access import METRIC
 from virnucpro_triton.door_settings import AccessSettings
+from virnucpro_triton.door_tls import Tls
 from virnucpro_triton.front_door import main as door_main
 from virnucpro_triton.server import EmbeddedServer, _wheel_dirs, free_port
 
@@ -556,3 +557,12 @@ def test_serve_beyond_loopback_needs_a_token_or_no_auth(tmp_path, monkeypatch):
         process.kill()
     assert process.returncode == 130, err
     assert os.environ.get(TOKEN_FILE_ENV) is None
+
+
+def test_mutual_tls_trusts_the_client_ca_alone(certs):
+    """Not the system's CAs too: a certificate any public CA signed is not a client's."""
+    tls = Tls.load(certs / "server.pem", certs / "server.key", certs / "ca.pem")
+    ((subject,),) = (c["subject"] for c in tls.context.get_ca_certs())
+    assert subject == (("commonName", "ca"),)
+    assert tls.context.verify_mode == ssl.CERT_REQUIRED
+    assert "server.key" not in repr(tls) and "PRIVATE KEY" not in repr(tls)
