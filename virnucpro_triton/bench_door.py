@@ -5,7 +5,7 @@ the same requests in rounds that alternate between them: the pipeline's requests
 `predict` sends them (64 chunks of 300 bp each, 4 in flight, one connection per client kept
 open), and model metadata over gRPC and HTTP (the door's own work dominates those). Reports per
 workload and server the door's CPU milliseconds per request and the requests per second, medians
-over the rounds. The certificates are made with the openssl command.
+over the rounds (and their range). The certificates are made with the openssl command.
 """
 
 from __future__ import annotations
@@ -152,6 +152,16 @@ def _round(target: _Target, work: Callable[[_Target, int], None], n: int) -> dic
     return {"requests_per_s": requests / seconds, "door_cpu_ms_per_request": 1000 * cpu / requests}
 
 
+def _summary(runs: list[dict[str, float]]) -> dict[str, object]:
+    """Each measure's median and, for how far rounds spread on a shared machine, its range."""
+    found: dict[str, object] = {}
+    for k in runs[0]:
+        values = [run[k] for run in runs]
+        found[k] = round(statistics.median(values), 3)
+        found[f"{k}_range"] = [round(min(values), 3), round(max(values), 3)]
+    return found
+
+
 @click.command()
 @click.option("--rounds", type=int, default=5, show_default=True)
 @click.option("--json-out", type=click.Path(path_type=Path), default=Path("build/bench_door.json"))
@@ -181,10 +191,7 @@ def main(rounds: int, json_out: Path) -> None:
                         samples.setdefault(name, {}).setdefault(mode, []).append(sample)
     results: dict[str, dict] = {"cpu_cores": os.cpu_count(), "rounds": rounds, "clients": _CLIENTS}
     for name, modes in samples.items():
-        results[name] = {
-            mode: {k: round(statistics.median(s[k] for s in runs), 3) for k in runs[0]}
-            for mode, runs in modes.items()
-        }
+        results[name] = {mode: _summary(runs) for mode, runs in modes.items()}
     json_out.parent.mkdir(parents=True, exist_ok=True)
     json_out.write_text(json.dumps(results, indent=2) + "\n")
     click.echo(json.dumps(results, indent=2))

@@ -70,7 +70,7 @@ class TokenFile:
             raise CredentialsError(f"token file {self.path}: {e.strerror or e}") from None
         self._tokens = [t.encode() for t in read_tokens(self.path)]
         self._checked = time.monotonic()
-        self._bad: object = None  # the stamp of the last file refused, logged once
+        self._bad: str | None = None  # why the file was last refused: said once
 
     def _stat(self) -> tuple[tuple[int, ...], bool]:
         st = os.stat(self.path)
