@@ -14,9 +14,13 @@ this user can enter, and serves the ports tritonserver was given itself:
 
 It also bounds connections per port, the time a request head, a body or an idle connection
 may take, the bytes of requests forwarded at once and the nesting of an HTTP request's JSON
-(door_limits.py). Everything else passes through unchanged, bytes for bytes: the door parses no
-request. It wraps the tritonserver command line, so the image's CMD, Kubernetes' args and
-KServe's runtime args (all starting with `tritonserver`) stay Triton's own:
+(door_limits.py). With a token file, every request and call must carry one of its access tokens
+(door_access.py); with a certificate and key, every port speaks TLS (door_tls.py); options:
+door_settings.py.
+
+Everything else passes through unchanged, bytes for bytes: the door parses no request. It wraps
+the tritonserver command line, so the image's CMD, Kubernetes' args and KServe's runtime args
+(all starting with `tritonserver`) stay Triton's own:
 
     virnucpro-triton-door [--max-request-bytes N] [LIMIT OPTIONS] tritonserver ARGS...
 
@@ -32,6 +36,7 @@ import collections
 import ctypes
 import dataclasses
 import logging
+import os
 import re
 import shutil
 import signal
@@ -43,7 +48,9 @@ from typing import NoReturn
 import grpc
 from aiohttp import ClientConnectionError, ClientSession, ClientTimeout, UnixConnector, web
 
-from virnucpro_triton import door_limits
+from virnucpro_triton import door_access, door_limits, door_settings
+from virnucpro_triton.credentials import AUTH_HEADER, CredentialsError
+from virnucpro_triton.door_access import Guard
 from virnucpro_triton.door_limits import (
     BodyTooDeep,
     BodyTooLarge,
@@ -60,7 +67,7 @@ from virnucpro_triton.repository import MAX_REQUEST_BYTES
 # tritonserver's endpoints and its defaults for them; metrics listens where HTTP does unless told.
 _DEFAULTS = {"grpc": ("0.0.0.0", 8001), "http": ("0.0.0.0", 8000), "metrics": (None, 8002)}
 _NAMES = {"grpc": "gRPC", "http": "HTTP", "metrics": "metrics"}
-# The door speaks plain gRPC to tritonserver's socket; TLS belongs to the door's clients' side.
+# The door speaks plain gRPC to tritonserver's socket; TLS is the door's own (door_tls.py).
 _UNSUPPORTED = ("--grpc-use-ssl", "--grpc-server-cert", "--grpc-server-key", "--grpc-root-cert")
 _FALSE = {"false", "0", "no", "off"}
 # Hop-by-hop headers (RFC 9110 7.6.1) and those the door's HTTP client sets itself.
@@ -75,6 +82,8 @@ _NOT_FORWARDED = {
     "host",
     "content-length",
 }
+# The client's credentials end at the door: tritonserver neither needs nor logs them.
+_NOT_FORWARDED.add(AUTH_HEADER)
 
 
 class DoorError(VirnucproError, RuntimeError):
@@ -116,7 +125,7 @@ def split_command(command: Sequence[str]) -> tuple[list[str], dict[str, Endpoint
     while i < len(command):
         arg = command[i]
         if arg.startswith(_UNSUPPORTED):
-            raise DoorError(f"{arg}: TLS on gRPC is not supported behind the front door")
+            raise DoorError(f"{arg}: TLS is the front door's: give it --tls-cert and --tls-key")
         name, _, _ = arg.lstrip("-").partition("=")
         endpoint_option = name.split("-", 1)[0] in _DEFAULTS and name.endswith(
             ("-address", "-port")
@@ -166,7 +175,7 @@ def _metadata(context: grpc.aio.ServicerContext) -> tuple[tuple[str, str | bytes
     return tuple(
         (k, v)
         for k, v in context.invocation_metadata() or ()
-        if k != "user-agent" and not k.startswith("grpc-")
+        if k not in ("user-agent", AUTH_HEADER) and not k.startswith("grpc-")
     )
 
 
@@ -249,7 +258,12 @@ class _GrpcForwarder(grpc.GenericRpcHandler):
 
 
 async def _grpc_door(
-    endpoint: Endpoint, upstream: Path, limit: int, limits: Limits, in_flight: InFlight
+    endpoint: Endpoint,
+    upstream: Path,
+    limit: int,
+    limits: Limits,
+    in_flight: InFlight,
+    guard: Guard,
 ) -> grpc.aio.Server:
     channel = grpc.aio.insecure_channel(
         f"unix:{upstream}",
@@ -265,17 +279,21 @@ async def _grpc_door(
         ],
     )
     server = grpc.aio.server(
+        interceptors=[guard.access.interceptor()] if guard.access else None,
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", -1),
             # grpcio's default SO_REUSEPORT would let the door share a port another server holds.
             ("grpc.so_reuseport", 0),
             *limits.grpc_options(),
-        ]
+        ],
     )
     server.add_generic_rpc_handlers((_GrpcForwarder(channel, upstream.parent, in_flight),))
     try:
-        server.add_insecure_port(endpoint.public)
+        if guard.tls:
+            server.add_secure_port(endpoint.public, guard.tls.grpc_credentials())
+        else:
+            server.add_insecure_port(endpoint.public)
     except RuntimeError:
         raise _in_use(endpoint) from None
     await server.start()
@@ -298,14 +316,20 @@ def _refusal(status: int, message: str, **headers: str) -> web.Response:
 
 
 def _http_app(
-    upstream: Path, limit: int, limits: Limits, in_flight: InFlight, guard: ConnectionGuard
+    upstream: Path,
+    limit: int,
+    limits: Limits,
+    in_flight: InFlight,
+    connections: ConnectionGuard,
+    middlewares: Sequence = (),
+    expect_handler: Callable | None = None,
 ) -> web.Application:
     async def forward(request: web.Request) -> web.StreamResponse:
-        guard.started(request.transport)
+        connections.started(request.transport)
         try:
             return await _forward(request)
         finally:
-            guard.done(request.transport)
+            connections.done(request.transport)
 
     async def _forward(request: web.Request) -> web.StreamResponse:
         if request.content_length is not None and request.content_length > limit:
@@ -369,19 +393,25 @@ def _http_app(
             app["session"] = s
             yield
 
-    app = web.Application(client_max_size=limit)
-    app.router.add_route("*", "/{path:.*}", forward)
+    app = web.Application(client_max_size=limit, middlewares=middlewares)
+    app.router.add_route("*", "/{path:.*}", forward, expect_handler=expect_handler)
     app.cleanup_ctx.append(session)
     return app
 
 
 async def _http_door(
-    endpoint: Endpoint, upstream: Path, limit: int, limits: Limits, in_flight: InFlight
+    endpoint: Endpoint,
+    upstream: Path,
+    limit: int,
+    limits: Limits,
+    in_flight: InFlight,
+    guard: Guard,
 ) -> web.AppRunner:
-    guard = ConnectionGuard(limits, _NAMES[endpoint.name])
+    connections = ConnectionGuard(limits, _NAMES[endpoint.name])
+    checks = guard.access.http_checks(endpoint.name) if guard.access else {}
     runner = GuardedRunner(
-        _http_app(upstream, limit, limits, in_flight, guard),
-        guard,
+        _http_app(upstream, limit, limits, in_flight, connections, **checks),
+        connections,
         access_log=None,
         # The idle timeout (aiohttp's keep-alive timer runs from a connection's opening too).
         keepalive_timeout=limits.idle_timeout,
@@ -390,8 +420,9 @@ async def _http_door(
         lingering_time=0,
     )
     await runner.setup()
+    tls = guard.tls.context if guard.tls else None
     try:
-        await web.TCPSite(runner, endpoint.address, endpoint.port).start()
+        await web.TCPSite(runner, endpoint.address, endpoint.port, ssl_context=tls).start()
     except OSError:
         await runner.cleanup()
         raise _in_use(endpoint) from None
@@ -428,13 +459,33 @@ def _dies_with_parent() -> None:
     _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def _socket_directory(given: Path | None) -> Path:
+    if given is None:
+        return private_directory()  # 0700: only this user connects
+    try:
+        st, empty = given.stat(), not any(given.iterdir())
+    except OSError as e:
+        raise DoorError(f"--socket-dir {given}: {e.strerror or e}") from None
+    if st.st_uid != os.getuid() or st.st_mode & 0o077 or not empty:
+        raise DoorError(f"--socket-dir {given}: not an empty directory only its owner can enter")
+    return given
+
+
 async def serve(
-    command: Sequence[str], limit: int = MAX_REQUEST_BYTES, limits: Limits | None = None
+    command: Sequence[str],
+    limit: int = MAX_REQUEST_BYTES,
+    limits: Limits | None = None,
+    guard: Guard | None = None,
+    socket_dir: Path | None = None,
 ) -> int:
     """Run tritonserver behind the door until it exits; return its exit status."""
     rest, endpoints = split_command(command)
     limits = limits or Limits()
-    sockets = private_directory()  # 0700: only this user connects
+    guard = guard or Guard()
+    addresses = [e.address for e in endpoints.values() if e.enabled]
+    if problem := guard.settings.exposure_problem(addresses):
+        raise DoorError(problem)
+    sockets = _socket_directory(socket_dir)
     doors: list[grpc.aio.Server | web.AppRunner] = []
     # Started before the doors open: forking after grpcio has started its threads is unsafe.
     triton = await asyncio.create_subprocess_exec(
@@ -450,14 +501,14 @@ async def serve(
         for e in endpoints.values():
             if e.enabled:
                 open_door = _grpc_door if e.name == "grpc" else _http_door
-                doors.append(await open_door(e, e.socket(sockets), limit, limits, in_flight))
+                doors.append(await open_door(e, e.socket(sockets), limit, limits, in_flight, guard))
         print(
             "front door: "
             + ", ".join(f"{_NAMES[e.name]} {e.public}" for e in endpoints.values() if e.enabled)
             + f"; requests up to {limit} bytes, {limits.max_bytes_in_flight} in flight; "
             f"{limits.max_connections} connections per port; JSON nested up to "
             f"{limits.max_json_depth} levels; timeouts (s): header {limits.header_timeout:g}, "
-            f"idle {limits.idle_timeout:g}, body {limits.body_timeout:g}",
+            f"idle {limits.idle_timeout:g}, body {limits.body_timeout:g}" + guard.description(),
             file=sys.stderr,
             flush=True,
         )
@@ -493,7 +544,7 @@ def _log_in_one_line() -> None:
     # A flood (connections past the cap, failed accepts when descriptors run out) is one line
     # per condition and minute, not a line (or a traceback, asyncio's) per connection.
     handler.addFilter(door_limits.RateLimited())
-    for name in ("aiohttp", "grpc", "asyncio"):
+    for name in ("aiohttp", "grpc", "asyncio", door_access.__name__):
         logger = logging.getLogger(name)
         logger.addHandler(handler)
         logger.propagate = False
@@ -572,6 +623,13 @@ def door_parser() -> argparse.ArgumentParser:
         default=door_limits.BODY_TIMEOUT_S,
         help="seconds to receive a whole HTTP request body (408 past it)",
     )
+    door_settings.add_arguments(parser)
+    parser.add_argument(
+        "--socket-dir",
+        type=Path,
+        help="empty directory, only its owner can enter, for tritonserver's Unix sockets "
+        "(default: a new temporary one); removed at exit",
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="tritonserver ARGS...")
     return parser
 
@@ -603,8 +661,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         # Before exec, so that a missing binary is one line, not a traceback.
         if args and shutil.which(args[0]) is None:
             raise DoorError(f"{args[0]}: no such program")
-        sys.exit(asyncio.run(serve(args, options.max_request_bytes, limits_of(options))))
-    except DoorError as e:
+        guard = Guard.of(door_settings.AccessSettings.of(vars(options)))
+        limits = limits_of(options)
+        code = asyncio.run(
+            serve(args, options.max_request_bytes, limits, guard, options.socket_dir)
+        )
+        sys.exit(code)
+    except (DoorError, CredentialsError) as e:
         print(f"error: virnucpro-triton-door: {e}", file=sys.stderr)
         sys.exit(2)
 
