@@ -539,15 +539,21 @@ class _OneLine(logging.Formatter):
 
 
 def _log_in_one_line() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_OneLine())
     # A flood (connections past the cap, failed accepts when descriptors run out) is one line
-    # per condition and minute, not a line (or a traceback, asyncio's) per connection.
-    handler.addFilter(door_limits.RateLimited())
-    for name in ("aiohttp", "grpc", "asyncio", door_access.__name__):
-        logger = logging.getLogger(name)
-        logger.addHandler(handler)
-        logger.propagate = False
+    # per condition and minute, not a line (or a traceback, asyncio's) per connection. The
+    # access checks limit their own lines: each refusal names its peer, each reload its file.
+    flooding = logging.StreamHandler(sys.stderr)
+    flooding.addFilter(door_limits.RateLimited())
+    own = logging.StreamHandler(sys.stderr)
+    for handler, names in (
+        (flooding, ("aiohttp", "grpc", "asyncio")),
+        (own, (door_access.__name__,)),
+    ):
+        handler.setFormatter(_OneLine())
+        for name in names:
+            logger = logging.getLogger(name)
+            logger.addHandler(handler)
+            logger.propagate = False
 
 
 def _positive(text: str) -> int:
