@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from virnucpro_triton.errors import ClientError
+from virnucpro_triton.results.outputs import create_exclusive
 
 NAME = ".predict-journal"
 _MAGIC = b"virnucpro-triton journal 1\n"
@@ -57,11 +59,16 @@ class Journal:
         answers of an earlier run of the same input, else start empty."""
         self.path = path
         self.recorded = 0  # chunks whose answers the journal holds
+        if resume and path.is_symlink():
+            raise ResumeRefused(
+                f"--resume: {path} is a symbolic link, not a journal this program wrote; "
+                "remove it and run without --resume"
+            )
         if resume and path.exists():
             self._reopen(run)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._handle = open(path, "wb")
+            self._handle = create_exclusive(path, binary=True)
             self._handle.write(_MAGIC + json.dumps(run, sort_keys=True).encode() + b"\n")
             self._handle.flush()
             self._data_start = self._handle.tell()
@@ -89,13 +96,17 @@ class Journal:
                     "to start again"
                 )
             self._data_start = end = handle.tell()
+            size = os.fstat(handle.fileno()).st_size
             while True:  # keep whole, intact blocks; a torn tail is where the run was killed
                 head = handle.read(_BLOCK.size)
                 if len(head) < _BLOCK.size:
                     break
                 count, crc = _BLOCK.unpack(head)
+                # A count beyond what the file holds is torn too, and is never read into memory.
+                if count * _ROW_BYTES > size - handle.tell():
+                    break
                 payload = handle.read(count * _ROW_BYTES)
-                if len(payload) < count * _ROW_BYTES or zlib.crc32(payload) != crc:
+                if zlib.crc32(payload) != crc:
                     break
                 self.recorded += count
                 end = handle.tell()
