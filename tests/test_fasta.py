@@ -5,13 +5,12 @@ from __future__ import annotations
 import gzip
 import os
 import re
-import subprocess
 import sys
 import threading
 from pathlib import Path
 
 import pytest
-from inputs import corrupt_gzip, write_fifo
+from inputs import corrupt_gzip, peak_rss_mib, write_fifo
 
 from virnucpro_triton.alphabet import DNA, EXPECTED, PROTEIN, first_invalid, nucleotides_only
 from virnucpro_triton.fasta import FastaError, check_input, is_stream, read_fasta
@@ -162,21 +161,6 @@ def test_lines_longer_than_a_read_piece_are_read_whole(tmp_path):
     header, sequence = "h" * 3_000_000, "ACGT" * 700_000  # each over the 1 MiB read piece
     (tmp_path / "long.fa").write_text(f">{header} x\n{sequence}\n>b\nAC")
     assert records(tmp_path / "long.fa") == [(header, sequence, 1), ("b", "AC", 3)]
-
-
-def peak_rss_mib(command: list[str]) -> tuple[subprocess.CompletedProcess, float]:
-    """Run `command` from a fresh Python, whose RUSAGE_CHILDREN then holds only its peak RSS."""
-    probe = (
-        "import resource, subprocess, sys\n"
-        "result = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
-        "sys.stderr.write(result.stderr)\n"
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
-        "sys.exit(result.returncode)\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", probe, *command], capture_output=True, text=True, timeout=300
-    )
-    return result, int(result.stdout) / 1024
 
 
 @pytest.mark.parametrize(
