@@ -296,6 +296,31 @@ def test_resume_refusal_does_not_also_say_resume_goes_on(server, tmp_path):
     )
 
 
+def test_resume_is_not_named_where_it_could_not_go_on(tmp_path):
+    from virnucpro_triton.results import journal
+    from virnucpro_triton.server import free_port
+
+    (tmp_path / "other.fa").write_text(f">o\n{B}\n")
+    (tmp_path / "in.fa").write_text(REFERENCE)
+    out = tmp_path / "out"
+    nowhere = f"127.0.0.1:{free_port()}"  # nothing listens: the run ends before any answer
+    # The journal of a stopped run of another input: --resume would refuse it.
+    other = journal.fingerprint(tmp_path / "other.fa", 300)
+    journal.Journal(out / journal.NAME, other, resume=False).close()
+    args = ["predict", str(tmp_path / "in.fa"), "--chunk-size", "300", "-o", str(out)]
+    result = cli(*args, "--url", nowhere, "--retry-seconds", "0")
+    stderr = result.stderr.decode()
+    assert result.returncode == 1 and nowhere in stderr, stderr
+    assert "--resume" not in stderr and len(stderr.splitlines()) == 1, stderr
+    # A journal of this input, but with no answer in it: --resume would start again.
+    this = journal.fingerprint(tmp_path / "in.fa", 300)
+    journal.Journal(out / journal.NAME, this, resume=False).close()
+    result = cli(*args, "--url", nowhere, "--retry-seconds", "0", "--resume")
+    stderr = result.stderr.decode()
+    assert result.returncode == 1 and nowhere in stderr, stderr
+    assert "--resume" not in stderr and len(stderr.splitlines()) == 1, stderr
+
+
 def test_a_reused_output_directory_keeps_only_the_last_runs_files(server, tmp_path):
     (tmp_path / "in.fa").write_text(REFERENCE)
     out = tmp_path / "out"

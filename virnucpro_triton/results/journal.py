@@ -15,6 +15,7 @@ import os
 import struct
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -53,6 +54,29 @@ def fingerprint(fasta: Path, chunk_size: int, min_length: int = 0) -> dict:
     }
 
 
+def _header(handle: BinaryIO) -> dict | None:
+    """The run a journal belongs to (its fingerprint), read from its start; None if it is no
+    journal of this program."""
+    magic, header = handle.readline(), handle.readline()
+    try:
+        return json.loads(header) if magic == _MAGIC else None
+    except ValueError:
+        return None
+
+
+def resumable(path: Path, fasta: Path, chunk_size: int, min_length: int) -> bool:
+    """Whether `--resume` would go on from the journal at `path`: one of this input and these
+    settings that holds answers (with none, or another run's, it would start again or refuse)."""
+    try:
+        if path.is_symlink():
+            return False
+        with open(path, "rb") as handle:
+            belongs = _header(handle) == fingerprint(fasta, chunk_size, min_length)
+            return belongs and len(handle.read(_BLOCK.size)) == _BLOCK.size
+    except OSError:
+        return False
+
+
 class Journal:
     def __init__(self, path: Path, run: dict, *, resume: bool):
         """Open the journal at `path` for the run `run` (a fingerprint); with `resume`, keep the
@@ -78,11 +102,7 @@ class Journal:
 
     def _reopen(self, run: dict) -> None:
         with open(self.path, "rb") as handle:
-            magic, header = handle.readline(), handle.readline()
-            try:
-                earlier = json.loads(header) if magic == _MAGIC else None
-            except ValueError:
-                earlier = None
+            earlier = _header(handle)
             if earlier is None:
                 raise ResumeRefused(
                     f"--resume: {self.path} is not a journal of this program; run without "
