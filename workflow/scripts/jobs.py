@@ -100,6 +100,9 @@ def run_predict(
 ) -> None:
     """predict into `out_dir`, its messages in `log`. Always --resume: a journal left by a
     stopped run is gone on from, and without one the run starts afresh."""
+    # A path that starts with `-` goes absolute: neither an option (a file named `--help`) nor
+    # standard input (a file named `-`; `./-` would be read as `-`).
+    fasta = os.path.abspath(fasta) if fasta.startswith("-") else fasta
     argv = [command, "predict", fasta, "-o", out_dir, "--resume", "--no-progress"]
     with open(log, "wb") as handle:
         code = subprocess.run(
