@@ -56,8 +56,9 @@ def atomic_files(
     handles: dict[str, IO] = {}
     try:
         for name in names:
-            temps[name] = directory / f".{name}.partial"
-            handles[name] = create_exclusive(temps[name], binary=name in binary)
+            temp = directory / f".{name}.partial"
+            handles[name] = create_exclusive(temp, binary=name in binary)
+            temps[name] = temp  # only the program's own: what it created
         yield handles
         for handle in handles.values():
             handle.close()
