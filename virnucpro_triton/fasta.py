@@ -10,6 +10,7 @@ FASTQ qualities are read past and ignored: a record is its id and its sequence, 
 from __future__ import annotations
 
 import errno
+import functools
 import gzip
 import io
 import os
@@ -163,14 +164,18 @@ class _Lines:
         return self._lines
 
     def _decoded(self, binary: BinaryIO) -> Iterator[str]:
+        started = False  # self.started, kept local: this loop runs for every line
         try:
-            for raw in self._raw(binary):
+            for raw in iter(functools.partial(binary.readline, _PIECE), b""):
+                self.number += 1
+                if raw[-1] != 10:  # no "\n": the line goes on past this piece
+                    raw = self._rest_of_line(binary, raw)
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as error:
                     raise self.error(f"not a text FASTA or FASTQ file ({error.reason})") from None
-                if self.started or line.strip():
-                    self.started = True
+                if started or line.strip():
+                    started = self.started = True
                     yield line
         except (EOFError, zlib.error, gzip.BadGzipFile) as error:
             self.number += 1
@@ -179,25 +184,22 @@ class _Lines:
             self.number += 1
             raise self.error(f"cannot be read: {error.strerror or error}") from None
 
-    def _raw(self, binary: BinaryIO) -> Iterator[bytes]:
-        while piece := binary.readline(_PIECE):
-            self.number += 1
-            pieces, size = [piece], len(piece)
-            while not piece.endswith(b"\n"):
-                found = pieces[0].lstrip()
-                if not self.started and found and found[:1] not in b">@":
-                    raise self.not_fasta(found[:40].decode(errors="replace"))
-                piece = binary.readline(_PIECE)
-                pieces.append(piece)
-                size += len(piece)
-                if not piece:
-                    break
-                if size > MAX_LINE_BYTES:
-                    raise self.error(
-                        f"line longer than {MAX_LINE_BYTES >> 20} MiB (is it FASTA or FASTQ? "
-                        "a longer sequence must be wrapped over several lines)"
-                    )
-            yield b"".join(pieces)
+    def _rest_of_line(self, binary: BinaryIO, piece: bytes) -> bytes:
+        """A line longer than a piece, whole: refused as soon as its first piece shows the
+        input is not FASTA or FASTQ, or once it passes MAX_LINE_BYTES."""
+        found = piece.lstrip()
+        if not self.started and found and found[:1] not in b">@":
+            raise self.not_fasta(found[:40].decode(errors="replace"))
+        pieces, size = [piece], len(piece)
+        while not piece.endswith(b"\n") and (piece := binary.readline(_PIECE)):
+            pieces.append(piece)
+            size += len(piece)
+            if size > MAX_LINE_BYTES:
+                raise self.error(
+                    f"line longer than {MAX_LINE_BYTES >> 20} MiB (is it FASTA or FASTQ? "
+                    "a longer sequence must be wrapped over several lines)"
+                )
+        return b"".join(pieces)
 
     def error(self, message: str) -> FastaError:
         return FastaError(f"{self.name}:{self.number}: {message}")
