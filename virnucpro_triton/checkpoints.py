@@ -152,9 +152,14 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _json_type(value: Any) -> str:
-    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string"}
-    names.update({list: "an array", dict: "an object", type(None): "null"})
-    return names.get(type(value), type(value).__name__)
+    names = {
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+    }
+    return names.get(type(value), "null")  # a JSON value that is not an object
 
 
 # What each kind of config value must be, and how a refusal says it.
@@ -216,6 +221,7 @@ def load_dnabert_s(directory: str | Path) -> tuple[DnabertS, DnabertConfig, Path
     directory = Path(directory)
     config_path = directory / "config.json"
     kinds = {f.name: type(f.default) for f in dataclasses.fields(DnabertConfig)}
+    # Keys of config.json that DnabertConfig has no field for are not read.
     config = DnabertConfig(**_config_values(config_path, _read_json(config_path), kinds))
     _check_heads(config_path, "num_attention_heads", config.num_attention_heads, config.hidden_size)
     weights = _weights_file(directory)
