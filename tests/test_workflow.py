@@ -347,6 +347,26 @@ def test_sample_files_named_like_options_or_stdin_are_read_as_files(server, tmp_
         assert_same_results(tmp_path / "results" / sample, reference)
 
 
+def test_planted_symlinks_in_the_results_are_never_followed(server, tmp_path):
+    write_project(tmp_path, {"reads": [Path(READS)]}, urls=[server.grpc_url])
+    results = tmp_path / "results"
+    (results / "reads").mkdir(parents=True)
+    victims = {}
+    for planted in [
+        "sequence_summary.tsv.partial",
+        "virus.fna.partial",
+        "reads/.virus.fna.partial",
+    ]:
+        victims[planted] = tmp_path / f"victim-{len(victims)}"
+        victims[planted].write_text("the user's own file\n")
+        (results / planted).symlink_to(victims[planted])
+    run_workflow(tmp_path)
+    for victim in victims.values():
+        assert victim.read_text() == "the user's own file\n"
+    assert not [p for p in results.rglob("*.partial")]
+    assert (results / "sequence_summary.tsv").read_text().startswith("sample\tid\t")
+
+
 def test_a_sample_predict_refuses_fails_its_job_naming_sample_and_reason(server, tmp_path):
     bad = tmp_path / "notes.fa"
     bad.write_text("these are notes, not sequences\n")
