@@ -406,10 +406,16 @@ def test_resume_drops_a_block_that_claims_more_chunks_than_the_file_holds(server
         out / journal.NAME, journal.fingerprint(tmp_path / "in.fa", 300), resume=False
     )
     stopped.close()
+    at = (out / journal.NAME).stat().st_size
     with open(out / journal.NAME, "ab") as handle:  # 0xFFFFFFFF chunks: 215 GiB of answers
         handle.write(b"\xff\xff\xff\xff\x00\x00\x00\x00" + bytes(54))
     result = cli(*predict_args(server, str(tmp_path / "in.fa"), out, "--resume"))
     assert result.returncode == 0, result.stderr.decode()
+    assert result.stderr.decode() == (
+        f"virnucpro-triton: {out / journal.NAME}: the block at byte {at} is torn or damaged (a "
+        "run stopped while writing it): it and what follows are dropped, their chunks asked "
+        "again\n"
+    )
     assert sorted(p.name for p in out.iterdir()) == sorted([*OUTPUTS, VIRUSES, RUN_INFO])
     assert json.loads((out / RUN_INFO).read_text())["counts"]["resumed_chunks"] == 0
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import struct
 import zlib
@@ -27,6 +28,7 @@ _MAGIC = b"virnucpro-triton journal 1\n"
 _BLOCK = struct.Struct("<II")  # chunks in the block, CRC-32 of its payload
 _ROW_BYTES = 6 * 2 * 4 + 6  # float32 probabilities [6, 2] + bool kept [6]
 _SAMPLE = 1 << 20
+_log = logging.getLogger(__name__)
 
 
 class ResumeRefused(ClientError):
@@ -117,16 +119,18 @@ class Journal:
                 )
             self._data_start = end = handle.tell()
             size = os.fstat(handle.fileno()).st_size
-            while True:  # keep whole, intact blocks; a torn tail is where the run was killed
+            while end < size:  # keep whole, intact blocks; a torn tail is where the run was killed
                 head = handle.read(_BLOCK.size)
-                if len(head) < _BLOCK.size:
-                    break
-                count, crc = _BLOCK.unpack(head)
+                count, crc = _BLOCK.unpack(head) if len(head) == _BLOCK.size else (0, None)
                 # A count beyond what the file holds is torn too, and is never read into memory.
-                if count * _ROW_BYTES > size - handle.tell():
-                    break
-                payload = handle.read(count * _ROW_BYTES)
-                if zlib.crc32(payload) != crc:
+                whole = crc is not None and count * _ROW_BYTES <= size - handle.tell()
+                if not whole or zlib.crc32(handle.read(count * _ROW_BYTES)) != crc:
+                    _log.warning(
+                        "%s: the block at byte %d is torn or damaged (a run stopped while "
+                        "writing it): it and what follows are dropped, their chunks asked again",
+                        self.path,
+                        end,
+                    )
                     break
                 self.recorded += count
                 end = handle.tell()
