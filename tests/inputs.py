@@ -1,9 +1,12 @@
-"""Inputs that are awkward to make: damaged gzip, FIFOs fed by a thread."""
+"""Inputs that are awkward to make: damaged gzip, FIFOs fed by a thread; and the peak memory of
+a command fed one."""
 
 from __future__ import annotations
 
 import gzip
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -29,3 +32,18 @@ def write_fifo(path: Path, content: bytes, pieces: int = 1) -> threading.Thread:
     writer = threading.Thread(target=feed, daemon=True)
     writer.start()
     return writer
+
+
+def peak_rss_mib(command: list[str]) -> tuple[subprocess.CompletedProcess, float]:
+    """Run `command` from a fresh Python, whose RUSAGE_CHILDREN then holds only its peak RSS."""
+    probe = (
+        "import resource, subprocess, sys\n"
+        "result = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "sys.stderr.write(result.stderr)\n"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+        "sys.exit(result.returncode)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe, *command], capture_output=True, text=True, timeout=300
+    )
+    return result, int(result.stdout) / 1024

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +16,7 @@ from fake_checkpoints import (
     write_malicious_pth,
     write_virnucpro_classifier_pth,
 )
+from inputs import peak_rss_mib
 from safetensors.torch import load_file, save_file
 
 from virnucpro_triton.checkpoints import (
@@ -338,3 +342,82 @@ def test_classifier_wrong_keys(tmp_path, virnucpro_pth):
     torch.save(state, tmp_path / "bad.pth")
     with pytest.raises(CheckpointError, match="missing keys: bn1.running_var"):
         load_classifier(tmp_path / "bad.pth")
+
+
+# ---- config.json values, through `export` ----
+
+CLI = str(Path(sys.executable).parent / "virnucpro-triton")
+
+
+def export_refusal(tmp_path: Path, option: str, directory: Path) -> tuple[str, float]:
+    """`export` of one model directory: its one-line refusal and the command's peak RSS."""
+    command = [CLI, "export", "--out", str(tmp_path / "repository"), option, str(directory)]
+    result, peak = peak_rss_mib(command)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1, result.stderr
+    assert not (tmp_path / "repository").exists()
+    return result.stderr, peak
+
+
+def with_config(directory: Path, change) -> Path:
+    config = json.loads((directory / "config.json").read_text())
+    config = change if isinstance(change, list) else {**config, **change}
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory / "config.json"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"num_hidden_layers": 20_000},
+            ": does not fit .*: num_hidden_layers=20000 but the weights",
+        ),
+        (
+            {"num_hidden_layers": 100_000},
+            ": does not fit .*: num_hidden_layers=100000 but the weights hold 2$",
+        ),
+        ({"hidden_size": "abc"}, ': hidden_size must be a whole number >= 1, not "abc"$'),
+        ({"num_attention_heads": 0}, ": num_attention_heads must be a whole number >= 1, not 0$"),
+        ({"num_attention_heads": 5}, ": num_attention_heads=5 does not divide the width 48$"),
+        ({"intermediate_size": -64}, ": intermediate_size must be a whole number >= 1, not -64$"),
+        ({"layer_norm_eps": "1e-12"}, ': layer_norm_eps must be a finite number > 0, not "1e-12"$'),
+        ({"vocab_size": True}, ": vocab_size must be a whole number >= 1, not true$"),
+        ([1, 2], ": expected a JSON object, found an array$"),
+    ],
+)
+def test_dnabert_config_values_are_checked_before_any_model_is_built(tmp_path, change, message):
+    write_dnabert_s_dir(tmp_path / "dnabert", TINY_DNABERT)
+    config = with_config(tmp_path / "dnabert", change)
+    stderr, peak = export_refusal(tmp_path, "--dnabert-s", tmp_path / "dnabert")
+    assert re.match(f"virnucpro-triton: error: {re.escape(str(config))}{message}", stderr.strip())
+    assert peak < 1024, peak  # 20,000 layers built took over a GiB and a minute
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"num_hidden_layers": 100_000}, ": does not fit .*: num_hidden_layers=100000 but the"),
+        ({"hidden_size": "abc"}, ': hidden_size must be a whole number >= 1, not "abc"$'),
+        ({"num_attention_heads": 0}, ": num_attention_heads must be a whole number >= 1, not 0$"),
+        ({"layer_norm_eps": -1e-5}, ": layer_norm_eps must be a finite number > 0, not -1e-05$"),
+        ({"token_dropout": "yes"}, ': token_dropout must be true or false, not "yes"$'),
+        ({"num_hidden_layers": None}, ": missing 'num_hidden_layers'$"),
+        ([], ": expected a JSON object, found an array$"),
+    ],
+)
+def test_hf_esm_config_values_are_checked_before_any_model_is_built(tmp_path, change, message):
+    write_hf_esm_dir(tmp_path / "esm")
+    if isinstance(change, dict) and None in change.values():
+        change = {
+            k: v
+            for k, v in json.loads((tmp_path / "esm" / "config.json").read_text()).items()
+            if k not in change
+        }
+        (tmp_path / "esm" / "config.json").write_text(json.dumps(change))
+        config = tmp_path / "esm" / "config.json"
+    else:
+        config = with_config(tmp_path / "esm", change)
+    stderr, peak = export_refusal(tmp_path, "--esm2", tmp_path / "esm")
+    assert re.match(f"virnucpro-triton: error: {re.escape(str(config))}{message}", stderr.strip())
+    assert peak < 1024, peak

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import json
 import os
 import random
 import re
@@ -295,6 +296,31 @@ def test_resume_refusal_does_not_also_say_resume_goes_on(server, tmp_path):
     )
 
 
+def test_resume_is_not_named_where_it_could_not_go_on(tmp_path):
+    from virnucpro_triton.results import journal
+    from virnucpro_triton.server import free_port
+
+    (tmp_path / "other.fa").write_text(f">o\n{B}\n")
+    (tmp_path / "in.fa").write_text(REFERENCE)
+    out = tmp_path / "out"
+    nowhere = f"127.0.0.1:{free_port()}"  # nothing listens: the run ends before any answer
+    # The journal of a stopped run of another input: --resume would refuse it.
+    other = journal.fingerprint(tmp_path / "other.fa", 300)
+    journal.Journal(out / journal.NAME, other, resume=False).close()
+    args = ["predict", str(tmp_path / "in.fa"), "--chunk-size", "300", "-o", str(out)]
+    result = cli(*args, "--url", nowhere, "--retry-seconds", "0")
+    stderr = result.stderr.decode()
+    assert result.returncode == 1 and nowhere in stderr, stderr
+    assert "--resume" not in stderr and len(stderr.splitlines()) == 1, stderr
+    # A journal of this input, but with no answer in it: --resume would start again.
+    this = journal.fingerprint(tmp_path / "in.fa", 300)
+    journal.Journal(out / journal.NAME, this, resume=False).close()
+    result = cli(*args, "--url", nowhere, "--retry-seconds", "0", "--resume")
+    stderr = result.stderr.decode()
+    assert result.returncode == 1 and nowhere in stderr, stderr
+    assert "--resume" not in stderr and len(stderr.splitlines()) == 1, stderr
+
+
 def test_a_reused_output_directory_keeps_only_the_last_runs_files(server, tmp_path):
     (tmp_path / "in.fa").write_text(REFERENCE)
     out = tmp_path / "out"
@@ -320,6 +346,78 @@ def test_a_reused_output_directory_keeps_only_the_last_runs_files(server, tmp_pa
         [*OUTPUTS, VIRUSES, RUN_INFO, "notes.txt"]
     )
     assert (out / "notes.txt").read_text() == "the user's own file\n"
+
+
+def test_a_directory_where_a_result_goes_keeps_the_older_run_whole(server, tmp_path):
+    (tmp_path / "old.fa").write_text(f">old\n{B}\n")
+    (tmp_path / "in.fa").write_text(REFERENCE)
+    out = tmp_path / "out"
+    first = cli(*predict_args(server, str(tmp_path / "old.fa"), out))
+    assert first.returncode == 0, first.stderr.decode()
+    (out / SUMMARY).unlink()
+    (out / SUMMARY).mkdir()  # where the next run's summary goes
+    older = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    result = cli(*predict_args(server, str(tmp_path / "in.fa"), out))
+    assert_one_line_error(
+        result,
+        f"{re.escape(str(out / SUMMARY))} is a directory, where the result file goes: move it "
+        "away or choose another output directory; --resume goes on from here",
+    )
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == {
+        **older,
+        ".predict-journal": (out / ".predict-journal").read_bytes(),
+    }  # the older run's files, untouched, and the journal; no .partial
+    (out / SUMMARY).rmdir()
+    resumed = cli(*predict_args(server, str(tmp_path / "in.fa"), out, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr.decode()
+    assert sorted(p.name for p in out.iterdir()) == sorted([*OUTPUTS, VIRUSES, RUN_INFO])
+
+
+def test_planted_symlinks_in_the_output_directory_are_never_followed(server, tmp_path):
+    from virnucpro_triton.results import journal
+
+    (tmp_path / "in.fa").write_text(REFERENCE)
+    victims = {name: tmp_path / f"victim{i}" for i, name in enumerate(["journal", "partial"])}
+    for victim in victims.values():
+        victim.write_text("the user's own file\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / journal.NAME).symlink_to(victims["journal"])
+    (out / f".{SUMMARY}.partial").symlink_to(victims["partial"])
+    resumed = cli(*predict_args(server, str(tmp_path / "in.fa"), out, "--resume"))
+    assert_one_line_error(
+        resumed,
+        f"--resume: {re.escape(str(out / journal.NAME))} is a symbolic link, not a journal this "
+        "program wrote; remove it and run without --resume",
+    )
+    result = cli(*predict_args(server, str(tmp_path / "in.fa"), out))
+    assert result.returncode == 0, result.stderr.decode()
+    assert sorted(p.name for p in out.iterdir()) == sorted([*OUTPUTS, VIRUSES, RUN_INFO])
+    for victim in victims.values():
+        assert victim.read_text() == "the user's own file\n"
+
+
+def test_resume_drops_a_block_that_claims_more_chunks_than_the_file_holds(server, tmp_path):
+    from virnucpro_triton.results import journal
+
+    (tmp_path / "in.fa").write_text(REFERENCE)
+    out = tmp_path / "out"
+    stopped = journal.Journal(
+        out / journal.NAME, journal.fingerprint(tmp_path / "in.fa", 300), resume=False
+    )
+    stopped.close()
+    at = (out / journal.NAME).stat().st_size
+    with open(out / journal.NAME, "ab") as handle:  # 0xFFFFFFFF chunks: 215 GiB of answers
+        handle.write(b"\xff\xff\xff\xff\x00\x00\x00\x00" + bytes(54))
+    result = cli(*predict_args(server, str(tmp_path / "in.fa"), out, "--resume"))
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stderr.decode() == (
+        f"virnucpro-triton: {out / journal.NAME}: the block at byte {at} is torn or damaged (a "
+        "run stopped while writing it): it and what follows are dropped, their chunks asked "
+        "again\n"
+    )
+    assert sorted(p.name for p in out.iterdir()) == sorted([*OUTPUTS, VIRUSES, RUN_INFO])
+    assert json.loads((out / RUN_INFO).read_text())["counts"]["resumed_chunks"] == 0
 
 
 def test_version_comes_from_the_package_metadata():

@@ -5,15 +5,18 @@ from __future__ import annotations
 import gzip
 import os
 import re
+import sys
 import threading
 from pathlib import Path
 
 import pytest
-from inputs import corrupt_gzip, write_fifo
+from inputs import corrupt_gzip, peak_rss_mib, write_fifo
 
 from virnucpro_triton.alphabet import DNA, EXPECTED, PROTEIN, first_invalid, nucleotides_only
 from virnucpro_triton.fasta import FastaError, check_input, is_stream, read_fasta
 from virnucpro_triton.records import unique_ids
+
+CLI = str(Path(sys.executable).parent / "virnucpro-triton")
 
 
 def records(path):
@@ -152,3 +155,32 @@ def test_one_alphabet_for_the_reader_the_client_and_the_server(tmp_path):
     assert check_protein("MKVLAAGIJOUXBZ") is None
     assert check_protein("MK*") == f"'*' is not {EXPECTED[PROTEIN]}"
     assert nucleotides_only("ACGTUNacgtun") and not nucleotides_only("MKVACGT")
+
+
+def test_lines_longer_than_a_read_piece_are_read_whole(tmp_path):
+    header, sequence = "h" * 3_000_000, "ACGT" * 700_000  # each over the 1 MiB read piece
+    (tmp_path / "long.fa").write_text(f">{header} x\n{sequence}\n>b\nAC")
+    assert records(tmp_path / "long.fa") == [(header, sequence, 1), ("b", "AC", 3)]
+
+
+@pytest.mark.parametrize(
+    ("head", "message"),
+    [
+        (b"", ":1: not a FASTA or FASTQ file: expected a header line starting with '>' or '@'"),
+        (b">a\n", ":2: line longer than 64 MiB"),
+    ],
+)
+def test_a_multi_gigabyte_file_without_line_breaks_is_refused_in_bounded_memory(
+    tmp_path, head, message
+):
+    path = tmp_path / "sparse.fa"
+    path.write_bytes(head)
+    os.truncate(path, 3 << 30)  # 3 GiB of NUL bytes, no line break, no disk used
+    out = tmp_path / "out"
+    command = [CLI, "preprocess", str(path), "--chunk-size", "300", "--out-dir", str(out)]
+    result, peak = peak_rss_mib(command)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith(f"virnucpro-triton: error: {path}{message}"), result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert peak < 512, peak  # a read of the whole line would take over 3 GiB
+    assert not out.exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -210,7 +211,12 @@ def test_random_weights_are_named_in_run_json_summary_and_report(server, mixed_f
     assert list(info["models"]) == list(repo.pipeline_entries(500))
     assert info["start_seconds"] is None  # no server started by this run
     weighted = [n for n in info["models"] if n != repo.PIPELINE]
-    assert all(info["models"][n]["random_weights"] == "true" for n in weighted)
+    # Triton's parameter strings in their JSON types: a boolean, an object of file -> sha256.
+    assert all(info["models"][n]["random_weights"] is True for n in weighted)
+    for name in weighted:
+        files = info["models"][name]["weights_sha256"]
+        assert isinstance(files, dict) and repo.WEIGHTS in files, files
+        assert all(re.fullmatch("[0-9a-f]{64}", digest) for digest in files.values())
     assert f"WARNING: {', '.join(weighted)} have RANDOM weights" in result.stdout
     assert f"  esm2: {repo.TINY_SOURCE.name}, fp32, RANDOM WEIGHTS" in result.stdout
     page = (out / "report.html").read_text()
@@ -218,7 +224,7 @@ def test_random_weights_are_named_in_run_json_summary_and_report(server, mixed_f
 
     # The same run had it been made with real weights: no banner, the sources listed.
     for about in info["models"].values():
-        about.update(random_weights="false", source="500_model.pth", source_sha256="ab" * 32)
+        about.update(random_weights=False, source="500_model.pth", source_sha256="ab" * 32)
     (out / RUN_INFO).write_text(json.dumps(info))
     page = write_report(out).read_text()
     assert 'class="random"' not in page

@@ -10,6 +10,7 @@ from conftest import PEER
 
 from virnucpro_triton.results.outputs import (
     ChunkVerdicts,
+    OutputError,
     atomic_files,
     prediction_rows,
     remove_stale,
@@ -107,3 +108,46 @@ def test_stale_files_of_the_program_go_and_foreign_files_stay(tmp_path):
     owned = ["prediction_results.txt", "prediction_results.jsonl", "report.html", "run.json"]
     remove_stale(tmp_path, owned, keep={"prediction_results.txt", "run.json"})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt", "run.json"]
+
+
+def test_a_directory_where_a_result_goes_stops_the_commit_before_any_rename(tmp_path):
+    (tmp_path / "a.txt").write_text("previous a\n")
+    (tmp_path / "b.txt").mkdir()
+    with pytest.raises(
+        OutputError, match=f"^{tmp_path / 'b.txt'} is a directory, where the result"
+    ):
+        with atomic_files(tmp_path, ["a.txt", "b.txt"]) as out:
+            out["a.txt"].write("new a\n")
+            out["b.txt"].write("new b\n")
+    assert (tmp_path / "a.txt").read_text() == "previous a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]  # no .partial
+
+
+def test_a_rename_that_fails_midway_puts_the_older_set_back(tmp_path):
+    for name in ["a.txt", "b.txt"]:
+        (tmp_path / name).write_text(f"previous {name}\n")
+    # b.txt cannot be set aside: its older file would go where a directory stands.
+    (tmp_path / ".b.txt.previous").mkdir()
+    (tmp_path / ".b.txt.previous" / "x").write_text("x")
+    with pytest.raises(OSError):
+        with atomic_files(tmp_path, ["a.txt", "b.txt"]) as out:
+            out["a.txt"].write("new a\n")
+            out["b.txt"].write("new b\n")
+    for name in ["a.txt", "b.txt"]:
+        assert (tmp_path / name).read_text() == f"previous {name}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".b.txt.previous", "a.txt", "b.txt"]
+
+
+def test_planted_scratch_symlinks_are_replaced_never_followed(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("not the run's\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".a.txt.partial").symlink_to(victim)
+    (out / ".a.txt.previous").symlink_to(victim)
+    (out / "a.txt").write_text("previous a\n")
+    with atomic_files(out, ["a.txt"]) as files:
+        files["a.txt"].write("new a\n")
+    assert victim.read_text() == "not the run's\n"
+    assert (out / "a.txt").read_text() == "new a\n" and not (out / "a.txt").is_symlink()
+    assert sorted(p.name for p in out.iterdir()) == ["a.txt"]

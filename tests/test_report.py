@@ -326,6 +326,60 @@ def test_report_on_incomplete_output_is_a_one_line_error(run, tmp_path, missing,
     assert not (out / REPORT).exists()
 
 
+def _set(info: dict, key: str, value) -> None:
+    *parts, last = key.split(".")
+    for part in parts:
+        info = info[part]
+    info[last] = value
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        (
+            "settings.chunk_size",
+            "300",
+            'settings.chunk_size must be a whole number >= 1, not "300"',
+        ),
+        ("settings.chunk_size", 0, "settings.chunk_size must be a whole number >= 1, not 0"),
+        ("settings.viral_above", "0.5", 'settings.viral_above must be a number, not "0.5"'),
+        ("settings.format", ["tsv"], 'settings.format must be a string, not ["tsv"]'),
+        ("counts.records", True, "counts.records must be a whole number >= 0, not true"),
+        ("counts.frames", None, "counts.frames must be a whole number >= 0, not null"),
+        ("counts.verdicts", [], "counts.verdicts must be an object, not []"),
+        (
+            "counts.verdicts.viral",
+            "3",
+            'counts.verdicts.viral must be a whole number >= 0, not "3"',
+        ),
+        ("wall_seconds", "fast", 'wall_seconds must be a number or null, not "fast"'),
+        ("models", ["esm2"], 'models must be an object, not ["esm2"]'),
+        ("models.esm2", "tiny", 'models.esm2 must be an object, not "tiny"'),
+        (
+            "models.esm2.random_weights",
+            "true",
+            'models.esm2.random_weights must be true or false, not "true"',
+        ),
+        ("models.esm2.source_sha256", 12, "models.esm2.source_sha256 must be a string, not 12"),
+        ("settings", [], "not a run.json of this version of `predict`"),
+    ],
+)
+def test_report_on_run_json_values_of_the_wrong_type_is_a_one_line_error(
+    run, tmp_path, key, value, message
+):
+    out = tmp_path / "out"
+    shutil.copytree(run, out)
+    (out / REPORT).unlink()
+    info = json.loads((out / "run.json").read_text())
+    _set(info, key, value)
+    (out / "run.json").write_text(json.dumps(info))
+    result = cli("report", str(out))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr == f"virnucpro-triton: error: {out}/run.json: {message}\n"
+    assert not (out / REPORT).exists()
+
+
 def test_report_command_with_top(run, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(run, out)

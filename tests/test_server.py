@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import signal
 import socket
@@ -171,6 +172,9 @@ def test_busy_port_is_detected_from_the_server_log(
         with pytest.raises(ServerError) as err:
             EmbeddedServer(repo, http_port=port).start(timeout=60)
     message = str(err.value)
+    log = Path(re.search(r"Full log: (\S+)", message).group(1))
+    assert log.exists()  # kept: the error names it
+    log.unlink()
     assert f"HTTP port {port} on 127.0.0.1 is already in use" in message
     # The front door, which serves the ports, quoted from the log.
     assert f"cannot listen on 127.0.0.1:{port} for HTTP: address already in use" in message
@@ -232,3 +236,27 @@ def test_stop_ends_server_and_stubs(tmp_path: Path, timeout: float) -> None:
     srv.stop()  # idempotent
     with pytest.raises(ServerError, match="not running"):
         srv.wait()
+
+
+@pytest.mark.server  # starts servers of its own
+def test_a_log_made_by_the_server_goes_on_a_clean_stop_and_stays_after_a_failure(
+    tmp_path: Path,
+) -> None:
+    repo = make_repository(tmp_path / "repo", echo=ECHO_MODEL)
+    clean = EmbeddedServer(repo).start()
+    assert clean.log_path.name.startswith("tritonserver-") and clean.log_path.exists()
+    clean.stop()
+    assert not clean.log_path.exists()
+
+    crashed = EmbeddedServer(repo).start()  # as `serve` sees a server that dies under it
+    try:
+        os.kill(crashed.pid, signal.SIGKILL)
+        assert crashed.wait() == -signal.SIGKILL
+        crashed.stop()
+        assert crashed.log_path.exists()  # `serve`'s error names it
+    finally:
+        crashed.log_path.unlink(missing_ok=True)
+
+    given = tmp_path / "given.log"  # a log the caller named is the caller's
+    EmbeddedServer(repo, log_path=given).start().stop()
+    assert given.exists()

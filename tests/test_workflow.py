@@ -320,6 +320,53 @@ def test_bad_sample_sheet_or_config_is_refused_in_one_line(tmp_path, sheet, conf
     assert "Traceback" not in output and 'File "' not in output
 
 
+def test_a_path_with_braces_is_refused_by_the_sheet_check_in_one_line(tmp_path):
+    write_project(tmp_path, {})
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "{sample}.fa").write_text(Path(READS).read_text())
+    (tmp_path / "samples.tsv").write_text(f"sample\tfasta\nS1\t{READS}\nS2\tdata/{{sample}}.fa\n")
+    with snakemake(tmp_path, "--dry-run") as process:
+        output, _ = process.communicate(timeout=120)
+    assert process.returncode == 1
+    errors = [line for line in output.splitlines() if line.startswith(ERROR)]
+    assert errors == [
+        f"{ERROR}samples.tsv line 3: sample 'S2': data/{{sample}}.fa: Snakemake reads braces in "
+        "a path as a wildcard; rename the file (or link it) without them"
+    ], output
+    assert "Traceback" not in output
+
+
+def test_sample_files_named_like_options_or_stdin_are_read_as_files(server, tmp_path):
+    write_project(tmp_path, {}, urls=[server.grpc_url], predict=THRESHOLDS)
+    for name in ["--help", "-"]:
+        (tmp_path / name).write_text(Path(READS).read_text())
+    (tmp_path / "samples.tsv").write_text("sample\tfasta\nhelp\t--help\ndash\t-\n")
+    run_workflow(tmp_path)
+    reference = predict_directly(Path(READS), tmp_path / "direct", server.grpc_url)
+    for sample in ["help", "dash"]:
+        assert_same_results(tmp_path / "results" / sample, reference)
+
+
+def test_planted_symlinks_in_the_results_are_never_followed(server, tmp_path):
+    write_project(tmp_path, {"reads": [Path(READS)]}, urls=[server.grpc_url])
+    results = tmp_path / "results"
+    (results / "reads").mkdir(parents=True)
+    victims = {}
+    for planted in [
+        "sequence_summary.tsv.partial",
+        "virus.fna.partial",
+        "reads/.virus.fna.partial",
+    ]:
+        victims[planted] = tmp_path / f"victim-{len(victims)}"
+        victims[planted].write_text("the user's own file\n")
+        (results / planted).symlink_to(victims[planted])
+    run_workflow(tmp_path)
+    for victim in victims.values():
+        assert victim.read_text() == "the user's own file\n"
+    assert not [p for p in results.rglob("*.partial")]
+    assert (results / "sequence_summary.tsv").read_text().startswith("sample\tid\t")
+
+
 def test_a_sample_predict_refuses_fails_its_job_naming_sample_and_reason(server, tmp_path):
     bad = tmp_path / "notes.fa"
     bad.write_text("these are notes, not sequences\n")

@@ -7,7 +7,9 @@ so no code from a checkpoint ever runs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import pickle
 import re
 from collections.abc import Callable, Iterable
@@ -141,9 +143,70 @@ def _load_strict(make: Callable[[], M], state: StateDict, path: Path) -> M:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
+        config = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path}: cannot read config: {e}") from e
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found {_json_type(config)}")
+    return config
+
+
+def _json_type(value: Any) -> str:
+    names = {
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+    }
+    return names.get(type(value), "null")  # a JSON value that is not an object
+
+
+# What each kind of config value must be, and how a refusal says it.
+_KINDS: dict[type, tuple[Callable[[Any], bool], str]] = {
+    int: (lambda v: type(v) is int and v >= 1, "a whole number >= 1"),
+    float: (
+        lambda v: type(v) in (int, float) and math.isfinite(v) and v > 0,
+        "a finite number > 0",
+    ),
+    bool: (lambda v: type(v) is bool, "true or false"),
+}
+
+
+def _config_values(
+    path: Path, config: dict[str, Any], kinds: dict[str, type], required: Iterable[str] = ()
+) -> dict[str, Any]:
+    """The entries of `config` named in `kinds` (those present), each of its kind (int: a
+    whole number >= 1, float: a finite number > 0, bool); one line naming the first that is
+    not, or a `required` one that is absent."""
+    if absent := [key for key in required if key not in config]:
+        raise CheckpointError(f"{path}: missing {', '.join(map(repr, absent))}")
+    values = {key: config[key] for key in kinds if key in config}
+    for key, value in values.items():
+        valid, words = _KINDS[kinds[key]]
+        if not valid(value):
+            raise CheckpointError(
+                f"{path}: {key} must be {words}, not {json.dumps(value, default=repr)[:40]}"
+            )
+    return values
+
+
+def _check_sizes(path: Path, weights: Path, sizes: dict[str, tuple[int, int | None]]) -> None:
+    """Sizes a config declares ({key: (declared, held by the weights or None)}) against its
+    weights, before any model is built: one of a huge declared size would take minutes and
+    gigabytes to build only to fail the strict check."""
+    wrong = [
+        f"{key}={declared} but the weights hold {held}"
+        for key, (declared, held) in sizes.items()
+        if held is not None and declared != held
+    ]
+    if wrong:
+        raise CheckpointError(f"{path}: does not fit {weights}: {'; '.join(wrong)}")
+
+
+def _check_heads(path: Path, key: str, heads: int, width: int) -> None:
+    if width % heads:
+        raise CheckpointError(f"{path}: {key}={heads} does not divide the width {width}")
 
 
 def _weights_file(directory: Path) -> Path:
@@ -156,11 +219,22 @@ def _weights_file(directory: Path) -> Path:
 def load_dnabert_s(directory: str | Path) -> tuple[DnabertS, DnabertConfig, Path]:
     """DNABERT-S (or DNABERT-2) from a Hugging Face model directory; returns the tokenizer path."""
     directory = Path(directory)
-    config = DnabertConfig.from_dict(_read_json(directory / "config.json"))
+    config_path = directory / "config.json"
+    kinds = {f.name: type(f.default) for f in dataclasses.fields(DnabertConfig)}
+    # Keys of config.json that DnabertConfig has no field for are not read.
+    config = DnabertConfig(**_config_values(config_path, _read_json(config_path), kinds))
+    _check_heads(config_path, "num_attention_heads", config.num_attention_heads, config.hidden_size)
     weights = _weights_file(directory)
     # DNABERT-2 stores the encoder under "bert." next to an MLM head ("cls."); the pooler is unused.
     state = {k.removeprefix("bert."): v for k, v in _read_state_dict(weights).items()}
     state = {k: v for k, v in state.items() if not k.startswith(("pooler.", "cls."))}
+    embedding = _shape(state, "embeddings.word_embeddings.weight")
+    sizes = {
+        "num_hidden_layers": (config.num_hidden_layers, _layer_count(state, "encoder.layer")),
+        "vocab_size": (config.vocab_size, embedding[0]),
+        "hidden_size": (config.hidden_size, embedding[1]),
+    }
+    _check_sizes(config_path, weights, sizes)
     model = _load_strict(lambda: DnabertS(config), state, weights)
 
     tokenizer_path = directory / "tokenizer.json"
@@ -185,9 +259,17 @@ def load_esm2(path: str | Path) -> tuple[Esm2, Esm2Config]:
     return model.eval(), config
 
 
-def _layer_count(state: StateDict) -> int:
-    indices = {int(m.group(1)) for k in state if (m := re.match(r"layers\.(\d+)\.", k))}
+def _layer_count(state: StateDict, prefix: str = "layers") -> int:
+    pattern = re.compile(rf"{re.escape(prefix)}\.(\d+)\.")
+    indices = {int(m.group(1)) for k in state if (m := pattern.match(k))}
     return max(indices) + 1 if indices else 0
+
+
+def _shape(state: StateDict, key: str) -> tuple[int | None, int | None]:
+    """The two sizes of a 2-D tensor of the weights, or None where they are not to be had (the
+    strict check then names the key)."""
+    tensor = state.get(key)
+    return tuple(tensor.shape) if tensor is not None and tensor.ndim == 2 else (None, None)
 
 
 def _load_fair_esm(path: Path) -> tuple[Esm2, Esm2Config]:
@@ -207,9 +289,12 @@ def _load_fair_esm(path: Path) -> tuple[Esm2, Esm2Config]:
 
     # cfg["model"] is an argparse.Namespace in the releases; accept a plain dict as well.
     arg = args.get if isinstance(args, dict) else lambda name: getattr(args, name, None)
-    num_layers = arg("encoder_layers") or _layer_count(state)
-    embed_dim = arg("encoder_embed_dim") or state["embed_tokens.weight"].shape[1]
-    heads = arg("encoder_attention_heads")
+    kinds = {"encoder_layers": int, "encoder_embed_dim": int, "encoder_attention_heads": int}
+    declared = {name: arg(name) for name in kinds if arg(name) is not None}
+    declared = _config_values(path, declared, kinds)
+    num_layers = declared.get("encoder_layers") or _layer_count(state)
+    embed_dim = declared.get("encoder_embed_dim") or state["embed_tokens.weight"].shape[1]
+    heads = declared.get("encoder_attention_heads")
     if heads is None:
         try:
             heads = infer_esm2_heads(num_layers, embed_dim)
@@ -221,6 +306,7 @@ def _load_fair_esm(path: Path) -> tuple[Esm2, Esm2Config]:
         attention_heads=heads,
         token_dropout=arg("token_dropout") is not False,
     )
+    _check_esm2_sizes(path, path, config, state, tuple(kinds))
     model = _load_strict(lambda: Esm2(config), state, path)
     return model, config
 
@@ -270,16 +356,16 @@ def _load_hf_esm(directory: Path) -> tuple[Esm2, Esm2Config]:
         raise CheckpointError(
             f"{config_path}: not an ESM-2 config (needs rotary positions, no emb_layer_norm_before)"
         )
-    try:
-        config = Esm2Config(
-            num_layers=hf["num_hidden_layers"],
-            embed_dim=hf["hidden_size"],
-            attention_heads=hf["num_attention_heads"],
-            layer_norm_eps=hf["layer_norm_eps"],
-            token_dropout=hf.get("token_dropout", True),
-        )
-    except KeyError as e:
-        raise CheckpointError(f"{config_path}: missing {e}") from None
+    names = {
+        "num_hidden_layers": ("num_layers", int),
+        "hidden_size": ("embed_dim", int),
+        "num_attention_heads": ("attention_heads", int),
+        "layer_norm_eps": ("layer_norm_eps", float),
+        "token_dropout": ("token_dropout", bool),
+    }
+    kinds = {key: kind for key, (_, kind) in names.items()}
+    values = _config_values(config_path, hf, kinds, required=list(names)[:4])
+    config = Esm2Config(**{names[key][0]: value for key, value in values.items()})
     fixed = {
         "vocab_size": len(PROTEIN_ALPHABET),
         "intermediate_size": 4 * config.embed_dim,
@@ -294,11 +380,25 @@ def _load_hf_esm(directory: Path) -> tuple[Esm2, Esm2Config]:
     unused = ("lm_head.", "contact_head.", "pooler.", "embeddings.position_ids")
     state = {_hf_esm_key(k): v for k, v in state.items() if not k.startswith(unused)}
     shared = [state.pop(k) for k in _HF_SHARED_INV_FREQ if k in state]
+    _check_esm2_sizes(config_path, weights, config, state, tuple(names)[:3])
     if shared:
         for i in range(config.num_layers):
             state.setdefault(f"layers.{i}.self_attn.rot_emb.inv_freq", shared[0])
     model = _load_strict(lambda: Esm2(config), state, weights)
     return model, config
+
+
+def _check_esm2_sizes(
+    path: Path, weights: Path, config: Esm2Config, state: StateDict, keys: tuple[str, str, str]
+) -> None:
+    """`keys`: the config's names of the layer count, the width and the head count."""
+    layers, width, heads = keys
+    _check_heads(path, heads, config.attention_heads, config.embed_dim)
+    sizes = {
+        layers: (config.num_layers, _layer_count(state)),
+        width: (config.embed_dim, _shape(state, "embed_tokens.weight")[1]),
+    }
+    _check_sizes(path, weights, sizes)
 
 
 def _record_part(state: Any, key: str, path: Path, where: str) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import sys
@@ -84,7 +85,8 @@ def _fail(message: str) -> None:
     sys.exit(1)
 
 
-# Where a command is stopped, a journal at this path (ctx.meta) means `--resume` goes on from it.
+# Where a command is stopped, this function (ctx.meta) says whether `--resume` goes on from
+# its journal.
 _RESUMABLE = "virnucpro_triton.resumable"
 
 
@@ -100,17 +102,17 @@ class _Commands(click.Group):
                 return super().invoke(ctx)
         except KeyboardInterrupt as stop:
             stop = stop if isinstance(stop, Interrupted) else Interrupted(signal.SIGINT)
-            journal = ctx.meta.get(_RESUMABLE)
+            resumable = ctx.meta.get(_RESUMABLE)
             hint = "; the same command with --resume goes on from here" * bool(
-                journal and journal.exists()
+                resumable and resumable()
             )
             click.echo(f"virnucpro-triton: stopped by {stop}{hint}", err=True)
             sys.exit(stop.exit_status)
         except BrokenPipeError:
             raise  # a closed stdout (`| head`): click ends quietly, as the reader wanted
         except (VirnucproError, OSError) as error:
-            journal = ctx.meta.get(_RESUMABLE)
-            resumable = journal and journal.exists() and getattr(error, "resumable", True)
+            resumable = ctx.meta.get(_RESUMABLE)
+            resumable = getattr(error, "resumable", True) and resumable and resumable()
             _fail(f"{error}{'; --resume goes on from here' if resumable else ''}")
 
 
@@ -431,13 +433,15 @@ def predict(
         check_entries(repository, pipeline_entries(int(chunk_size)))  # before anything slow
     from virnucpro_triton.client.predict import predict as run
     from virnucpro_triton.fasta import check_input
+    from virnucpro_triton.results import journal
     from virnucpro_triton.results.evidence import Thresholds
-    from virnucpro_triton.results.journal import NAME as JOURNAL
 
     _log_to_stderr()
     thresholds = Thresholds(viral_above, nonviral_below, min_chunks)
     # From here, an error or a stop says whether --resume can go on from the run's journal.
-    click.get_current_context().meta[_RESUMABLE] = out_dir / JOURNAL
+    click.get_current_context().meta[_RESUMABLE] = functools.partial(
+        journal.resumable, out_dir / journal.NAME, fasta, int(chunk_size), min_length
+    )
     check_input(fasta)  # refuse a missing or non-FASTA file before starting a server
     with _servers(addresses, repository) as (servers, start_seconds):
         summary = run(

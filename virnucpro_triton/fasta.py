@@ -10,6 +10,7 @@ FASTQ qualities are read past and ignored: a record is its id and its sequence, 
 from __future__ import annotations
 
 import errno
+import functools
 import gzip
 import io
 import os
@@ -18,7 +19,7 @@ import stat
 import sys
 import zlib
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from itertools import chain
@@ -33,6 +34,10 @@ from virnucpro_triton.errors import VirnucproError
 
 STDIN = "-"  # the input argument that reads standard input
 _GZIP_MAGIC = b"\x1f\x8b"
+# The longest line read (a header or a sequence line): one with no line break in sight is not
+# FASTA, and a whole genome unwrapped on one line still fits. Lines are read in pieces.
+MAX_LINE_BYTES = 64 << 20
+_PIECE = 1 << 20
 # Control characters (tab, the id/description separator, aside): an id holding one would
 # reach the TSVs raw and break or spoof their rows and a terminal showing them.
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
@@ -88,10 +93,7 @@ def read_fasta(path: Path | str, alphabet: str = DNA) -> Iterator[Record]:
         elif first.startswith("@"):
             yield from _fastq(lines, first, alphabet)
         else:
-            raise FastaError(
-                f"{name}:{lines.number}: not a FASTA or FASTQ file: expected a header line "
-                f"starting with '>' or '@', found {first.strip()[:40]!r}"
-            )
+            raise lines.not_fasta(first.strip()[:40])
 
 
 def _check_path(path: Path | str) -> None:
@@ -146,27 +148,34 @@ class _Prefixed(io.RawIOBase):
 
 class _Lines:
     """The input's decoded lines from the first non-blank one, counted: `number` is the line
-    last read, which is what every error points at."""
+    last read, which is what every error points at.
 
-    def __init__(self, name: str, binary: Iterable[bytes]):
+    A line is read a piece at a time and may be at most MAX_LINE_BYTES long, so that an input
+    with no line break (a binary or sparse file) is refused after a bounded read, and what is
+    not FASTA or FASTQ is told by the first piece of its first line."""
+
+    def __init__(self, name: str, binary: BinaryIO):
         self.name = name
         self.number = 0
+        self.started = False  # a non-blank line was read
         self._lines = self._decoded(binary)
 
     def __iter__(self) -> Iterator[str]:
         return self._lines
 
-    def _decoded(self, binary: Iterable[bytes]) -> Iterator[str]:
-        started = False
+    def _decoded(self, binary: BinaryIO) -> Iterator[str]:
+        started = False  # self.started, kept local: this loop runs for every line
         try:
-            for raw in binary:
+            for raw in iter(functools.partial(binary.readline, _PIECE), b""):
                 self.number += 1
+                if raw[-1] != 10:  # no "\n": the line goes on past this piece
+                    raw = self._rest_of_line(binary, raw)
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as error:
                     raise self.error(f"not a text FASTA or FASTQ file ({error.reason})") from None
                 if started or line.strip():
-                    started = True
+                    started = self.started = True
                     yield line
         except (EOFError, zlib.error, gzip.BadGzipFile) as error:
             self.number += 1
@@ -175,8 +184,31 @@ class _Lines:
             self.number += 1
             raise self.error(f"cannot be read: {error.strerror or error}") from None
 
+    def _rest_of_line(self, binary: BinaryIO, piece: bytes) -> bytes:
+        """A line longer than a piece, whole: refused as soon as its first piece shows the
+        input is not FASTA or FASTQ, or once it passes MAX_LINE_BYTES."""
+        found = piece.lstrip()
+        if not self.started and found and found[:1] not in b">@":
+            raise self.not_fasta(found[:40].decode(errors="replace"))
+        pieces, size = [piece], len(piece)
+        while not piece.endswith(b"\n") and (piece := binary.readline(_PIECE)):
+            pieces.append(piece)
+            size += len(piece)
+            if size > MAX_LINE_BYTES:
+                raise self.error(
+                    f"line longer than {MAX_LINE_BYTES >> 20} MiB (is it FASTA or FASTQ? "
+                    "a longer sequence must be wrapped over several lines)"
+                )
+        return b"".join(pieces)
+
     def error(self, message: str) -> FastaError:
         return FastaError(f"{self.name}:{self.number}: {message}")
+
+    def not_fasta(self, found: str) -> FastaError:
+        return self.error(
+            "not a FASTA or FASTQ file: expected a header line starting with '>' or '@', "
+            f"found {found!r}"
+        )
 
 
 def _fasta(lines: _Lines, first: str, alphabet: str) -> Iterator[Record]:

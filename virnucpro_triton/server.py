@@ -220,6 +220,10 @@ class EmbeddedServer:
             "HTTP": http_port or next(free),
             "metrics": metrics_port or next(free),
         }
+        # A log made here is the server's scratch: stop() removes it, unless the server failed
+        # (exited by itself, or was not ready), when the error that says so names it.
+        self._own_log = log_path is None
+        self._failed = False
         if log_path is None:
             fd, name = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
             os.close(fd)
@@ -394,6 +398,7 @@ class EmbeddedServer:
 
     def _fail(self, what: str) -> ServerError:
         """Stop the server and build an error explaining its failure from the log."""
+        self._failed = True
         self.stop()
         log = self.log_path.read_bytes()[self._log_start :].decode(errors="replace")
         lines = [ln for ln in log.splitlines() if _ERROR_LINE.search(ln) and _NOISE not in ln]
@@ -423,10 +428,13 @@ class EmbeddedServer:
         )
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Shut the server down gracefully, killing it and its stubs after ``timeout`` seconds."""
+        """Shut the server down gracefully, killing it and its stubs after ``timeout`` seconds.
+
+        The log this server made itself goes too, unless the server failed."""
         proc, self._proc = self._proc, None
         if proc is None:
             return
+        self._failed |= proc.poll() is not None  # it exited before it was asked to
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -447,6 +455,8 @@ class EmbeddedServer:
             region.unlink(missing_ok=True)
         if self._sockets is not None:
             shutil.rmtree(self._sockets, ignore_errors=True)
+        if self._own_log and not self._failed:
+            self.log_path.unlink(missing_ok=True)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -9,7 +9,6 @@ whose length is unknown is read once.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import sys
 import tempfile
@@ -32,7 +31,7 @@ from virnucpro_triton.fasta import Record, is_stream, read_fasta
 from virnucpro_triton.interrupt import run_interruptible
 from virnucpro_triton.records import unique_ids
 from virnucpro_triton.repository.spec import DNABERT_S, EMBEDDING, ESM2, SEQUENCE
-from virnucpro_triton.results.outputs import make_directory, remove_if_empty
+from virnucpro_triton.results.outputs import atomic_files
 
 ALPHABET = {DNABERT_S: DNA, ESM2: PROTEIN}
 log = logging.getLogger("virnucpro_triton.client")
@@ -71,9 +70,6 @@ def embed(
         resolve_seconds=resolve_seconds,
         max_message_mb=max_message_mb,
     )
-    created = make_directory(out.parent)
-    partial = out.with_name(f".{out.name}.partial")
-    partial_ids = ids_path(partial)
     count, dim = 0, 0
 
     async def write_all(rows, id_file, bar) -> None:
@@ -89,29 +85,21 @@ def embed(
             id_file.writelines(f"{i}\n" for i in ids)
             bar.update(len(ids))
 
-    done = False
     try:
         with (
+            atomic_files(out.parent, (out.name, ids_path(out).name), binary={out.name}) as files,
             tempfile.TemporaryFile(dir=out.parent) as rows,
-            open(partial_ids, "w") as id_file,
             tqdm(total=total, unit="record", disable=not progress, desc="embedding") as bar,
         ):
-            run_interruptible(write_all(rows, id_file, bar))
-            with open(partial, "wb") as matrix:
-                header = {"descr": "<f4", "fortran_order": False, "shape": (count, dim)}
-                np.lib.format.write_array_header_1_0(matrix, header)
-                rows.seek(0)
-                shutil.copyfileobj(rows, matrix)
-        if total is None:
-            dna_as_protein.warn()
-        os.replace(partial, out)
-        os.replace(partial_ids, ids_path(out))
-        done = True
+            run_interruptible(write_all(rows, files[ids_path(out).name], bar))
+            matrix = files[out.name]
+            header = {"descr": "<f4", "fortran_order": False, "shape": (count, dim)}
+            np.lib.format.write_array_header_1_0(matrix, header)
+            rows.seek(0)
+            shutil.copyfileobj(rows, matrix)
+            if total is None:
+                dna_as_protein.warn()
     finally:
-        partial.unlink(missing_ok=True)
-        partial_ids.unlink(missing_ok=True)
-        if not done:
-            remove_if_empty(out.parent, created)
         connection.close()
     return count, dim
 

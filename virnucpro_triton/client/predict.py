@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -51,7 +52,7 @@ class RunSummary:
     resumed_chunks: int = 0  # answered from the journal of an earlier, stopped run
     endpoints: tuple[EndpointStats, ...] = ()
     verdicts: dict[str, int] = field(default_factory=dict)  # sequences per weighted verdict
-    models: dict[str, dict[str, str]] = field(default_factory=dict)  # provenance.models
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)  # provenance.models
     start_seconds: float | None = None  # of the embedded server, when one was started
 
     @property

@@ -5,33 +5,36 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from virnucpro_triton.repository import FP8_VERIFIED, PROVENANCE
+from virnucpro_triton.repository import FP8_VERIFIED, PROVENANCE, provenance_values
 
 _log = logging.getLogger(__name__)
 
 
-def provenance(url: str, names: Iterable[str]) -> dict[str, dict[str, str]]:
+def provenance(url: str, names: Iterable[str]) -> dict[str, dict[str, Any]]:
     """Where each entry's weights came from, as its config parameters say (export writes
-    repository.PROVENANCE, esm2's fp8 and fp8_verified); {} for an entry exported before
-    they existed."""
+    repository.PROVENANCE, esm2's fp8 and fp8_verified), each in its JSON type; {} for an
+    entry exported before they existed."""
     found = {}
     with grpcclient.InferenceServerClient(url) as client:
         for name in names:
             config = client.get_model_config(name, as_json=True, client_timeout=30)["config"]
             parameters = config.get("parameters", {})
-            found[name] = {
-                key: parameters[key].get("string_value", "")
-                for key in (*PROVENANCE, "fp8", FP8_VERIFIED)
-                if key in parameters
-            }
+            found[name] = provenance_values(
+                {
+                    key: parameters[key].get("string_value", "")
+                    for key in (*PROVENANCE, "fp8", FP8_VERIFIED)
+                    if key in parameters
+                }
+            )
     return found
 
 
-def models(urls: Iterable[str], names: Iterable[str]) -> dict[str, dict[str, str]]:
+def models(urls: Iterable[str], names: Iterable[str]) -> dict[str, dict[str, Any]]:
     """The provenance of `names` on the first server; a warning when another one serves other
     models (results then mix them)."""
     names = list(names)

@@ -29,12 +29,6 @@ class DnabertConfig:
     layer_norm_eps: float = 1e-12
     type_vocab_size: int = 2
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> DnabertConfig:
-        """From a Hugging Face style config.json dict; unknown keys are ignored."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

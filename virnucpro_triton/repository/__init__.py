@@ -93,6 +93,7 @@ from virnucpro_triton.repository.weights import (  # noqa: F401
     architecture_of,
     fp8_layers,
     load_model,
+    provenance_values,
     read_architecture,
     require_readable,
     runtime_of,

@@ -3,6 +3,7 @@ architecture.json and the provenance its config records."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -69,6 +70,25 @@ def sha256_of(path: Path) -> str:
         while block := handle.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
+
+
+# Provenance parameters that are not text: Triton's config parameters are strings, run.json
+# gives them their JSON types (provenance_values).
+_TYPED_PROVENANCE = {
+    "weights_sha256": json.loads,
+    "random_weights": {"true": True, "false": False}.__getitem__,
+}
+
+
+def provenance_values(parameters: dict[str, str]) -> dict[str, Any]:
+    """An entry's provenance parameters in their JSON types: `random_weights` a boolean,
+    `weights_sha256` an object; a value that does not decode is left as its text."""
+    values: dict[str, Any] = dict(parameters)
+    for key, decode in _TYPED_PROVENANCE.items():
+        if key in values:
+            with contextlib.suppress(KeyError, ValueError):
+                values[key] = decode(values[key])
+    return values
 
 
 def _provenance(version: Path, source: Source | None, dtype: str | None) -> dict[str, str]:

@@ -11,19 +11,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import struct
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from virnucpro_triton.errors import ClientError
+from virnucpro_triton.results.outputs import create_exclusive
 
 NAME = ".predict-journal"
 _MAGIC = b"virnucpro-triton journal 1\n"
 _BLOCK = struct.Struct("<II")  # chunks in the block, CRC-32 of its payload
 _ROW_BYTES = 6 * 2 * 4 + 6  # float32 probabilities [6, 2] + bool kept [6]
 _SAMPLE = 1 << 20
+_log = logging.getLogger(__name__)
 
 
 class ResumeRefused(ClientError):
@@ -51,17 +56,45 @@ def fingerprint(fasta: Path, chunk_size: int, min_length: int = 0) -> dict:
     }
 
 
+def _header(handle: BinaryIO) -> dict | None:
+    """The run a journal belongs to (its fingerprint), read from its start; None if it is no
+    journal of this program."""
+    magic, header = handle.readline(), handle.readline()
+    try:
+        return json.loads(header) if magic == _MAGIC else None
+    except ValueError:
+        return None
+
+
+def resumable(path: Path, fasta: Path, chunk_size: int, min_length: int) -> bool:
+    """Whether `--resume` would go on from the journal at `path`: one of this input and these
+    settings that holds answers (with none, or another run's, it would start again or refuse)."""
+    try:
+        if path.is_symlink():
+            return False
+        with open(path, "rb") as handle:
+            belongs = _header(handle) == fingerprint(fasta, chunk_size, min_length)
+            return belongs and len(handle.read(_BLOCK.size)) == _BLOCK.size
+    except OSError:
+        return False
+
+
 class Journal:
     def __init__(self, path: Path, run: dict, *, resume: bool):
         """Open the journal at `path` for the run `run` (a fingerprint); with `resume`, keep the
         answers of an earlier run of the same input, else start empty."""
         self.path = path
         self.recorded = 0  # chunks whose answers the journal holds
+        if resume and path.is_symlink():
+            raise ResumeRefused(
+                f"--resume: {path} is a symbolic link, not a journal this program wrote; "
+                "remove it and run without --resume"
+            )
         if resume and path.exists():
             self._reopen(run)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._handle = open(path, "wb")
+            self._handle = create_exclusive(path, binary=True)
             self._handle.write(_MAGIC + json.dumps(run, sort_keys=True).encode() + b"\n")
             self._handle.flush()
             self._data_start = self._handle.tell()
@@ -71,11 +104,7 @@ class Journal:
 
     def _reopen(self, run: dict) -> None:
         with open(self.path, "rb") as handle:
-            magic, header = handle.readline(), handle.readline()
-            try:
-                earlier = json.loads(header) if magic == _MAGIC else None
-            except ValueError:
-                earlier = None
+            earlier = _header(handle)
             if earlier is None:
                 raise ResumeRefused(
                     f"--resume: {self.path} is not a journal of this program; run without "
@@ -89,13 +118,19 @@ class Journal:
                     "to start again"
                 )
             self._data_start = end = handle.tell()
-            while True:  # keep whole, intact blocks; a torn tail is where the run was killed
+            size = os.fstat(handle.fileno()).st_size
+            while end < size:  # keep whole, intact blocks; a torn tail is where the run was killed
                 head = handle.read(_BLOCK.size)
-                if len(head) < _BLOCK.size:
-                    break
-                count, crc = _BLOCK.unpack(head)
-                payload = handle.read(count * _ROW_BYTES)
-                if len(payload) < count * _ROW_BYTES or zlib.crc32(payload) != crc:
+                count, crc = _BLOCK.unpack(head) if len(head) == _BLOCK.size else (0, None)
+                # A count beyond what the file holds is torn too, and is never read into memory.
+                whole = crc is not None and count * _ROW_BYTES <= size - handle.tell()
+                if not whole or zlib.crc32(handle.read(count * _ROW_BYTES)) != crc:
+                    _log.warning(
+                        "%s: the block at byte %d is torn or damaged (a run stopped while "
+                        "writing it): it and what follows are dropped, their chunks asked again",
+                        self.path,
+                        end,
+                    )
                     break
                 self.recorded += count
                 end = handle.tell()

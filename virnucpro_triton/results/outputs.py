@@ -14,6 +14,8 @@ import numpy as np
 from Bio.Seq import Seq
 from Bio.SeqRecord import SeqRecord
 
+from virnucpro_triton.errors import VirnucproError
+
 PREDICTIONS = "prediction_results.txt"
 VERDICTS = "prediction_results_highestscore.csv"
 SUMMARY = "sequence_summary.tsv"
@@ -34,23 +36,33 @@ SUMMARY_COLUMNS = (
 )
 
 
+class OutputError(VirnucproError, RuntimeError):
+    """A result file cannot be put in place; the message names the path."""
+
+
 @contextmanager
 def atomic_files(
     directory: Path, names: Iterable[str], binary: Collection[str] = ()
 ) -> Iterator[dict[str, IO]]:
-    """Open `names` for writing as temporary files; rename them into place only on success.
+    """Open `names` for writing as temporary files; move them into place only on success, all
+    of them or none.
 
     A run that fails leaves no file that looks complete (and keeps an older complete set), nor
-    a directory it created. Names in `binary` are opened in binary mode, the others as text.
+    a directory it created, nor a temporary file. Names in `binary` are opened in binary mode,
+    the others as text.
     """
     created = make_directory(directory)
-    temps = {name: directory / f".{name}.partial" for name in names}
-    handles = {
-        name: open(temp, "wb") if name in binary else open(temp, "w", newline="\n")
-        for name, temp in temps.items()
-    }
+    temps: dict[str, Path] = {}
+    handles: dict[str, IO] = {}
     try:
+        for name in names:
+            temp = directory / f".{name}.partial"
+            handles[name] = create_exclusive(temp, binary=name in binary)
+            temps[name] = temp  # only the program's own: what it created
         yield handles
+        for handle in handles.values():
+            handle.close()
+        _commit(directory, temps)
     except BaseException:
         for handle in handles.values():
             handle.close()
@@ -58,10 +70,49 @@ def atomic_files(
             temp.unlink(missing_ok=True)
         remove_if_empty(directory, created)
         raise
-    for handle in handles.values():
-        handle.close()
-    for name, temp in temps.items():
-        os.replace(temp, directory / name)
+
+
+def create_exclusive(path: Path, binary: bool = False) -> IO:
+    """A new file at `path`, opened for writing, that is certainly the program's own.
+
+    What stands there (the scratch file of a killed run, or a symbolic link someone planted to
+    have another file overwritten) is removed, never followed: the file is then created with
+    O_EXCL | O_NOFOLLOW, so one put back in between makes this fail instead.
+    """
+    with suppress(FileNotFoundError):
+        path.unlink()
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+    return os.fdopen(descriptor, "wb") if binary else os.fdopen(descriptor, "w", newline="\n")
+
+
+def _commit(directory: Path, temps: dict[str, Path]) -> None:
+    """Rename each temporary file onto its name: every target is checked first, and an older
+    file is kept aside until all are in place, so a rename that fails puts the older set back."""
+    for name in temps:
+        target = directory / name
+        if target.is_dir() and not target.is_symlink():
+            raise OutputError(
+                f"{target} is a directory, where the result file goes: move it away or "
+                "choose another output directory"
+            )
+    kept: dict[Path, Path] = {}  # target -> its older file, set aside
+    placed: list[Path] = []
+    try:
+        for name, temp in temps.items():
+            target = directory / name
+            if target.is_symlink() or target.exists():
+                kept[target] = directory / f".{name}.previous"
+                os.replace(target, kept[target])
+            os.replace(temp, target)
+            placed.append(target)
+    except BaseException:
+        for target in placed:
+            target.unlink(missing_ok=True)
+        for target, older in kept.items():
+            os.replace(older, target)
+        raise
+    for older in kept.values():
+        older.unlink()
 
 
 def remove_stale(directory: Path, owned: Iterable[str], keep: Collection[str]) -> None:

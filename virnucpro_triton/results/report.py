@@ -16,6 +16,7 @@ import base64
 import heapq
 import html
 import io
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,10 +53,34 @@ COLORS = {
 
 
 _NUMBERS = ("weighted_score", "max_p_virus")  # summary columns read as numbers ("NA": NaN)
-# What the report reads from run.json.
-_RUN_INFO_KEYS = {
-    "settings": ("format", "chunk_size", "viral_above", "nonviral_below", "min_chunks"),
-    "counts": ("records", "verdicts"),
+# The JSON types of what the report reads from run.json: a check and how a refusal says it.
+_COUNT = (lambda v: type(v) is int and v >= 0, "a whole number >= 0")
+_SIZE = (lambda v: type(v) is int and v >= 1, "a whole number >= 1")
+_NUMBER = (lambda v: type(v) in (int, float), "a number")
+_NUMBER_OR_NULL = (lambda v: v is None or type(v) in (int, float), "a number or null")
+_TEXT = (lambda v: isinstance(v, str), "a string")
+_OBJECT = (lambda v: isinstance(v, dict), "an object")
+_RUN_INFO_KEYS = {  # those every run.json of this version holds
+    "settings.format": _TEXT,
+    "settings.chunk_size": _SIZE,
+    "settings.viral_above": _NUMBER,
+    "settings.nonviral_below": _NUMBER,
+    "settings.min_chunks": _COUNT,
+    "counts.records": _COUNT,
+    "counts.verdicts": _OBJECT,
+}
+_RUN_INFO_OPTIONAL = {
+    "models": _OBJECT,
+    "versions": _OBJECT,
+    **dict.fromkeys(
+        ("start_seconds", "wall_seconds", "chunks_per_second", "frames_per_second"),
+        _NUMBER_OR_NULL,
+    ),
+}
+# An entry's provenance in `models` (client/provenance.py): what describe() reads.
+_PROVENANCE_KINDS = {
+    **dict.fromkeys(("source", "source_sha256", "dtype", "fp8", "virnucpro_triton_version"), _TEXT),
+    "random_weights": (lambda v: type(v) is bool, "true or false"),
 }
 
 
@@ -114,6 +139,14 @@ def write_report(out_dir: Path, top: int = TOP) -> Path:
     return out_dir / REPORT
 
 
+def _check_value(path: Path, key: str, value: object, kind: tuple) -> None:
+    valid, words = kind
+    if not valid(value):
+        shown = json.dumps(value)
+        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        raise ReportError(f"{path}: {key} must be {words}, not {shown}")
+
+
 def _require(path: Path) -> None:
     if not path.is_file():
         raise ReportError(f"{path}: no such file (not the output of a finished `predict` run?)")
@@ -126,14 +159,27 @@ def _run_info(out_dir: Path) -> dict:
         info = run_info.read(out_dir)
     except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError is a ValueError
         raise ReportError(f"{path}: not JSON ({error})") from None
-    missing = [
-        f"{part}.{key}"
-        for part, keys in _RUN_INFO_KEYS.items()
-        for key in keys
-        if not isinstance(info, dict) or key not in (info.get(part) or {})
-    ]
-    if missing:
-        raise ReportError(f"{path}: not a run.json of this version of `predict`: no {missing[0]}")
+    if not isinstance(info, dict) or not all(
+        isinstance(info.get(part), dict) for part in ("settings", "counts")
+    ):
+        raise ReportError(f"{path}: not a run.json of this version of `predict`")
+    for key, kind in _RUN_INFO_KEYS.items():
+        part, name = key.split(".")
+        if name not in info[part]:
+            raise ReportError(f"{path}: not a run.json of this version of `predict`: no {key}")
+        _check_value(path, key, info[part][name], kind)
+    for key, kind in _RUN_INFO_OPTIONAL.items():
+        if key in info:
+            _check_value(path, key, info[key], kind)
+    counts = {f"counts.{k}": v for k, v in info["counts"].items() if k != "verdicts"}
+    counts |= {f"counts.verdicts.{k}": v for k, v in info["counts"]["verdicts"].items()}
+    for key, value in counts.items():  # all printed as counts
+        _check_value(path, key, value, _COUNT)
+    for model, about in info.get("models", {}).items():
+        _check_value(path, f"models.{model}", about, _OBJECT)
+        for name, kind in _PROVENANCE_KINDS.items():
+            if name in about:
+                _check_value(path, f"models.{model}.{name}", about[name], kind)
     if info["settings"]["format"] not in frame_table.FORMATS:
         raise ReportError(f"{path}: unknown per-frame table format {info['settings']['format']!r}")
     return info

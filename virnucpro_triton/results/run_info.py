@@ -28,12 +28,12 @@ def versions() -> dict[str, str]:
     return found
 
 
-def random_weights(models: dict[str, dict[str, str]]) -> list[str]:
+def random_weights(models: dict[str, dict[str, Any]]) -> list[str]:
     """The entries whose weights are random (the demo's, the benchmark's)."""
-    return [name for name, about in models.items() if about.get("random_weights") == "true"]
+    return [name for name, about in models.items() if about.get("random_weights") is True]
 
 
-def describe(about: dict[str, str]) -> str:
+def describe(about: dict[str, Any]) -> str:
     """An entry's weights in a few words, for the end-of-run summary and the report."""
     if not about.get("source"):
         if "virnucpro_triton_version" in about:  # the pipeline: it holds no weights
@@ -48,7 +48,7 @@ def describe(about: dict[str, str]) -> str:
         parts.append(f"fp8 {fp8}")
     elif fp8 != FP8_NONE:  # the layers export chose
         parts.append(f"fp8 on {len(fp8.split(','))} linear layers")
-    if about.get("random_weights") == "true":
+    if about.get("random_weights") is True:
         parts.append("RANDOM WEIGHTS")
     return ", ".join(parts)
 
@@ -59,7 +59,7 @@ def write(
     settings: dict[str, Any],
     counts: dict[str, Any],
     endpoints: list[dict[str, Any]],
-    models: dict[str, dict[str, str]],
+    models: dict[str, dict[str, Any]],
     started: str,
     seconds: float,
     start_seconds: float | None,

@@ -3,6 +3,7 @@ and the per-sample results merged."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import shutil
@@ -100,6 +101,9 @@ def run_predict(
 ) -> None:
     """predict into `out_dir`, its messages in `log`. Always --resume: a journal left by a
     stopped run is gone on from, and without one the run starts afresh."""
+    # A path that starts with `-` goes absolute: neither an option (a file named `--help`) nor
+    # standard input (a file named `-`; `./-` would be read as `-`).
+    fasta = os.path.abspath(fasta) if fasta.startswith("-") else fasta
     argv = [command, "predict", fasta, "-o", out_dir, "--resume", "--no-progress"]
     with open(log, "wb") as handle:
         code = subprocess.run(
@@ -116,11 +120,22 @@ def run_predict(
         raise JobError(f"predict exited with status {code}: {last} (log: {log}){kept}")
 
 
+def _create(path: str):
+    """A new text file at `path`, never written through what stood there (a symbolic link
+    planted to have another file overwritten): that is removed, and O_EXCL | O_NOFOLLOW make
+    one put back in between fail."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    return os.fdopen(
+        os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666), "w"
+    )
+
+
 def merge_summaries(samples: dict[str, str], merged: str) -> None:
     """Every sample's sequence_summary.tsv in one TSV, a `sample` column first."""
     header = None
     partial = f"{merged}.partial"
-    with open(partial, "w") as out:
+    with _create(partial) as out:
         for sample, path in samples.items():
             with open(path) as handle:
                 first = handle.readline()
@@ -139,7 +154,7 @@ def merge_viruses(samples: dict[str, str], merged: str) -> None:
     records' own, so one may repeat across samples; (sample, id) is the key, as in the merged
     summary)."""
     partial = f"{merged}.partial"
-    with open(partial, "w") as out:
+    with _create(partial) as out:
         for sample, path in samples.items():
             with open(path) as handle:
                 for line in handle:

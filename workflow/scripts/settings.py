@@ -103,6 +103,11 @@ def read_samples(sheet: Path, reserved: set[str]) -> dict[str, list[str]]:
         for path in paths:
             if not path:
                 raise SettingsError(f"{where}: sample {name!r}: an empty path in column fasta")
+            if "{" in path or "}" in path:
+                raise SettingsError(
+                    f"{where}: sample {name!r}: {path}: Snakemake reads braces in a path as a "
+                    "wildcard; rename the file (or link it) without them"
+                )
             if not os.path.isfile(path):
                 what = "is not a file" if os.path.exists(path) else "does not exist"
                 raise SettingsError(f"{where}: sample {name!r}: {path} {what}")
