@@ -19,6 +19,7 @@ from virnucpro_triton.credentials import (
     TLS_CLIENT_KEY_ENV,
     TOKEN_FILE_ENV,
 )
+from virnucpro_triton.door_settings import FILE_OPTIONS, FLAG_OPTIONS, AccessSettings
 from virnucpro_triton.errors import VirnucproError
 from virnucpro_triton.repository import (
     CHUNK_SIZES,
@@ -156,6 +157,19 @@ def preprocess(fasta: Path, chunk_size: str, out_dir: Path) -> None:
     )
 
 
+def _access_options(command):
+    """The access token and TLS options of the door (door_settings.py), each file also taken
+    from its environment variable."""
+    for option, help_text in reversed(FLAG_OPTIONS.items()):
+        command = click.option(option, is_flag=True, help=help_text)(command)
+    for option, (variable, help_text) in reversed(FILE_OPTIONS.items()):
+        path = click.Path(dir_okay=False, path_type=Path)
+        command = click.option(
+            option, type=path, envvar=variable, show_envvar=True, help=help_text
+        )(command)
+    return command
+
+
 @main.command()
 @click.option(
     "--repository",
@@ -168,17 +182,33 @@ def preprocess(fasta: Path, chunk_size: str, out_dir: Path) -> None:
     "--address",
     default="127.0.0.1",
     show_default=True,
-    help="Address to bind; anything but loopback exposes the server to the network.",
+    help="Address to bind; anything but loopback needs --token-file (or --no-auth).",
 )
 @click.option("--grpc-port", type=int, default=8001, show_default=True)
 @click.option("--http-port", type=int, default=8000, show_default=True)
 @click.option("--metrics-port", type=int, default=8002, show_default=True)
+@_access_options
 def serve(
-    repository: Path, address: str, grpc_port: int, http_port: int, metrics_port: int
+    repository: Path,
+    address: str,
+    grpc_port: int,
+    http_port: int,
+    metrics_port: int,
+    **access: object,
 ) -> None:
     """Run the embedded Triton server in the foreground until Ctrl-C."""
+    from virnucpro_triton.credentials import CredentialsError
+    from virnucpro_triton.door_access import Guard
     from virnucpro_triton.server import EmbeddedServer
 
+    settings = AccessSettings.of(access)
+    try:
+        if problem := settings.exposure_problem([address]):
+            raise CredentialsError(problem)
+        Guard.of(settings)  # its files read and checked before the server starts
+    except CredentialsError as error:
+        click.echo(f"virnucpro-triton: error: {error}", err=True)
+        sys.exit(2)  # as the door and a usage error
     check_entries(repository, ())
     server = EmbeddedServer(
         repository,
@@ -186,6 +216,7 @@ def serve(
         http_port=http_port,
         metrics_port=metrics_port,
         address=address,
+        access=settings,
     )
     _start(server)
     click.echo(

@@ -29,6 +29,7 @@ import asyncio
 import ctypes
 import dataclasses
 import logging
+import os
 import shutil
 import signal
 import sys
@@ -40,6 +41,9 @@ from typing import NoReturn
 import grpc
 from aiohttp import ClientConnectionError, ClientSession, ClientTimeout, UnixConnector, web
 
+from virnucpro_triton import door_access, door_settings
+from virnucpro_triton.credentials import AUTH_HEADER, CredentialsError
+from virnucpro_triton.door_access import Guard
 from virnucpro_triton.errors import VirnucproError
 from virnucpro_triton.repository import MAX_REQUEST_BYTES
 
@@ -61,6 +65,8 @@ _NOT_FORWARDED = {
     "host",
     "content-length",
 }
+# The client's credentials end at the door: tritonserver neither needs nor logs them.
+_NOT_FORWARDED.add(AUTH_HEADER)
 
 
 class DoorError(VirnucproError, RuntimeError):
@@ -152,7 +158,7 @@ def _metadata(context: grpc.aio.ServicerContext) -> tuple[tuple[str, str | bytes
     return tuple(
         (k, v)
         for k, v in context.invocation_metadata() or ()
-        if k != "user-agent" and not k.startswith("grpc-")
+        if k not in ("user-agent", AUTH_HEADER) and not k.startswith("grpc-")
     )
 
 
@@ -196,20 +202,26 @@ class _GrpcForwarder(grpc.GenericRpcHandler):
         return forward
 
 
-async def _grpc_door(endpoint: Endpoint, upstream: Path, limit: int) -> grpc.aio.Server:
+async def _grpc_door(
+    endpoint: Endpoint, upstream: Path, limit: int, guard: Guard
+) -> grpc.aio.Server:
     unlimited = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
     channel = grpc.aio.insecure_channel(f"unix:{upstream}", options=unlimited)
     server = grpc.aio.server(
+        interceptors=[guard.access.interceptor()] if guard.access else None,
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", -1),
             # grpcio's default SO_REUSEPORT would let the door share a port another server holds.
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
     server.add_generic_rpc_handlers((_GrpcForwarder(channel),))
     try:
-        server.add_insecure_port(endpoint.public)
+        if guard.tls:
+            server.add_secure_port(endpoint.public, guard.tls.grpc_credentials())
+        else:
+            server.add_insecure_port(endpoint.public)
     except RuntimeError:
         raise _in_use(endpoint) from None
     await server.start()
@@ -227,7 +239,7 @@ def _too_large(size: int | None, limit: int) -> web.Response:
     )
 
 
-def _http_app(upstream: Path, limit: int) -> web.Application:
+def _http_app(upstream: Path, limit: int, middlewares: Sequence = ()) -> web.Application:
     async def forward(request: web.Request) -> web.StreamResponse:
         if request.content_length is not None and request.content_length > limit:
             return _too_large(request.content_length, limit)
@@ -261,17 +273,19 @@ def _http_app(upstream: Path, limit: int) -> web.Application:
             app["session"] = s
             yield
 
-    app = web.Application(client_max_size=limit)
+    app = web.Application(client_max_size=limit, middlewares=middlewares)
     app.router.add_route("*", "/{path:.*}", forward)
     app.cleanup_ctx.append(session)
     return app
 
 
-async def _http_door(endpoint: Endpoint, upstream: Path, limit: int) -> web.AppRunner:
-    runner = web.AppRunner(_http_app(upstream, limit), access_log=None)
+async def _http_door(endpoint: Endpoint, upstream: Path, limit: int, guard: Guard) -> web.AppRunner:
+    middlewares = guard.access.middlewares(endpoint.name) if guard.access else ()
+    runner = web.AppRunner(_http_app(upstream, limit, middlewares), access_log=None)
     await runner.setup()
+    tls = guard.tls.context if guard.tls else None
     try:
-        await web.TCPSite(runner, endpoint.address, endpoint.port).start()
+        await web.TCPSite(runner, endpoint.address, endpoint.port, ssl_context=tls).start()
     except OSError:
         await runner.cleanup()
         raise _in_use(endpoint) from None
@@ -308,10 +322,31 @@ def _dies_with_parent() -> None:
     _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-async def serve(command: Sequence[str], limit: int = MAX_REQUEST_BYTES) -> int:
+def _socket_directory(given: Path | None) -> Path:
+    if given is None:
+        return Path(tempfile.mkdtemp(prefix="vt-door-"))  # 0700: only this user connects
+    try:
+        st, empty = given.stat(), not any(given.iterdir())
+    except OSError as e:
+        raise DoorError(f"--socket-dir {given}: {e.strerror or e}") from None
+    if st.st_uid != os.getuid() or st.st_mode & 0o077 or not empty:
+        raise DoorError(f"--socket-dir {given}: not an empty directory only its owner can enter")
+    return given
+
+
+async def serve(
+    command: Sequence[str],
+    limit: int = MAX_REQUEST_BYTES,
+    guard: Guard | None = None,
+    socket_dir: Path | None = None,
+) -> int:
     """Run tritonserver behind the door until it exits; return its exit status."""
     rest, endpoints = split_command(command)
-    sockets = Path(tempfile.mkdtemp(prefix="vt-door-"))  # 0700: only this user connects
+    guard = guard or Guard()
+    addresses = [e.address for e in endpoints.values() if e.enabled]
+    if problem := guard.settings.exposure_problem(addresses):
+        raise DoorError(problem)
+    sockets = _socket_directory(socket_dir)
     doors: list[grpc.aio.Server | web.AppRunner] = []
     # Started before the doors open: forking after grpcio has started its threads is unsafe.
     triton = await asyncio.create_subprocess_exec(
@@ -326,11 +361,12 @@ async def serve(command: Sequence[str], limit: int = MAX_REQUEST_BYTES) -> int:
         for e in endpoints.values():
             if e.enabled:
                 open_door = _grpc_door if e.name == "grpc" else _http_door
-                doors.append(await open_door(e, e.socket(sockets), limit))
+                doors.append(await open_door(e, e.socket(sockets), limit, guard))
         print(
             "front door: "
             + ", ".join(f"{_NAMES[e.name]} {e.public}" for e in endpoints.values() if e.enabled)
-            + f"; requests up to {limit} bytes",
+            + f"; requests up to {limit} bytes"
+            + guard.description(),
             file=sys.stderr,
             flush=True,
         )
@@ -363,7 +399,7 @@ class _OneLine(logging.Formatter):
 def _log_in_one_line() -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_OneLine())
-    for name in ("aiohttp", "grpc"):
+    for name in ("aiohttp", "grpc", door_access.__name__):
         logger = logging.getLogger(name)
         logger.addHandler(handler)
         logger.propagate = False
@@ -393,6 +429,13 @@ def door_parser() -> argparse.ArgumentParser:
         default=MAX_REQUEST_BYTES,
         help="largest request body or gRPC message, in bytes",
     )
+    door_settings.add_arguments(parser)
+    parser.add_argument(
+        "--socket-dir",
+        type=Path,
+        help="empty directory, only its owner can enter, for tritonserver's Unix sockets "
+        "(default: a new temporary one); removed at exit",
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="tritonserver ARGS...")
     return parser
 
@@ -406,8 +449,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         # Before exec, so that a missing binary is one line, not a traceback.
         if args and shutil.which(args[0]) is None:
             raise DoorError(f"{args[0]}: no such program")
-        sys.exit(asyncio.run(serve(args, options.max_request_bytes)))
-    except DoorError as e:
+        guard = Guard.of(door_settings.AccessSettings.of(vars(options)))
+        code = asyncio.run(serve(args, options.max_request_bytes, guard, options.socket_dir))
+        sys.exit(code)
+    except (DoorError, CredentialsError) as e:
         print(f"error: virnucpro-triton-door: {e}", file=sys.stderr)
         sys.exit(2)
 

@@ -36,7 +36,9 @@ from types import TracebackType
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from virnucpro_triton.door_settings import FILE_OPTIONS, AccessSettings
 from virnucpro_triton.errors import VirnucproError
+from virnucpro_triton.front_door import Endpoint
 from virnucpro_triton.interrupt import signals_deferred
 from virnucpro_triton.repository import SERVER_FLAGS
 
@@ -152,6 +154,10 @@ def backend_directory() -> Path:
 
 def _server_env(gpus: str | None) -> dict[str, str]:
     env = os.environ.copy()
+    # The door takes its access and TLS files from the server's settings alone: variables meant
+    # for this process's client side must not close or encrypt a server started for it.
+    for variable, _ in FILE_OPTIONS.values():
+        env.pop(variable, None)
     if gpus is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpus
     _, libs = _wheel_dirs()
@@ -196,11 +202,14 @@ class EmbeddedServer:
         log_path: Path | None = None,
         log_verbose: int = 0,
         gpus: str | None = None,
+        access: AccessSettings | None = None,
     ) -> None:
-        """`gpus`: the CUDA_VISIBLE_DEVICES of the server (default: this process's)."""
+        """`gpus`: the CUDA_VISIBLE_DEVICES of the server (default: this process's); `access`:
+        its access tokens and TLS (default: none, which the door allows on loopback only)."""
         self.repository = Path(repository).absolute()
         self.gpus = gpus
         self.address = address
+        self.access = access or AccessSettings()
         free = iter(_free_ports(3))
         self.ports = {
             "gRPC": grpc_port or next(free),
@@ -220,6 +229,7 @@ class EmbeddedServer:
         self.metrics_url = f"http://{self._host}:{self.ports['metrics']}/metrics"
         self.shm_prefix = f"{_SHM_FAMILY}{os.urandom(8).hex()}_"
         self._proc: subprocess.Popen[bytes] | None = None
+        self._sockets: Path | None = None  # tritonserver's, which the door makes on its own
         self._log_start = 0  # where this run's output begins in a reused log file
 
     def _command(self) -> list[str]:
@@ -230,6 +240,8 @@ class EmbeddedServer:
             sys.executable,
             "-m",
             "virnucpro_triton.front_door",
+            *self.access.door_args(),
+            f"--socket-dir={self._sockets}",
             str(dist / "bin" / "tritonserver"),
             f"--model-repository={self.repository}",
             f"--backend-directory={backend_directory()}",
@@ -280,6 +292,9 @@ class EmbeddedServer:
         self._check_repository()
         self._check_ports_free()
         remove_stale_regions()
+        # Readiness is asked of tritonserver on its socket, past the door, whose clients may
+        # need a token and a certificate this process does not hold; the ports are checked open.
+        self._sockets = Path(tempfile.mkdtemp(prefix="vt-door-"))
         # Tied to this process only when started from the main thread, which lives as long as
         # the process: a worker thread's exit would take the server with it.
         main_thread = threading.current_thread() is threading.main_thread()
@@ -307,7 +322,10 @@ class EmbeddedServer:
             # A stop signal raised inside grpc's calls can leave its channel unable to close:
             # it is raised between them instead.
             with signals_deferred():
-                client = grpcclient.InferenceServerClient(self.grpc_url, channel_args=backoff)
+                client = grpcclient.InferenceServerClient(
+                    f"unix:{Endpoint('grpc', '', self.ports['gRPC']).socket(self._sockets)}",
+                    channel_args=backoff,
+                )
             try:
                 while True:
                     with signals_deferred():
@@ -353,8 +371,8 @@ class EmbeddedServer:
                 return False
         except InferenceServerException:  # endpoint not up yet
             return False
-        # The door opens gRPC before HTTP and metrics and exits if either of those cannot bind.
-        for port in (self.ports["HTTP"], self.ports["metrics"]):
+        # The door exits if a port cannot be bound.
+        for port in self.ports.values():
             try:
                 socket.create_connection((self._host, port), timeout=1).close()
             except OSError:
@@ -418,9 +436,11 @@ class EmbeddedServer:
             while time.monotonic() < deadline:
                 os.killpg(proc.pid, 0)
                 time.sleep(0.05)
-        # A server killed before its own cleanup leaves its regions behind.
+        # A server killed before its own cleanup leaves its regions behind, the door its sockets.
         for region in self.shm_regions():
             region.unlink(missing_ok=True)
+        if self._sockets is not None:
+            shutil.rmtree(self._sockets, ignore_errors=True)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
