@@ -285,8 +285,9 @@ def _server_options(command):
             "--token-file",
             type=pem,
             envvar=TOKEN_FILE_ENV,
-            help="File holding the access token the servers ask for (its first token; read "
-            "again when it changes). Never give a token itself on a command line.",
+            show_envvar=True,
+            help="File holding the access token the servers ask for (its first token). Never "
+            "give a token itself on a command line.",
         ),
         click.option(
             "--tls",
@@ -297,12 +298,14 @@ def _server_options(command):
             "--tls-ca",
             type=pem,
             envvar=TLS_CA_ENV,
+            show_envvar=True,
             help="PEM bundle of the CAs the servers' certificates must chain to; implies --tls.",
         ),
         click.option(
             "--tls-client-cert",
             type=pem,
             envvar=TLS_CLIENT_CERT_ENV,
+            show_envvar=True,
             help="PEM certificate (chain) of this client, for servers that ask for one (mutual "
             "TLS); implies --tls.",
         ),
@@ -310,6 +313,7 @@ def _server_options(command):
             "--tls-client-key",
             type=pem,
             envvar=TLS_CLIENT_KEY_ENV,
+            show_envvar=True,
             help="PEM key of --tls-client-cert (unencrypted).",
         ),
     ]

@@ -3,18 +3,15 @@
 
 `Access` names the files; `Access.load()` reads them once, checked (each problem one line naming
 the file), into the gRPC credentials of every channel and the `authorization` metadata of every
-call. The token file is read again when it changes, so that a long run follows a token rotated
-in place (a Kubernetes Secret updated, a file rewritten). The token leaves this module only as
-that metadata: it is never logged, printed or written to run.json.
+call. The token leaves this module only as that metadata: it is never logged, printed or
+written to run.json.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import ssl
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +32,6 @@ from virnucpro_triton.credentials import (
     bearer,
     read_tokens,
 )
-
-log = logging.getLogger("virnucpro_triton.client")
 
 # A TCP connection and TLS handshake of the check that tells why a server closed the channel.
 CHECK_TIMEOUT = 5.0
@@ -142,32 +137,15 @@ def _tls_credentials(access: Access) -> grpc.ChannelCredentials:
 
 
 class _Token(InferenceServerClientPlugin):
-    """The `authorization` metadata of every call (tritonclient calls its plugin for each):
-    the first token of the file, read again when the file changes."""
+    """The `authorization` metadata of every call (tritonclient calls its plugin for each): the
+    first token of the file, read once. A rotation keeps the old token on the server until
+    the runs that use it have ended (the door accepts every token of its file)."""
 
     def __init__(self, path: Path):
-        self._path = path
-        self._lock = threading.Lock()
-        self._stamp = self._stat()
         self._value = bearer(read_tokens(path)[0])
 
-    def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            stat = os.stat(self._path)
-        except OSError:
-            return None
-        return stat.st_ino, stat.st_mtime_ns, stat.st_size
-
     def __call__(self, request) -> None:
-        stamp = self._stat()
-        with self._lock:
-            if stamp is not None and stamp != self._stamp:
-                self._stamp = stamp  # read once per change: a bad file is told once
-                try:
-                    self._value = bearer(read_tokens(self._path)[0])
-                except CredentialsError as error:
-                    log.warning("%s; sending the token read before", error)
-            request.headers[AUTH_HEADER] = self._value
+        request.headers[AUTH_HEADER] = self._value
 
 
 class Channels:
