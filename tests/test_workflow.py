@@ -9,6 +9,7 @@ import gzip
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -16,8 +17,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from certificates import make_certificates
 from reference import same_table
 from servers import wait_for
+
+from virnucpro_triton.door_settings import AccessSettings
+from virnucpro_triton.server import EmbeddedServer
 
 pytestmark = pytest.mark.workflow
 
@@ -287,6 +292,49 @@ def test_embedded_per_job_each_job_starts_its_own_server(tiny_repository, tmp_pa
     assert not (tmp_path / "results" / "logs" / "shared-server.log").exists()
 
 
+@pytest.fixture(scope="module")
+def guarded_server(tiny_repository, tmp_path_factory):
+    """A server asking for a token over TLS: (the server, its CA, a client's token file)."""
+    folder = tmp_path_factory.mktemp("guarded")
+    certs = make_certificates(folder / "certs")
+    token = folder / "token"
+    token.write_text(secrets.token_hex(32) + "\n")
+    access = AccessSettings(token_file=token, tls_cert=certs.server_cert, tls_key=certs.server_key)
+    with EmbeddedServer(tiny_repository, access=access, log_path=folder / "server.log") as running:
+        yield running, certs.ca, token
+
+
+@pytest.mark.server  # guarded_server
+def test_token_and_tls_of_the_config_reach_the_jobs_but_no_command_line(
+    guarded_server, two_samples, direct, tmp_path
+):
+    """Each job gets the files' paths: the token is on no command line (`ps` shows them all:
+    the CLI here is a wrapper that records its own), nor in any log, run.json or report."""
+    guarded, ca, token = guarded_server
+    argv = tmp_path / "argv.log"
+    wrapper = tmp_path / "virnucpro-triton"
+    wrapper.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> "{argv}"\nexec "{CLI}" "$@"\n')
+    wrapper.chmod(0o755)
+    samples = {"contigs": two_samples["contigs"]}
+    predict = {**THRESHOLDS, **ONE_AT_A_TIME}
+    write_project(
+        tmp_path, samples, urls=[guarded.grpc_url], predict=predict, virnucpro_triton=str(wrapper),
+        token_file=str(token), tls={"ca": str(ca)},
+    )  # fmt: skip
+    output = run_workflow(tmp_path)
+    assert jobs_run(output) == {"predict": 1, "merge": 1, "all": 1}
+    results = tmp_path / "results"
+    assert_same_results(results / "contigs", direct["contigs"])
+    run = json.loads((results / "contigs" / "run.json").read_text())["settings"]
+    assert (run["auth"], run["tls"]) == ("token", True)
+    (command,) = [line for line in argv.read_text().splitlines() if line.startswith("predict ")]
+    assert f"--token-file {token} --tls-ca {ca}" in command
+    secret = token.read_text().strip()
+    texts = [output, argv.read_text(), guarded.log_path.read_text()]
+    texts += [p.read_text(errors="replace") for p in results.rglob("*") if p.is_file()]
+    assert not [text for text in texts if secret in text]
+
+
 READS = str(ROOT / "examples" / "reads.fasta")
 ONE = f"sample\tfasta\nS1\t{READS}\n"  # a good sheet, for the config's cases
 BAD = [
@@ -305,6 +353,26 @@ BAD = [
     ("url", ONE, {"urls": ["gpu1"]}, "config urls.0: 'gpu1': a server's gRPC address is HOST:"),
     ("key", ONE, {"threds": 2}, "config (top level): Additional properties are not allowed ('thr"),
     ("cli", ONE, {"virnucpro_triton": "no-cli"}, "virnucpro_triton: 'no-cli' is neither a command"),
+    (
+        "token",
+        ONE,
+        {"urls": ["h:1"], "token_file": "nowhere"},
+        "config token_file: nowhere does not",
+    ),
+    (
+        "ca",
+        ONE,
+        {"urls": ["h:1"], "tls": {"ca": str(ROOT)}},
+        f"config tls.ca: {ROOT} is not a file",
+    ),
+    (
+        "client-key",
+        ONE,
+        {"urls": ["h:1"], "tls": {"client_cert": READS}},
+        "config tls: 'client_key' is a",
+    ),
+    ("tls", ONE, {"tls": True}, "config tls: TLS is for the servers in urls"),
+    ("per-job", ONE, {"embedded": "per_job", "token_file": READS}, "per_job servers that predict"),
 ]
 
 
