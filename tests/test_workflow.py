@@ -265,14 +265,25 @@ def answers(url: str) -> bool:
 @pytest.mark.server  # the CLI starts tritonserver
 @pytest.mark.slow
 def test_embedded_shared_server_serves_every_job_and_stops_with_the_run(tiny_repository, tmp_path):
+    """With `token_file`, the shared server asks for it and the jobs send it."""
     samples = {name: [ROOT / "examples" / f"{name}.fasta"] for name in ("contigs", "reads")}
-    write_project(tmp_path, samples, repository=str(tiny_repository), embedded="shared")
+    token = tmp_path / "token"
+    token.write_text(secrets.token_hex(32) + "\n")
+    wrapper, argv = recording_cli(tmp_path)
+    write_project(
+        tmp_path, samples, repository=str(tiny_repository), embedded="shared",
+        token_file=str(token), virnucpro_triton=str(wrapper),
+    )  # fmt: skip
     output = run_workflow(tmp_path)
     assert jobs_run(output) == {"predict": 2, "merge": 1, "all": 1}
     runs = [json.loads((tmp_path / "results" / name / "run.json").read_text()) for name in samples]
     urls = {url for run in runs for url in run["settings"]["urls"]}
     assert len(urls) == 1  # one server, started once, answered both jobs
     assert [run["start_seconds"] for run in runs] == [None, None]  # not one started per job
+    assert [run["settings"]["auth"] for run in runs] == ["token", "token"]
+    commands = argv.read_text().splitlines()
+    assert [c.split()[0] for c in commands].count("serve") == 1
+    assert all(f"--token-file {token}" in c for c in commands)
     assert not answers(urls.pop())  # stopped when the run ended
     log = (tmp_path / "results" / "logs" / "shared-server.log").read_text()
     assert "stopped by SIGTERM" in log
@@ -290,6 +301,15 @@ def test_embedded_per_job_each_job_starts_its_own_server(tiny_repository, tmp_pa
     run = json.loads((tmp_path / "results" / "reads" / "run.json").read_text())
     assert run["start_seconds"] > 0
     assert not (tmp_path / "results" / "logs" / "shared-server.log").exists()
+
+
+def recording_cli(folder: Path) -> tuple[Path, Path]:
+    """The CLI behind a wrapper that appends each command line to a file: (wrapper, file)."""
+    argv = folder / "argv.log"
+    wrapper = folder / "virnucpro-triton"
+    wrapper.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> "{argv}"\nexec "{CLI}" "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper, argv
 
 
 @pytest.fixture(scope="module")
@@ -311,10 +331,7 @@ def test_token_and_tls_of_the_config_reach_the_jobs_but_no_command_line(
     """Each job gets the files' paths: the token is on no command line (`ps` shows them all:
     the CLI here is a wrapper that records its own), nor in any log, run.json or report."""
     guarded, ca, token = guarded_server
-    argv = tmp_path / "argv.log"
-    wrapper = tmp_path / "virnucpro-triton"
-    wrapper.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> "{argv}"\nexec "{CLI}" "$@"\n')
-    wrapper.chmod(0o755)
+    wrapper, argv = recording_cli(tmp_path)
     samples = {"contigs": two_samples["contigs"]}
     predict = {**THRESHOLDS, **ONE_AT_A_TIME}
     write_project(
