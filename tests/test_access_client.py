@@ -279,7 +279,7 @@ def test_a_bad_access_file_is_one_line_before_any_server_is_asked(certs, tokens,
             ["--tls-client-cert", certs.client_cert, "--tls-client-key", certs.server_key],
             "the key is not that of the certificate",
         ),
-        (["--tls"], "--tls and its files are for servers given by --url"),
+        (["--tls"], "are for servers given by --url"),
     ]
     for options, phrase in cases:
         url = [] if options == ["--tls"] else ["--url", "127.0.0.1:1"]  # nothing listens there

@@ -327,11 +327,17 @@ def _access(addresses: list[str], token_file, tls, tls_ca, tls_client_cert, tls_
     server is started)."""
     from virnucpro_triton.client.access import Access
 
-    access = Access(token_file, tls, tls_ca, tls_client_cert, tls_client_key)
+    access = Access(
+        token_file=token_file,
+        tls=tls,
+        ca=tls_ca,
+        client_cert=tls_client_cert,
+        client_key=tls_client_key,
+    )
     if access.tls and not addresses:
         _fail(
-            "--tls and its files are for servers given by --url: the embedded server started "
-            "without --url speaks plain text on 127.0.0.1"
+            "--tls and its files (or their VIRNUCPRO_TLS_ variables) are for servers given by "
+            "--url: the embedded server started without --url speaks plain text on 127.0.0.1"
         )
     access.load()
     return access
