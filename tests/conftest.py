@@ -40,6 +40,8 @@ SERVER_FIXTURES = {
     "replica_b",
     "replica_c",
     "echo_server",
+    "token_server",
+    "tls_server",
     "echo_repository",  # a one-model repository only the server tests start servers on
 }
 

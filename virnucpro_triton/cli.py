@@ -205,7 +205,7 @@ def serve(
     try:
         if problem := settings.exposure_problem([address]):
             raise CredentialsError(problem)
-        Guard.of(settings)  # its files read and checked before the server starts
+        guard = Guard.of(settings)  # its files read and checked before the server starts
     except CredentialsError as error:
         click.echo(f"virnucpro-triton: error: {error}", err=True)
         sys.exit(2)  # as the door and a usage error
@@ -220,8 +220,8 @@ def serve(
     )
     _start(server)
     click.echo(
-        f"serving {repository} — gRPC {server.grpc_url}, HTTP {server.http_url}, "
-        f"log {server.log_path}; Ctrl-C stops"
+        f"serving {repository} — gRPC {server.grpc_url}, HTTP {server.http_url}"
+        f"{guard.description()}; log {server.log_path}; Ctrl-C stops"
     )
     try:
         code = server.wait()

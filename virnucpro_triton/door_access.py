@@ -23,6 +23,7 @@ import hmac
 import logging
 import os
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -63,10 +64,13 @@ class TokenFile:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        try:  # before the read: a change in between is seen at the next look
+            self._stamp, self._fresh = self._stat()
+        except OSError as e:
+            raise CredentialsError(f"token file {self.path}: {e.strerror or e}") from None
         self._tokens = [t.encode() for t in read_tokens(self.path)]
-        self._stamp, self._fresh = self._stat()
         self._checked = time.monotonic()
-        self._bad: object = None  # the stamp of the last file refused, logged once
+        self._bad: str | None = None  # why the file was last refused: said once
 
     def _stat(self) -> tuple[tuple[int, ...], bool]:
         st = os.stat(self.path)
@@ -89,7 +93,9 @@ class TokenFile:
                 return
             tokens = [t.encode() for t in read_tokens(self.path)]
         except (OSError, CredentialsError) as e:
-            problem = e if isinstance(e, CredentialsError) else f"{self.path}: {e.strerror or e}"
+            problem = (
+                e if isinstance(e, CredentialsError) else f"token file {self.path}: {e.strerror}"
+            )
             if str(problem) != self._bad:
                 self._bad = str(problem)
                 log.warning("%s; the last good tokens stay in force", problem)
@@ -247,7 +253,8 @@ def _address(peer: object) -> str:
 
 
 def _grpc_peer(peer: str) -> str:
-    # "ipv4:127.0.0.1:5000", "ipv6:[::1]:5000"
+    # "ipv4:127.0.0.1:5000", "ipv6:%5B::1%5D:5000"
+    peer = urllib.parse.unquote(peer)
     return peer.split(":", 1)[1] if peer.startswith(("ipv4:", "ipv6:")) else peer
 
 

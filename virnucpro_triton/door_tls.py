@@ -33,7 +33,7 @@ def _read(path: Path, what: str) -> bytes:
 @dataclasses.dataclass(frozen=True)
 class Tls:
     cert: bytes
-    key: bytes
+    key: bytes = dataclasses.field(repr=False)
     client_ca: bytes | None
     context: ssl.SSLContext
 
@@ -44,7 +44,9 @@ class Tls:
         if b"ENCRYPTED" in key_pem:  # the door starts unattended: nobody to type a passphrase
             raise CredentialsError(f"TLS key {key}: encrypted; give the key without a passphrase")
         ca_pem = _read(client_ca, "client CA") if client_ca else None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        # Not create_default_context: it would trust the system's CAs for client certificates.
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
         try:
             context.load_cert_chain(cert, key)
         except ssl.SSLError as e:

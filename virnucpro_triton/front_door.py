@@ -12,6 +12,9 @@ this user can enter, and serves the ports tritonserver was given itself:
   read, or once a chunked or compressed body grows past it (counted after decompression, since
   Triton would decompress it).
 
+With a token file, every request and call must carry one of its access tokens (door_access.py);
+with a certificate and key, every port speaks TLS (door_tls.py). Options: door_settings.py.
+
 Everything else passes through unchanged, bytes for bytes: the door parses no request. It wraps
 the tritonserver command line, so the image's CMD, Kubernetes' args and KServe's runtime args
 (all starting with `tritonserver`) stay Triton's own:
@@ -50,7 +53,7 @@ from virnucpro_triton.repository import MAX_REQUEST_BYTES
 # tritonserver's endpoints and its defaults for them; metrics listens where HTTP does unless told.
 _DEFAULTS = {"grpc": ("0.0.0.0", 8001), "http": ("0.0.0.0", 8000), "metrics": (None, 8002)}
 _NAMES = {"grpc": "gRPC", "http": "HTTP", "metrics": "metrics"}
-# The door speaks plain gRPC to tritonserver's socket; TLS belongs to the door's clients' side.
+# The door speaks plain gRPC to tritonserver's socket; TLS is the door's own (door_tls.py).
 _UNSUPPORTED = ("--grpc-use-ssl", "--grpc-server-cert", "--grpc-server-key", "--grpc-root-cert")
 _FALSE = {"false", "0", "no", "off"}
 # Hop-by-hop headers (RFC 9110 7.6.1) and those the door's HTTP client sets itself.
@@ -108,7 +111,7 @@ def split_command(command: Sequence[str]) -> tuple[list[str], dict[str, Endpoint
     while i < len(command):
         arg = command[i]
         if arg.startswith(_UNSUPPORTED):
-            raise DoorError(f"{arg}: TLS on gRPC is not supported behind the front door")
+            raise DoorError(f"{arg}: TLS is the front door's: give it --tls-cert and --tls-key")
         name, _, _ = arg.lstrip("-").partition("=")
         endpoint_option = name.split("-", 1)[0] in _DEFAULTS and name.endswith(
             ("-address", "-port")
