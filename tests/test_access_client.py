@@ -3,7 +3,7 @@ a front door that asks for a token over TLS, and one that asks for a client cert
 (mutual TLS), give the bytes an open server gives; every refusal (no token, a wrong one, an
 untrusted CA, a plain-text client on a TLS port, TLS to a plain-text port, no client
 certificate, a stranger's) is one line, at once, with no token in any output; the library API
-and the image's health check speak the same. Certificates: tests/certificates.py (openssl)."""
+and the image's health check speak the same. Certificates: bench_door.make_certificates."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from certificates import Certificates, make_certificates
 
+from virnucpro_triton.bench_door import make_certificates
 from virnucpro_triton.client.access import Access
 from virnucpro_triton.client.classify import Classifier
 from virnucpro_triton.client.connection import AccessRefused
@@ -47,14 +47,12 @@ SETTINGS_VARY = {"urls", "auth", "tls", "tls_client_certificate"}
 
 
 @pytest.fixture(scope="module")
-def certs(tmp_path_factory) -> Certificates:
-    return make_certificates(tmp_path_factory.mktemp("certs"))
-
-
-@pytest.fixture(scope="module")
-def stranger(tmp_path_factory) -> Certificates:
-    """Another CA and the certificates it signs: trusted by no server here."""
-    return make_certificates(tmp_path_factory.mktemp("stranger"))
+def certs(tmp_path_factory) -> Path:
+    """ca.pem and the server's and client's certificates it signs (server, client); another CA
+    (other_ca), trusted by no server here, and the certificate it signs (stranger)."""
+    directory = tmp_path_factory.mktemp("certs")
+    make_certificates(directory, {"client": "ca", "stranger": "other_ca"})
+    return directory
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +76,7 @@ def secret_values(tokens: dict[str, Path]) -> list[str]:
 def tls_server(tiny_repository, certs, tokens, tmp_path_factory):
     """A token and TLS on every port."""
     access = AccessSettings(
-        token_file=tokens["server"], tls_cert=certs.server_cert, tls_key=certs.server_key
+        token_file=tokens["server"], tls_cert=certs / "server.pem", tls_key=certs / "server.key"
     )
     log = tmp_path_factory.mktemp("tls_server") / "tritonserver.log"
     with EmbeddedServer(tiny_repository, access=access, log_path=log) as running:
@@ -90,9 +88,9 @@ def mutual_server(tiny_repository, certs, tokens, tmp_path_factory):
     """A token, TLS, and a client certificate signed by the test CA (mutual TLS)."""
     access = AccessSettings(
         token_file=tokens["server"],
-        tls_cert=certs.server_cert,
-        tls_key=certs.server_key,
-        tls_client_ca=certs.ca,
+        tls_cert=certs / "server.pem",
+        tls_key=certs / "server.key",
+        tls_client_ca=certs / "ca.pem",
     )
     log = tmp_path_factory.mktemp("mutual_server") / "tritonserver.log"
     with EmbeddedServer(tiny_repository, access=access, log_path=log) as running:
@@ -155,7 +153,7 @@ def test_predict_with_the_token_over_tls_equals_an_open_server(
     out = tmp_path / "out"
     result = cli(
         "predict", INPUT, "-o", out, "--url", tls_server.grpc_url, *PREDICT, "--report",
-        "--token-file", tokens["first"], "--tls-ca", certs.ca,
+        "--token-file", tokens["first"], "--tls-ca", certs / "ca.pem",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     access = assert_same_run(out, reference)
@@ -178,9 +176,9 @@ def test_predict_with_mutual_tls_from_the_environment_equals_an_open_server(
     out = tmp_path / "out"
     env = {
         TOKEN_FILE_ENV: str(tokens["second"]),
-        TLS_CA_ENV: str(certs.ca),
-        TLS_CLIENT_CERT_ENV: str(certs.client_cert),
-        TLS_CLIENT_KEY_ENV: str(certs.client_key),
+        TLS_CA_ENV: str(certs / "ca.pem"),
+        TLS_CLIENT_CERT_ENV: str(certs / "client.pem"),
+        TLS_CLIENT_KEY_ENV: str(certs / "client.key"),
     }
     args = ("predict", INPUT, "-o", out, "--url", mutual_server.grpc_url, *PREDICT, "--report")
     result = cli(*args, env=env)
@@ -200,7 +198,7 @@ def test_embed_with_the_token_over_tls_equals_an_open_server(
     open_out, guarded_out = tmp_path / "open.npy", tmp_path / "guarded.npy"
     result = cli("embed", INPUT, "--model", "dnabert_s", "-o", open_out, "--url", server.grpc_url)
     assert result.returncode == 0, result.stderr
-    access = ["--token-file", tokens["first"], "--tls-ca", certs.ca]
+    access = ["--token-file", tokens["first"], "--tls-ca", certs / "ca.pem"]
     args = ("embed", INPUT, "--model", "dnabert_s", "-o", guarded_out)
     result = cli(*args, "--url", tls_server.grpc_url, *access)
     assert result.returncode == 0, result.stderr
@@ -210,7 +208,9 @@ def test_embed_with_the_token_over_tls_equals_an_open_server(
     assert_no_token(tokens, result.stdout, result.stderr)
     # Without the token: one line, no output.
     refused = tmp_path / "refused.npy"
-    result = cli(*args[:-1], refused, "--url", tls_server.grpc_url, "--tls-ca", certs.ca, *NO_RETRY)
+    result = cli(
+        *args[:-1], refused, "--url", tls_server.grpc_url, "--tls-ca", certs / "ca.pem", *NO_RETRY
+    )
     assert_refused(result, "asks for an access token: give --token-file FILE")
     assert not refused.exists() and not refused.with_suffix(".ids.txt").exists()
 
@@ -240,22 +240,20 @@ REFUSALS = {
 
 
 @pytest.mark.parametrize("case", list(REFUSALS))
-def test_a_refused_client_is_told_in_one_line_at_once(
-    case, request, certs, stranger, tokens, tmp_path
-):
+def test_a_refused_client_is_told_in_one_line_at_once(case, request, certs, tokens, tmp_path):
     name, given, phrase = REFUSALS[case]
     target = request.getfixturevalue(name)
     options = {
-        "ca": ["--tls-ca", certs.ca],
+        "ca": ["--tls-ca", certs / "ca.pem"],
         "tls": ["--tls"],
-        "stranger_ca": ["--tls-ca", stranger.ca],
+        "stranger_ca": ["--tls-ca", certs / "other_ca.pem"],
         "first": ["--token-file", tokens["first"]],
         "wrong": ["--token-file", tokens["wrong"]],
         "stranger_cert": [
             "--tls-client-cert",
-            stranger.client_cert,
+            certs / "stranger.pem",
             "--tls-client-key",
-            stranger.client_key,
+            certs / "stranger.key",
         ],
     }
     out = tmp_path / "out"
@@ -273,10 +271,16 @@ def test_a_bad_access_file_is_one_line_before_any_server_is_asked(certs, tokens,
     cases = [
         (["--token-file", short], f"token file {short} line 1: not a token"),
         (["--token-file", tmp_path / "none"], f"token file {tmp_path / 'none'}: No such file"),
-        (["--tls-ca", certs.server_key], f"CA bundle {certs.server_key}: no PEM certificate"),
-        (["--tls-client-cert", certs.client_cert], "needs both a client certificate and its key"),
         (
-            ["--tls-client-cert", certs.client_cert, "--tls-client-key", certs.server_key],
+            ["--tls-ca", certs / "server.key"],
+            f"CA bundle {certs / 'server.key'}: no PEM certificate",
+        ),
+        (
+            ["--tls-client-cert", certs / "client.pem"],
+            "needs both a client certificate and its key",
+        ),
+        (
+            ["--tls-client-cert", certs / "client.pem", "--tls-client-key", certs / "server.key"],
             "the key is not that of the certificate",
         ),
         (["--tls"], "are for servers given by --url"),
@@ -293,9 +297,9 @@ def test_the_library_api_takes_access_and_raises_access_refused(
     tls_server, certs, tokens, monkeypatch
 ):
     monkeypatch.setenv(TOKEN_FILE_ENV, str(tokens["second"]))
-    monkeypatch.setenv(TLS_CA_ENV, str(certs.ca))
+    monkeypatch.setenv(TLS_CA_ENV, str(certs / "ca.pem"))
     access = Access.from_environment()
-    assert access == Access(token_file=tokens["second"], tls=True, ca=certs.ca)
+    assert access == Access(token_file=tokens["second"], tls=True, ca=certs / "ca.pem")
 
     async def classify(access: Access) -> list:
         async with Classifier(tls_server.grpc_url, 300, access=access, retry_seconds=600) as c:
@@ -304,7 +308,7 @@ def test_the_library_api_takes_access_and_raises_access_refused(
     (result,) = asyncio.run(classify(access))
     assert result.id == "s1" and len(result.chunk_verdicts()) == 2
     with pytest.raises(AccessRefused, match="refused the access token of"):
-        asyncio.run(classify(Access(token_file=tokens["wrong"], ca=certs.ca)))
+        asyncio.run(classify(Access(token_file=tokens["wrong"], ca=certs / "ca.pem")))
 
 
 def health(port: int, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -321,10 +325,10 @@ def http_port(server: EmbeddedServer) -> int:
 def test_the_image_health_check_asks_as_the_door_speaks(
     server, tls_server, mutual_server, certs, tokens
 ):
-    door = {TOKEN_FILE_ENV: str(tokens["server"]), TLS_CERT_ENV: str(certs.server_cert)}
+    door = {TOKEN_FILE_ENV: str(tokens["server"]), TLS_CERT_ENV: str(certs / "server.pem")}
     client = {
-        TLS_CLIENT_CERT_ENV: str(certs.client_cert),
-        TLS_CLIENT_KEY_ENV: str(certs.client_key),
+        TLS_CLIENT_CERT_ENV: str(certs / "client.pem"),
+        TLS_CLIENT_KEY_ENV: str(certs / "client.key"),
     }
     assert health(http_port(server), {}).returncode == 0
     assert health(http_port(tls_server), door).returncode == 0

@@ -28,11 +28,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from certificates import make_certificates
 from test_request_limits import OVERSIZE, http_exchange, oversize_http_head, pipeline_request
 from tritonclient.grpc import InferenceServerClient
 from tritonclient.utils import InferenceServerException
 
+from virnucpro_triton.bench_door import make_certificates
 from virnucpro_triton.credentials import (
     AUTH_HEADER,
     TLS_CERT_ENV,
@@ -108,15 +108,16 @@ class Access:
     container's uid 1000 (the key too: openssl writes it 0600)."""
 
     def __init__(self, directory: Path):
-        self.certs = make_certificates(directory / "certs")
-        self.certs.server_key.chmod(0o644)
+        make_certificates(directory, {})
+        self.ca = directory / "ca.pem"
+        (directory / "server.key").chmod(0o644)
         self.token_file = directory / "token"
         self.token_file.write_text(secrets.token_hex(32) + "\n")
         self.token = self.token_file.read_text().strip()
         self.files = {
             TOKEN_FILE_ENV: self.token_file,
-            TLS_CERT_ENV: self.certs.server_cert,
-            TLS_KEY_ENV: self.certs.server_key,
+            TLS_CERT_ENV: directory / "server.pem",
+            TLS_KEY_ENV: directory / "server.key",
         }
 
     @property
@@ -326,10 +327,10 @@ def test_the_container_asks_for_the_token_and_tls_as_compose_sets_them(
     with Container(image, root_export, access, tls=True) as container:
         container.wait_healthy()
         url = container.address(8001)
-        predict_through(url, tmp_path / "out", access, "--tls-ca", access.certs.ca)
+        predict_through(url, tmp_path / "out", access, "--tls-ca", access.ca)
         assert_same_results(tmp_path / "out", reference)
         for options, phrase in (
-            (["--tls-ca", access.certs.ca], "asks for an access token"),
+            (["--tls-ca", access.ca], "asks for an access token"),
             (["--token-file", access.token_file], "speaks TLS: give --tls"),
         ):
             refused = run([CLI, "predict", INPUT, "-o", tmp_path / "refused", "--url", url,

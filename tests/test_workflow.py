@@ -17,10 +17,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from certificates import make_certificates
 from reference import same_table
 from servers import wait_for
 
+from virnucpro_triton.bench_door import make_certificates
 from virnucpro_triton.door_settings import AccessSettings
 from virnucpro_triton.server import EmbeddedServer
 
@@ -316,12 +316,14 @@ def recording_cli(folder: Path) -> tuple[Path, Path]:
 def guarded_server(tiny_repository, tmp_path_factory):
     """A server asking for a token over TLS: (the server, its CA, a client's token file)."""
     folder = tmp_path_factory.mktemp("guarded")
-    certs = make_certificates(folder / "certs")
+    make_certificates(folder, {})
     token = folder / "token"
     token.write_text(secrets.token_hex(32) + "\n")
-    access = AccessSettings(token_file=token, tls_cert=certs.server_cert, tls_key=certs.server_key)
+    access = AccessSettings(
+        token_file=token, tls_cert=folder / "server.pem", tls_key=folder / "server.key"
+    )
     with EmbeddedServer(tiny_repository, access=access, log_path=folder / "server.log") as running:
-        yield running, certs.ca, token
+        yield running, folder / "ca.pem", token
 
 
 @pytest.mark.server  # guarded_server
