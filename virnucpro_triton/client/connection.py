@@ -11,8 +11,10 @@ A request that fails because a server is away (restarting, overloaded, unreachab
 again, to another endpoint when one is up, until a retry window runs out; requests are
 idempotent, and each request's answer is taken once, so this is safe. The failing endpoint is
 avoided until a readiness probe, repeated with exponential backoff, finds it ready again. A
-request a server refuses on its merits (bad input) fails at once. At the start, the connection
-waits up to the same window for a first server to be ready (one that is still starting).
+request a server refuses on its merits (bad input) fails at once, and so does a client whose
+token or TLS it refuses (AccessRefused, client/access.py says why in one line). At the start,
+the connection waits up to the same window for a first server to be ready (one that is still
+starting).
 """
 
 from __future__ import annotations
