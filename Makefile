@@ -118,8 +118,15 @@ require-token = $(if $(VIRNUCPRO_TOKEN_FILE),$(call require-file,VIRNUCPRO_TOKEN
 require-tls = $(if $(VIRNUCPRO_TLS_CERT)$(VIRNUCPRO_TLS_KEY),$(call require-file,VIRNUCPRO_TLS_CERT,give \
   the certificate (PEM) of VIRNUCPRO_TLS_KEY)$(call require-file,VIRNUCPRO_TLS_KEY,give the \
   key (PEM) of VIRNUCPRO_TLS_CERT))
+# Mutual TLS (compose.mtls.yaml): the client CA, and the client certificate of the health check.
+require-mtls = $(if $(VIRNUCPRO_TLS_CLIENT_CA),$(if $(VIRNUCPRO_TLS_CERT),,$(error make $@: \
+  VIRNUCPRO_TLS_CLIENT_CA needs VIRNUCPRO_TLS_CERT and VIRNUCPRO_TLS_KEY))$(foreach v,$(mtls),\
+  $(call require-file,$(v),mutual TLS needs the client CA and a client certificate and key for \
+  the health check)))
+mtls = VIRNUCPRO_TLS_CLIENT_CA VIRNUCPRO_TLS_CLIENT_CERT VIRNUCPRO_TLS_CLIENT_KEY
 compose-files = -f docker/compose.yaml $(if $(filter all,$(GPUS)),-f docker/compose.gpus.yaml) \
-  $(if $(VIRNUCPRO_TLS_CERT),-f docker/compose.tls.yaml)
+  $(if $(VIRNUCPRO_TLS_CERT),-f docker/compose.tls.yaml) \
+  $(if $(VIRNUCPRO_TLS_CLIENT_CA),-f docker/compose.mtls.yaml)
 absolute = $(foreach v,$(1),$(if $($(v)),$(v)="$(abspath $($(v)))"))
 
 serve:  ## NGC Triton container on $(REPOSITORY), all GPUs (GPUS=none: CPU), ports 8000-8002; VIRNUCPRO_TOKEN_FILE=F
@@ -130,8 +137,10 @@ serve:  ## NGC Triton container on $(REPOSITORY), all GPUs (GPUS=none: CPU), por
 	$(require-repository)
 	$(require-token)
 	$(require-tls)
+	$(require-mtls)
 	VIRNUCPRO_MODELS="$(abspath $(REPOSITORY))" \
 	  $(call absolute,VIRNUCPRO_TOKEN_FILE VIRNUCPRO_TLS_CERT VIRNUCPRO_TLS_KEY) \
+	  $(call absolute,$(mtls)) \
 	  $(compose) $(compose-files) up --build
 
 serve-local: $(STAMP)  ## embedded Triton server (no Docker) on $(REPOSITORY) (127.0.0.1:8000/8001/8002); VIRNUCPRO_TOKEN_FILE, VIRNUCPRO_TLS_CERT/KEY

@@ -21,7 +21,14 @@ import pytest
 import tomllib
 import yaml
 
-from virnucpro_triton.credentials import TLS_CERT_ENV, TLS_KEY_ENV, TOKEN_FILE_ENV
+from virnucpro_triton.credentials import (
+    TLS_CERT_ENV,
+    TLS_CLIENT_CA_ENV,
+    TLS_CLIENT_CERT_ENV,
+    TLS_CLIENT_KEY_ENV,
+    TLS_KEY_ENV,
+    TOKEN_FILE_ENV,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
@@ -157,7 +164,7 @@ def test_compose_file_matches_the_compose_spec(tools, tmp_path):
     schema = ("--builtin-schema", "vendor.compose-spec")
     result = run(tools / "check-jsonschema", *schema, DOCKER / "compose.yaml")
     assert result.returncode == 0, result.stdout + result.stderr
-    for overlay in ("compose.gpus.yaml", "compose.tls.yaml"):
+    for overlay in ("compose.gpus.yaml", "compose.tls.yaml", "compose.mtls.yaml"):
         result = run(tools / "check-jsonschema", *schema, DOCKER / overlay)
         assert result.returncode == 0, result.stdout + result.stderr
     bad = tmp_path / "compose.yaml"
@@ -593,16 +600,21 @@ def test_every_way_of_serving_gives_the_door_a_token_file_of_a_secret():
     assert f"{TOKEN_FILE_ENV}=/run/secrets/virnucpro_token" in service["environment"]
     assert service["secrets"] == ["virnucpro_token"]
     assert compose["secrets"]["virnucpro_token"]["file"].startswith(f"${{{TOKEN_FILE_ENV}:?")
-    # compose.tls.yaml: the certificate and key the same way, from the host's variables
-    tls = yaml.safe_load((DOCKER / "compose.tls.yaml").read_text())
-    (overlay,) = tls["services"].values()
-    for variable, secret in (
-        (TLS_CERT_ENV, "virnucpro_tls_cert"),
-        (TLS_KEY_ENV, "virnucpro_tls_key"),
-    ):
-        assert f"{variable}=/run/secrets/{secret}" in overlay["environment"]
-        assert secret in overlay["secrets"]
-        assert tls["secrets"][secret]["file"].startswith(f"${{{variable}:?")
+    # compose.tls.yaml: the certificate and key the same way, from the host's variables;
+    # compose.mtls.yaml the client CA, and the health check's client certificate and key
+    overlays = {
+        "compose.tls.yaml": (TLS_CERT_ENV, TLS_KEY_ENV),
+        "compose.mtls.yaml": MUTUAL,
+    }
+    for name, variables in overlays.items():
+        document = yaml.safe_load((DOCKER / name).read_text())
+        (overlay,) = document["services"].values()
+        assert len(overlay["secrets"]) == len(variables)
+        for variable in variables:
+            secret = variable.lower()  # VIRNUCPRO_TLS_KEY: secret virnucpro_tls_key
+            assert f"{variable}=/run/secrets/{secret}" in overlay["environment"]
+            assert secret in overlay["secrets"]
+            assert document["secrets"][secret]["file"].startswith(f"${{{variable}:?")
     # Kubernetes and KServe: the Secret virnucpro-access, readable by the pod's group
     pod, triton = pod_spec(), container()
     assert secret_files(triton, triton["volumeMounts"], pod["volumes"]) == {
@@ -699,7 +711,10 @@ def fake_engine(
 
 
 # The access files compose is given (the fake engine writes them beside its log).
-ACCESS_VARIABLES = " ".join(f"{v}=${v}" for v in (TOKEN_FILE_ENV, TLS_CERT_ENV, TLS_KEY_ENV))
+MUTUAL = (TLS_CLIENT_CA_ENV, TLS_CLIENT_CERT_ENV, TLS_CLIENT_KEY_ENV)
+ACCESS_VARIABLES = " ".join(
+    f"{v}=${v}" for v in (TOKEN_FILE_ENV, TLS_CERT_ENV, TLS_KEY_ENV, *MUTUAL)
+)
 
 
 def calls(log: Path) -> list[str]:
@@ -850,4 +865,30 @@ def test_make_serve_gives_compose_the_token_and_tls_files_as_absolute_paths(tmp_
         TOKEN_FILE_ENV: str(tmp_path / "token"),
         TLS_CERT_ENV: str(tmp_path / "server.pem"),
         TLS_KEY_ENV: str(tmp_path / "server.key"),
+        **dict.fromkeys(MUTUAL, ""),  # no mutual TLS
     }
+
+
+def test_make_serve_adds_mutual_tls_with_the_health_checks_client_certificate(tmp_path, exported):
+    docker, log = fake_engine(tmp_path)
+    files = {
+        variable: tmp_path / variable.lower()
+        for variable in (TOKEN_FILE_ENV, TLS_CERT_ENV, TLS_KEY_ENV, *MUTUAL)
+    }
+    for path in files.values():
+        path.write_text("x\n")
+    variables = [f"{k}={v}" for k, v in files.items()]
+    without_tls = [v for v in variables if not v.startswith((TLS_CERT_ENV, TLS_KEY_ENV))]
+    line = one_line(make_serve(docker, "GPUS=none", f"REPOSITORY={exported}", *without_tls))
+    assert f"{TLS_CLIENT_CA_ENV} needs {TLS_CERT_ENV} and {TLS_KEY_ENV}" in line
+    no_key = [v for v in variables if not v.startswith(TLS_CLIENT_KEY_ENV)]
+    line = one_line(make_serve(docker, "GPUS=none", f"REPOSITORY={exported}", *no_key))
+    assert f"{TLS_CLIENT_KEY_ENV}=: no such file; mutual TLS needs" in line
+    assert not [c for c in calls(log) if " up " in c]
+    result = make_serve(docker, "GPUS=none", f"REPOSITORY={exported}", *variables)
+    assert result.returncode == 0, result.stderr
+    assert calls(log)[-1] == (
+        "docker compose -f docker/compose.yaml -f docker/compose.tls.yaml "
+        f"-f docker/compose.mtls.yaml up --build VIRNUCPRO_MODELS={exported}"
+    )
+    assert access_given(log) == {k: str(v) for k, v in files.items()}
