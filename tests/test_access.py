@@ -283,11 +283,16 @@ def test_every_route_refuses_a_missing_wrong_or_malformed_token(token_server):
             metadata = None if authorization is None else {"authorization": authorization}
             for error in grpc_calls(client, metadata):
                 assert_unauthenticated(error)
-    # Refused on its head: the 1 MB body it announces is never sent, and not waited for.
-    head = b"POST %s/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (MODEL.encode(), MB)
-    assert http_exchange(token_server.http_url, head)[0] == 401
+    # Refused on its head: the 1 MB body it announces is never sent, and not waited for; a
+    # client that holds its body back until `100 Continue` gets the refusal instead.
+    head = b"POST %s/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n" % (MODEL.encode(), MB)
+    assert http_exchange(token_server.http_url, head + b"\r\n")[0] == 401
+    expect = head + b"Expect: 100-continue\r\n"
+    assert http_exchange(token_server.http_url, expect + b"\r\n")[0] == 401
+    token = b"Authorization: %s\r\n\r\n" % bearer(TOKEN).encode()
+    assert http_exchange(token_server.http_url, expect + token)[0] == 100
     after = counts(token_server)
-    assert after["http"] - before["http"] == len(REFUSED) * len(HTTP_ROUTES) + 1
+    assert after["http"] - before["http"] == len(REFUSED) * len(HTTP_ROUTES) + 2
     assert after["metrics"] - before["metrics"] == len(REFUSED)
     assert after["grpc"] - before["grpc"] == len(REFUSED) * 7
     assert pipeline_counts(token_server) == served

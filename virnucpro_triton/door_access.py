@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
-from aiohttp import web
+from aiohttp import HttpVersion11, hdrs, web
 
 from virnucpro_triton.credentials import (
     AUTH_HEADER,
@@ -175,27 +175,55 @@ class Access:
         self.auth_health = auth_health
         self.refusals = Refusals()
 
-    def middlewares(self, port: str) -> list:
-        """The aiohttp middlewares of the HTTP (`port` "http") or metrics ("metrics") port."""
+    def _refused(self, request: web.Request, port: str) -> web.Response | None:
+        """The 401 answer to a request without a valid token (counted and logged), or None."""
+        health = request.method in ("GET", "HEAD") and request.rel_url.raw_path in _HEALTH_PATHS
+        if health and not self.auth_health:
+            return None
+        why = refusal(request.headers.getall(AUTH_HEADER, []), self.tokens.tokens())
+        if why is None:
+            return None
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        self.refusals.note(port, _address(peer), why)
+        challenge = _CHALLENGE + (', error="invalid_token"' if "wrong" in why else "")
+        answer = web.json_response(
+            {"error": f"{why}: send Authorization: {SCHEME} TOKEN"},
+            status=401,
+            headers={"WWW-Authenticate": challenge},
+        )
+        answer.force_close()  # the body was not read; the connection cannot be reused
+        return answer
+
+    def http_checks(self, port: str) -> dict[str, object]:
+        """The aiohttp application's `middlewares` and its route's `expect_handler` on the HTTP
+        (`port` "http") or metrics ("metrics") port."""
+        return {"middlewares": self._middlewares(port), "expect_handler": self._expect(port)}
+
+    def _expect(self, port: str) -> Callable[[web.Request], Awaitable[web.Response | None]]:
+        """What answers `Expect: 100-continue` (aiohttp runs it before the middlewares): a
+        refusal goes out at once, so the client does not send the body it holds back."""
+
+        async def expect(request: web.Request) -> web.Response | None:
+            if (answer := self._refused(request, port)) is not None:
+                return answer
+            # aiohttp's own answer, as its default handler gives it.
+            if request.version != HttpVersion11:
+                return None
+            if request.headers.get(hdrs.EXPECT, "").lower() != "100-continue":
+                raise web.HTTPExpectationFailed(
+                    text=f"Unknown Expect: {request.headers[hdrs.EXPECT]}"
+                )
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0  # the answer's head is still to come
+            return None
+
+        return expect
+
+    def _middlewares(self, port: str) -> list:
 
         @web.middleware
         async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
-            health = request.method in ("GET", "HEAD") and request.rel_url.raw_path in _HEALTH_PATHS
-            if health and not self.auth_health:
-                return await handler(request)
-            why = refusal(request.headers.getall(AUTH_HEADER, []), self.tokens.tokens())
-            if why is None:
-                return await handler(request)
-            peer = request.transport.get_extra_info("peername") if request.transport else None
-            self.refusals.note(port, _address(peer), why)
-            challenge = _CHALLENGE + (', error="invalid_token"' if "wrong" in why else "")
-            answer = web.json_response(
-                {"error": f"{why}: send Authorization: {SCHEME} TOKEN"},
-                status=401,
-                headers={"WWW-Authenticate": challenge},
-            )
-            answer.force_close()  # the body was not read; the connection cannot be reused
-            return answer
+            return self._refused(request, port) or await handler(request)
 
         @web.middleware
         async def count(request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -98,7 +98,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The access and TLS options on the door's parser; files default to their variables."""
     for option, (variable, help_text) in FILE_OPTIONS.items():
         parser.add_argument(
-            option, type=Path, default=os.environ.get(variable) or None, help=help_text
+            option,
+            type=Path,
+            default=os.environ.get(variable) or None,
+            metavar="FILE",
+            help=f"{help_text} [env: {variable}]",
         )
     for option, help_text in FLAG_OPTIONS.items():
         parser.add_argument(option, action="store_true", help=help_text)

@@ -242,7 +242,9 @@ def _too_large(size: int | None, limit: int) -> web.Response:
     )
 
 
-def _http_app(upstream: Path, limit: int, middlewares: Sequence = ()) -> web.Application:
+def _http_app(
+    upstream: Path, limit: int, middlewares: Sequence = (), expect_handler: Callable | None = None
+) -> web.Application:
     async def forward(request: web.Request) -> web.StreamResponse:
         if request.content_length is not None and request.content_length > limit:
             return _too_large(request.content_length, limit)
@@ -277,14 +279,14 @@ def _http_app(upstream: Path, limit: int, middlewares: Sequence = ()) -> web.App
             yield
 
     app = web.Application(client_max_size=limit, middlewares=middlewares)
-    app.router.add_route("*", "/{path:.*}", forward)
+    app.router.add_route("*", "/{path:.*}", forward, expect_handler=expect_handler)
     app.cleanup_ctx.append(session)
     return app
 
 
 async def _http_door(endpoint: Endpoint, upstream: Path, limit: int, guard: Guard) -> web.AppRunner:
-    middlewares = guard.access.middlewares(endpoint.name) if guard.access else ()
-    runner = web.AppRunner(_http_app(upstream, limit, middlewares), access_log=None)
+    checks = guard.access.http_checks(endpoint.name) if guard.access else {}
+    runner = web.AppRunner(_http_app(upstream, limit, **checks), access_log=None)
     await runner.setup()
     tls = guard.tls.context if guard.tls else None
     try:
