@@ -108,17 +108,42 @@ require-nvidia = $(if $(filter none,$(GPUS)),,$(if $(shell $(DOCKER) info --form
   '{{json .Runtimes}}' 2>/dev/null | grep -q '"nvidia"' && echo ok),,$(error make $@: the \
   NVIDIA container runtime is missing ($(DOCKER) info lists no nvidia runtime); install the \
   NVIDIA Container Toolkit, or run `make serve GPUS=none` (CPU only))))
-compose-files = -f docker/compose.yaml $(if $(filter all,$(GPUS)),-f docker/compose.gpus.yaml)
+# The door listens beyond loopback inside the container, so it asks for access tokens: the file
+# of them is required, TLS (compose.tls.yaml) taken when its certificate is named. Compose reads
+# relative paths from docker/, so each goes to it absolute.
+require-file = $(if $(wildcard $($(1))),,$(error make $@: $(1)=$($(1)): no such file; $(2)))
+require-token = $(if $(VIRNUCPRO_TOKEN_FILE),$(call require-file,VIRNUCPRO_TOKEN_FILE,give \
+  the file of the access tokens),$(error make $@: set VIRNUCPRO_TOKEN_FILE to a file of access \
+  tokens, e.g. `openssl rand -hex 32 > token` (README: Access tokens and TLS)))
+require-tls = $(if $(VIRNUCPRO_TLS_CERT)$(VIRNUCPRO_TLS_KEY),$(call require-file,VIRNUCPRO_TLS_CERT,give \
+  the certificate (PEM) of VIRNUCPRO_TLS_KEY)$(call require-file,VIRNUCPRO_TLS_KEY,give the \
+  key (PEM) of VIRNUCPRO_TLS_CERT))
+# Mutual TLS (compose.mtls.yaml): the client CA, and the client certificate of the health check.
+require-mtls = $(if $(VIRNUCPRO_TLS_CLIENT_CA),$(if $(VIRNUCPRO_TLS_CERT),,$(error make $@: \
+  VIRNUCPRO_TLS_CLIENT_CA needs VIRNUCPRO_TLS_CERT and VIRNUCPRO_TLS_KEY))$(foreach v,$(mtls),\
+  $(call require-file,$(v),mutual TLS needs the client CA and a client certificate and key for \
+  the health check)))
+mtls = VIRNUCPRO_TLS_CLIENT_CA VIRNUCPRO_TLS_CLIENT_CERT VIRNUCPRO_TLS_CLIENT_KEY
+compose-files = -f docker/compose.yaml $(if $(filter all,$(GPUS)),-f docker/compose.gpus.yaml) \
+  $(if $(VIRNUCPRO_TLS_CERT),-f docker/compose.tls.yaml) \
+  $(if $(VIRNUCPRO_TLS_CLIENT_CA),-f docker/compose.mtls.yaml)
+absolute = $(foreach v,$(1),$(if $($(v)),$(v)="$(abspath $($(v)))"))
 
-serve:  ## NGC Triton container with the project on $(REPOSITORY), all GPUs (GPUS=none: CPU), ports 8000-8002
+serve:  ## NGC Triton container on $(REPOSITORY), all GPUs (GPUS=none: CPU), ports 8000-8002; VIRNUCPRO_TOKEN_FILE=F
 	$(require-docker)
 	$(require-compose)
 	$(require-gpus)
 	$(require-nvidia)
 	$(require-repository)
-	VIRNUCPRO_MODELS="$(abspath $(REPOSITORY))" $(compose) $(compose-files) up --build
+	$(require-token)
+	$(require-tls)
+	$(require-mtls)
+	VIRNUCPRO_MODELS="$(abspath $(REPOSITORY))" \
+	  $(call absolute,VIRNUCPRO_TOKEN_FILE VIRNUCPRO_TLS_CERT VIRNUCPRO_TLS_KEY) \
+	  $(call absolute,$(mtls)) \
+	  $(compose) $(compose-files) up --build
 
-serve-local: $(STAMP)  ## embedded Triton server (no Docker) on $(REPOSITORY) (127.0.0.1:8000/8001/8002)
+serve-local: $(STAMP)  ## embedded Triton server (no Docker) on $(REPOSITORY) (127.0.0.1:8000/8001/8002); VIRNUCPRO_TOKEN_FILE, VIRNUCPRO_TLS_CERT/KEY
 	$(BIN)/virnucpro-triton serve --repository $(REPOSITORY)
 
 image:  ## build the server image (docker/Dockerfile) as $(IMAGE), e.g. to push for Kubernetes

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import secrets
 import shutil
 import signal
 import socket
@@ -30,6 +32,14 @@ from test_request_limits import OVERSIZE, http_exchange, oversize_http_head, pip
 from tritonclient.grpc import InferenceServerClient
 from tritonclient.utils import InferenceServerException
 
+from virnucpro_triton.bench_door import make_certificates
+from virnucpro_triton.credentials import (
+    AUTH_HEADER,
+    TLS_CERT_ENV,
+    TLS_KEY_ENV,
+    TOKEN_FILE_ENV,
+    bearer,
+)
 from virnucpro_triton.repository import PIPELINE
 from virnucpro_triton.results.outputs import PREDICTIONS, SUMMARY, VERDICTS
 from virnucpro_triton.server import free_port
@@ -38,6 +48,7 @@ pytestmark = pytest.mark.container
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker" / "compose.yaml"
+COMPOSE_TLS = ROOT / "docker" / "compose.tls.yaml"
 STANDIN = os.environ.get("VIRNUCPRO_STANDIN", "virnucpro-ngc-standin:24.10-py3")
 IMAGE = "virnucpro-triton:container-test"
 CLI = Path(sys.executable).with_name("virnucpro-triton")
@@ -92,6 +103,48 @@ def compose_env(**extra: str) -> dict[str, str]:
     return env | {"BASE_IMAGE": STANDIN, "VIRNUCPRO_IMAGE": IMAGE} | extra
 
 
+class Access:
+    """A token file and TLS files on the host, as `make serve` is given them: readable by the
+    container's uid 1000 (the key too: openssl writes it 0600)."""
+
+    def __init__(self, directory: Path):
+        make_certificates(directory, {})
+        self.ca = directory / "ca.pem"
+        (directory / "server.key").chmod(0o644)
+        self.token_file = directory / "token"
+        self.token_file.write_text(secrets.token_hex(32) + "\n")
+        self.token = self.token_file.read_text().strip()
+        self.files = {
+            TOKEN_FILE_ENV: self.token_file,
+            TLS_CERT_ENV: directory / "server.pem",
+            TLS_KEY_ENV: directory / "server.key",
+        }
+
+    @property
+    def header(self) -> dict[str, str]:
+        return {AUTH_HEADER: bearer(self.token)}
+
+
+@pytest.fixture(scope="session")
+def access(tmp_path_factory) -> Access:
+    return Access(tmp_path_factory.mktemp("access"))
+
+
+def compose_access_flags(access: Access, tls: bool) -> list[str]:
+    """`docker run` flags for what compose.yaml (and compose.tls.yaml) set: each secret's host
+    file (named by the variable in its `file:`) mounted read-only under /run/secrets, and the
+    service's variables that point the door at them."""
+    flags = []
+    for path in [COMPOSE, *[COMPOSE_TLS] * tls]:
+        document = yaml.safe_load(path.read_text())
+        (triton,) = document["services"].values()
+        for name in triton["secrets"]:
+            variable = re.match(r"\$\{(\w+):\?", document["secrets"][name]["file"]).group(1)
+            flags += ["-v", f"{access.files[variable]}:/run/secrets/{name}:ro"]
+        flags += [arg for value in triton["environment"] if "=" in value for arg in ("-e", value)]
+    return flags
+
+
 @pytest.fixture(scope="session")
 def timings() -> Iterator[dict[str, float]]:
     measured: dict[str, float] = {}
@@ -101,14 +154,15 @@ def timings() -> Iterator[dict[str, float]]:
 
 
 @pytest.fixture(scope="session")
-def image(timings) -> str:
+def image(timings, access) -> str:
     """docker/Dockerfile built as `make serve` builds it (compose), on the stand-in base."""
     if run(["docker", "info"]).returncode != 0:
         pytest.fail("no Docker engine answers; run tests/container/setup.sh (make test-container)")
     if run(["docker", "image", "inspect", STANDIN]).returncode != 0:
         pytest.fail(f"no {STANDIN} image; run tests/container/setup.sh (make test-container)")
     start = time.monotonic()
-    env = compose_env(VIRNUCPRO_MODELS=str(ROOT))  # compose.yaml requires it; build ignores it
+    # compose.yaml requires these; the build ignores them
+    env = compose_env(VIRNUCPRO_MODELS=str(ROOT), VIRNUCPRO_TOKEN_FILE=str(access.token_file))
     result = run(["docker", "compose", "-f", COMPOSE, "build"], timeout=BUILD_SECONDS, env=env)
     if result.returncode != 0:
         pytest.fail(f"building docker/Dockerfile failed:\n{result.stderr[-4000:]}")
@@ -137,8 +191,9 @@ def reference(root_export, tmp_path_factory) -> Path:
     return out
 
 
-def predict_through(url: str, out: Path) -> None:
-    result = run([CLI, "predict", INPUT, "-o", out, "--url", url, *PREDICT], 600)
+def predict_through(url: str, out: Path, access: Access, *options) -> None:
+    token = ["--token-file", access.token_file]
+    result = run([CLI, "predict", INPUT, "-o", out, "--url", url, *PREDICT, *token, *options], 600)
     assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -148,12 +203,21 @@ def assert_same_results(out: Path, reference: Path) -> None:
 
 
 class Container:
-    """`docker run` of the image with what compose.yaml sets, removed on exit."""
+    """`docker run` of the image with what compose.yaml sets (and compose.tls.yaml, `tls`),
+    removed on exit."""
 
-    def __init__(self, image: str, repository: Path, health_interval: str = "2s"):
+    def __init__(
+        self,
+        image: str,
+        repository: Path,
+        access: Access,
+        health_interval: str = "2s",
+        tls: bool = False,
+    ):
         self.name = f"virnucpro-test-{uuid.uuid4().hex[:10]}"
         triton = service()
         flags = ["--shm-size", triton["shm_size"]] + ["--read-only"] * triton["read_only"]
+        flags += compose_access_flags(access, tls)
         for mount in triton["tmpfs"]:
             flags += ["--tmpfs", mount]
         # Docker checks health every --interval, also during the start period: a short one
@@ -202,13 +266,15 @@ class Container:
 
 
 @pytest.fixture(scope="module")
-def served(image, root_export, timings) -> Iterator[Container]:
-    with Container(image, root_export) as container:
+def served(image, root_export, access, timings) -> Iterator[Container]:
+    with Container(image, root_export, access) as container:
         timings["start_to_healthy_s"] = round(container.wait_healthy(), 1)
         yield container
 
 
-def test_the_image_serves_a_root_export_as_uid_1000_on_a_read_only_root(served, root_export):
+def test_the_image_serves_a_root_export_as_uid_1000_on_a_read_only_root(
+    served, root_export, access
+):
     assert served.state()["Health"]["Status"] == "healthy"
     assert served.exec("id", "-u").stdout.strip() == "1000"
     denied = served.exec("touch", "/opt/venv/written")
@@ -218,7 +284,7 @@ def test_the_image_serves_a_root_export_as_uid_1000_on_a_read_only_root(served, 
     assert weights.stat().st_uid == 0 and weights.stat().st_mode & 0o777 == 0o644
     # Every model is READY: the served repository index, as the server sees it.
     url = f"http://{served.address(8000)}/v2/repository/index"
-    request = urllib.request.Request(url, data=b"{}", method="POST")
+    request = urllib.request.Request(url, data=b"{}", method="POST", headers=access.header)
     with urllib.request.urlopen(request, timeout=10) as response:
         index = json.load(response)
     assert {m["name"] for m in index} == {p.name for p in root_export.iterdir()}
@@ -233,19 +299,46 @@ def test_the_installed_project_carries_its_spdx_licence(served):
     assert "License-Expression: MIT" in metadata
 
 
-def test_predict_through_the_container_equals_the_embedded_server(served, reference, tmp_path):
-    predict_through(served.address(8001), tmp_path)
+def test_predict_through_the_container_equals_the_embedded_server(
+    served, reference, access, tmp_path
+):
+    predict_through(served.address(8001), tmp_path, access)
     assert_same_results(tmp_path, reference)
 
 
-def test_the_container_refuses_oversize_requests_at_its_ports(served):
+def test_the_container_refuses_oversize_requests_at_its_ports(served, access):
     """The image's ENTRYPOINT is the front door: the same request limit as the embedded server."""
     with InferenceServerClient(served.address(8001)) as client:
         with pytest.raises(InferenceServerException, match="larger than max"):
-            client.infer(PIPELINE, pipeline_request(b"A" * OVERSIZE))
-        assert client.is_model_ready(PIPELINE)
-    head = oversize_http_head(f"/v2/models/{PIPELINE}/infer", b"Content-Length: %d\r\n" % OVERSIZE)
+            client.infer(PIPELINE, pipeline_request(b"A" * OVERSIZE), headers=access.header)
+        assert client.is_model_ready(PIPELINE, headers=access.header)
+    authorization = b"Authorization: %s\r\n" % bearer(access.token).encode()
+    length = b"Content-Length: %d\r\n" % OVERSIZE
+    head = oversize_http_head(f"/v2/models/{PIPELINE}/infer", length + authorization)
     assert http_exchange(served.address(8000), head)[0] == 413
+
+
+def test_the_container_asks_for_the_token_and_tls_as_compose_sets_them(
+    image, root_export, reference, access, tmp_path
+):
+    """compose.yaml's token and compose.tls.yaml's certificate: the health check turns healthy
+    through TLS, `predict --url` with the token and the CA writes the same bytes, and a client
+    without the token or without TLS is refused in one line; no token in the server's log."""
+    with Container(image, root_export, access, tls=True) as container:
+        container.wait_healthy()
+        url = container.address(8001)
+        predict_through(url, tmp_path / "out", access, "--tls-ca", access.ca)
+        assert_same_results(tmp_path / "out", reference)
+        for options, phrase in (
+            (["--tls-ca", access.ca], "asks for an access token"),
+            (["--token-file", access.token_file], "speaks TLS: give --tls"),
+        ):
+            refused = run([CLI, "predict", INPUT, "-o", tmp_path / "refused", "--url", url,
+                           *PREDICT, "--retry-seconds", "600", *options], 300)  # fmt: skip
+            assert refused.returncode == 1 and phrase in refused.stderr, refused.stderr
+            assert len(refused.stderr.splitlines()) == 1
+        logs = container.logs()
+    assert access.token not in logs
 
 
 def test_docker_stop_ends_triton_within_its_grace_period(served, timings):
@@ -260,13 +353,15 @@ def test_docker_stop_ends_triton_within_its_grace_period(served, timings):
     assert timings["docker_stop_s"] < grace
 
 
-def test_an_unreadable_weights_file_is_reported_as_permission_denied(image, root_export, tmp_path):
+def test_an_unreadable_weights_file_is_reported_as_permission_denied(
+    image, root_export, access, tmp_path
+):
     """A repository exported before files were made readable: the server names the file."""
     repository = tmp_path / "repository"
     shutil.copytree(root_export, repository)
     weights = repository / "esm2" / "1" / "weights.safetensors"
     weights.chmod(0o600)  # what safetensors' save_file leaves
-    with Container(image, repository) as container:
+    with Container(image, repository, access) as container:
         wait_until(container.exited, STARTUP_SECONDS, "the server to give up", container.logs)
         logs = container.logs()
         assert container.state()["ExitCode"] != 0
@@ -289,7 +384,7 @@ def ready(http_port: int) -> bool:
 
 
 def test_make_serve_without_gpus_comes_up_answers_and_comes_down(
-    image, root_export, reference, tmp_path
+    image, root_export, reference, access, tmp_path
 ):
     project = f"virnucpro-test-{uuid.uuid4().hex[:10]}"
     http, grpc, metrics = free_port(), free_port(), free_port()
@@ -298,6 +393,7 @@ def test_make_serve_without_gpus_comes_up_answers_and_comes_down(
         VIRNUCPRO_HTTP_PORT=str(http),
         VIRNUCPRO_GRPC_PORT=str(grpc),
         VIRNUCPRO_METRICS_PORT=str(metrics),
+        VIRNUCPRO_TOKEN_FILE=str(access.token_file),
     )
     make = shutil.which("make") or "make"
     log = tmp_path / "make-serve.log"
@@ -321,7 +417,7 @@ def test_make_serve_without_gpus_comes_up_answers_and_comes_down(
             return ready(http)
 
         wait_until(answering, STARTUP_SECONDS, "make serve to answer", log.read_text)
-        predict_through(f"127.0.0.1:{grpc}", tmp_path / "out")
+        predict_through(f"127.0.0.1:{grpc}", tmp_path / "out", access)
         assert_same_results(tmp_path / "out", reference)
         # Ctrl-C, as a user stops it: compose stops the container and make returns.
         os.killpg(serve.pid, signal.SIGINT)

@@ -21,6 +21,15 @@ import pytest
 import tomllib
 import yaml
 
+from virnucpro_triton.credentials import (
+    TLS_CERT_ENV,
+    TLS_CLIENT_CA_ENV,
+    TLS_CLIENT_CERT_ENV,
+    TLS_CLIENT_KEY_ENV,
+    TLS_KEY_ENV,
+    TOKEN_FILE_ENV,
+)
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
 K8S = DOCKER / "k8s"
@@ -155,8 +164,9 @@ def test_compose_file_matches_the_compose_spec(tools, tmp_path):
     schema = ("--builtin-schema", "vendor.compose-spec")
     result = run(tools / "check-jsonschema", *schema, DOCKER / "compose.yaml")
     assert result.returncode == 0, result.stdout + result.stderr
-    result = run(tools / "check-jsonschema", *schema, DOCKER / "compose.gpus.yaml")
-    assert result.returncode == 0, result.stdout + result.stderr
+    for overlay in ("compose.gpus.yaml", "compose.tls.yaml", "compose.mtls.yaml"):
+        result = run(tools / "check-jsonschema", *schema, DOCKER / overlay)
+        assert result.returncode == 0, result.stdout + result.stderr
     bad = tmp_path / "compose.yaml"
     bad.write_text((DOCKER / "compose.yaml").read_text().replace("shm_size:", "shm-size:"))
     result = run(tools / "check-jsonschema", *schema, bad)
@@ -509,6 +519,7 @@ def test_export_leaves_files_that_any_uid_can_read_whatever_the_umask(tmp_path):
 # --- compose, Kubernetes and KServe in step with the image ---------------------------------
 
 # What KServe's kserve-tritonserver runtime passes itself: the repository it mounts, its ports.
+HTTP_PORT = 8000  # the image's (EXPOSE), where its health check asks
 KSERVE_RUNTIME_FLAGS = ("--model-store=", "--model-repository=", "--http-port=", "--grpc-port=")
 KSERVE_HTTP_PORT = 8080  # the runtime's --http-port
 
@@ -537,9 +548,11 @@ def test_ports_and_probes_match_the_image():
     assert sorted(ports.values()) == sorted(map(int, exposed))
     published = sorted(p.rsplit(":", 1)[1] for p in compose_service()["ports"])
     assert published == sorted(exposed)
-    (healthcheck,) = [i for i in dockerfile_lines() if i.startswith("HEALTHCHECK")]
-    (image_path,) = re.findall(r"http://127\.0\.0\.1:8000(/v2/health/\w+)", healthcheck)
-    assert image_path in " ".join(compose_service()["healthcheck"]["test"])
+    # Compose runs the image's health check (health.py, on the image's HTTP port) as it is.
+    check = image_healthcheck()
+    assert compose_service()["healthcheck"]["test"] == ["CMD", *check]
+    assert check[:3] == ["python3", "-m", "virnucpro_triton.health"] and HTTP_PORT == 8000
+    image_path = check[check.index("--path") + 1]
     kinds = ("startupProbe", "readinessProbe", "livenessProbe")
     model = load_all(KSERVE)[0]["spec"]["predictor"]["model"]
     k8s = {
@@ -555,6 +568,70 @@ def test_ports_and_probes_match_the_image():
     for probes in (container(), model):
         startup = probes["startupProbe"]
         assert startup["periodSeconds"] * startup["failureThreshold"] >= STARTUP_SECONDS
+
+
+def image_healthcheck() -> list[str]:
+    (healthcheck,) = [i for i in dockerfile_lines() if i.startswith("HEALTHCHECK")]
+    return json.loads(healthcheck.split(" CMD ", 1)[1])
+
+
+def secret_files(spec: dict, mounts: list[dict], volumes: list[dict]) -> dict[str, tuple]:
+    """{variable: (Secret, key)} of each environment variable naming a file of a Secret volume,
+    which must be mounted read-only and readable by the pod's group alone."""
+    volumes = {v["name"]: v for v in volumes}
+    found = {}
+    for variable in spec["env"]:
+        path = Path(variable["value"])
+        (mount,) = [m for m in mounts if Path(m["mountPath"]) == path.parent]
+        assert mount["readOnly"] is True
+        secret = volumes[mount["name"]]["secret"]
+        assert secret["defaultMode"] == 0o440
+        found[variable["name"]] = (secret["secretName"], path.name)
+    return found
+
+
+def test_every_way_of_serving_gives_the_door_a_token_file_of_a_secret():
+    """The image's door listens beyond loopback, where it refuses to serve without access
+    tokens: compose, Kubernetes and KServe mount a token file read-only and name it in the
+    variable the door reads (credentials.py); health stays open (no --auth-health)."""
+    # compose: a secret from the host's file, bind-mounted read-only under /run/secrets
+    service = compose_service()
+    compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    assert f"{TOKEN_FILE_ENV}=/run/secrets/virnucpro_token" in service["environment"]
+    assert service["secrets"] == ["virnucpro_token"]
+    assert compose["secrets"]["virnucpro_token"]["file"].startswith(f"${{{TOKEN_FILE_ENV}:?")
+    # compose.tls.yaml: the certificate and key the same way, from the host's variables;
+    # compose.mtls.yaml the client CA, and the health check's client certificate and key
+    overlays = {
+        "compose.tls.yaml": (TLS_CERT_ENV, TLS_KEY_ENV),
+        "compose.mtls.yaml": MUTUAL,
+    }
+    for name, variables in overlays.items():
+        document = yaml.safe_load((DOCKER / name).read_text())
+        (overlay,) = document["services"].values()
+        assert len(overlay["secrets"]) == len(variables)
+        for variable in variables:
+            secret = variable.lower()  # VIRNUCPRO_TLS_KEY: secret virnucpro_tls_key
+            assert f"{variable}=/run/secrets/{secret}" in overlay["environment"]
+            assert secret in overlay["secrets"]
+            assert document["secrets"][secret]["file"].startswith(f"${{{variable}:?")
+    # Kubernetes and KServe: the Secret virnucpro-access, readable by the pod's group
+    pod, triton = pod_spec(), container()
+    assert secret_files(triton, triton["volumeMounts"], pod["volumes"]) == {
+        TOKEN_FILE_ENV: ("virnucpro-access", "token")
+    }
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+    predictor = load_all(KSERVE)[0]["spec"]["predictor"]
+    model = predictor["model"]
+    assert secret_files(model, model["volumeMounts"], predictor["volumes"]) == {
+        TOKEN_FILE_ENV: ("virnucpro-access", "token")
+    }
+    assert predictor["securityContext"]["fsGroup"] == predictor["securityContext"]["runAsGroup"]
+    for args in (image_command(), triton["args"], model["args"]):
+        assert not [a for a in args if a.startswith(("--auth-health", "--no-auth"))]
+    # Clients of the Services are told to send the token.
+    assert "--token-file" in (K8S / "service.yaml").read_text()
+    assert "--token-file" in KSERVE.read_text()
 
 
 def test_every_grace_period_covers_a_clean_stop():
@@ -613,6 +690,7 @@ def fake_engine(
     docker.write_text(
         "#!/bin/sh\n"
         f'echo "docker $* VIRNUCPRO_MODELS=$VIRNUCPRO_MODELS" >> "{log}"\n'
+        f'echo "{ACCESS_VARIABLES}" > "{log}.access"\n'
         f'if [ "$1 $2" = "info --format" ]; then echo \'{listed}\'; exit {info}; fi\n'
         f'if [ "$1" = info ]; then exit {info}; fi\n'
         f'if [ "$1 $2" = "compose version" ]; then {compose}; fi\n'
@@ -632,8 +710,19 @@ def fake_engine(
     return docker, log
 
 
+# The access files compose is given (the fake engine writes them beside its log).
+MUTUAL = (TLS_CLIENT_CA_ENV, TLS_CLIENT_CERT_ENV, TLS_CLIENT_KEY_ENV)
+ACCESS_VARIABLES = " ".join(
+    f"{v}=${v}" for v in (TOKEN_FILE_ENV, TLS_CERT_ENV, TLS_KEY_ENV, *MUTUAL)
+)
+
+
 def calls(log: Path) -> list[str]:
     return log.read_text().splitlines() if log.exists() else []
+
+
+def access_given(log: Path) -> dict[str, str]:
+    return dict(pair.split("=", 1) for pair in log.with_suffix(".log.access").read_text().split())
 
 
 @pytest.fixture
@@ -643,6 +732,14 @@ def exported(tmp_path) -> Path:
     entry.mkdir(parents=True)
     (entry / "config.pbtxt").write_text('name: "esm2"\n')
     return entry.parent
+
+
+@pytest.fixture
+def token(tmp_path) -> str:
+    """A token file, as a make variable: `make serve` requires one."""
+    path = tmp_path / "token"
+    path.write_text("0123456789abcdef0123456789abcdef\n")
+    return f"{TOKEN_FILE_ENV}={path}"
 
 
 def make_serve(docker: Path, *variables: str) -> subprocess.CompletedProcess[str]:
@@ -681,9 +778,9 @@ def test_make_serve_without_compose_v2_says_so_in_one_line(standalone, tmp_path,
     assert not [c for c in calls(log) if " up " in c]
 
 
-def test_make_serve_uses_a_standalone_docker_compose_of_version_2(tmp_path, exported):
+def test_make_serve_uses_a_standalone_docker_compose_of_version_2(tmp_path, exported, token):
     docker, log = fake_engine(tmp_path, plugin=None, standalone="2.26.1")
-    result = make_serve(docker, f"REPOSITORY={exported}")
+    result = make_serve(docker, f"REPOSITORY={exported}", token)
     assert result.returncode == 0, result.stderr
     assert calls(log)[-1] == (
         f"docker-compose -f docker/compose.yaml -f docker/compose.gpus.yaml up --build "
@@ -698,9 +795,9 @@ def test_make_serve_asking_for_gpus_without_the_nvidia_runtime_says_so(tmp_path,
     assert not [c for c in calls(log) if " up " in c]
 
 
-def test_make_serve_gpus_none_runs_without_the_gpu_reservation(tmp_path, exported):
+def test_make_serve_gpus_none_runs_without_the_gpu_reservation(tmp_path, exported, token):
     docker, log = fake_engine(tmp_path, runtimes=("runc",))
-    result = make_serve(docker, "GPUS=none", f"REPOSITORY={exported}")
+    result = make_serve(docker, "GPUS=none", f"REPOSITORY={exported}", token)
     assert result.returncode == 0, result.stderr
     assert calls(log)[-1] == (
         f"docker compose -f docker/compose.yaml up --build VIRNUCPRO_MODELS={exported}"
@@ -719,11 +816,79 @@ def test_make_serve_without_an_exported_repository_says_so(tmp_path):
     assert not [c for c in calls(log) if " up " in c]
 
 
-def test_make_serve_runs_compose_with_the_gpus_on_the_exported_repository(tmp_path, exported):
+def test_make_serve_runs_compose_with_the_gpus_on_the_exported_repository(
+    tmp_path, exported, token
+):
     docker, log = fake_engine(tmp_path)
-    result = make_serve(docker, f"REPOSITORY={exported}")
+    result = make_serve(docker, f"REPOSITORY={exported}", token)
     assert result.returncode == 0, result.stderr
     assert calls(log)[-1] == (
         f"docker compose -f docker/compose.yaml -f docker/compose.gpus.yaml up --build "
         f"VIRNUCPRO_MODELS={exported}"
     )
+
+
+def test_make_serve_without_a_token_file_says_so_in_one_line(tmp_path, exported):
+    docker, log = fake_engine(tmp_path)
+    line = one_line(make_serve(docker, f"REPOSITORY={exported}"))
+    assert f"set {TOKEN_FILE_ENV} to a file of access tokens" in line and "openssl rand" in line
+    missing = tmp_path / "no-token"
+    line = one_line(make_serve(docker, f"REPOSITORY={exported}", f"{TOKEN_FILE_ENV}={missing}"))
+    assert f"{TOKEN_FILE_ENV}={missing}: no such file" in line
+    assert not [c for c in calls(log) if " up " in c]
+
+
+def test_make_serve_gives_compose_the_token_and_tls_files_as_absolute_paths(tmp_path, exported):
+    """Compose reads relative paths from docker/: make passes each file absolute, and adds
+    compose.tls.yaml when a certificate is named (its key required with it)."""
+    docker, log = fake_engine(tmp_path)
+    for name in ("token", "server.pem", "server.key"):
+        (tmp_path / name).write_text("x\n")
+    relative = {
+        TOKEN_FILE_ENV: os.path.relpath(tmp_path / "token", ROOT),
+        TLS_CERT_ENV: os.path.relpath(tmp_path / "server.pem", ROOT),
+    }
+    line = one_line(
+        make_serve(docker, "GPUS=none", f"REPOSITORY={exported}",
+                   *(f"{k}={v}" for k, v in relative.items()))
+    )  # fmt: skip
+    assert f"{TLS_KEY_ENV}=: no such file" in line
+    relative[TLS_KEY_ENV] = os.path.relpath(tmp_path / "server.key", ROOT)
+    variables = [f"{k}={v}" for k, v in relative.items()]
+    result = make_serve(docker, "GPUS=none", f"REPOSITORY={exported}", *variables)
+    assert result.returncode == 0, result.stderr
+    assert calls(log)[-1] == (
+        "docker compose -f docker/compose.yaml -f docker/compose.tls.yaml up --build "
+        f"VIRNUCPRO_MODELS={exported}"
+    )
+    assert access_given(log) == {
+        TOKEN_FILE_ENV: str(tmp_path / "token"),
+        TLS_CERT_ENV: str(tmp_path / "server.pem"),
+        TLS_KEY_ENV: str(tmp_path / "server.key"),
+        **dict.fromkeys(MUTUAL, ""),  # no mutual TLS
+    }
+
+
+def test_make_serve_adds_mutual_tls_with_the_health_checks_client_certificate(tmp_path, exported):
+    docker, log = fake_engine(tmp_path)
+    files = {
+        variable: tmp_path / variable.lower()
+        for variable in (TOKEN_FILE_ENV, TLS_CERT_ENV, TLS_KEY_ENV, *MUTUAL)
+    }
+    for path in files.values():
+        path.write_text("x\n")
+    variables = [f"{k}={v}" for k, v in files.items()]
+    without_tls = [v for v in variables if not v.startswith((TLS_CERT_ENV, TLS_KEY_ENV))]
+    line = one_line(make_serve(docker, "GPUS=none", f"REPOSITORY={exported}", *without_tls))
+    assert f"{TLS_CLIENT_CA_ENV} needs {TLS_CERT_ENV} and {TLS_KEY_ENV}" in line
+    no_key = [v for v in variables if not v.startswith(TLS_CLIENT_KEY_ENV)]
+    line = one_line(make_serve(docker, "GPUS=none", f"REPOSITORY={exported}", *no_key))
+    assert f"{TLS_CLIENT_KEY_ENV}=: no such file; mutual TLS needs" in line
+    assert not [c for c in calls(log) if " up " in c]
+    result = make_serve(docker, "GPUS=none", f"REPOSITORY={exported}", *variables)
+    assert result.returncode == 0, result.stderr
+    assert calls(log)[-1] == (
+        "docker compose -f docker/compose.yaml -f docker/compose.tls.yaml "
+        f"-f docker/compose.mtls.yaml up --build VIRNUCPRO_MODELS={exported}"
+    )
+    assert access_given(log) == {k: str(v) for k, v in files.items()}

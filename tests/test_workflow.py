@@ -9,6 +9,7 @@ import gzip
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -18,6 +19,10 @@ from pathlib import Path
 import pytest
 from reference import same_table
 from servers import wait_for
+
+from virnucpro_triton.bench_door import make_certificates
+from virnucpro_triton.door_settings import AccessSettings
+from virnucpro_triton.server import EmbeddedServer
 
 pytestmark = pytest.mark.workflow
 
@@ -260,14 +265,25 @@ def answers(url: str) -> bool:
 @pytest.mark.server  # the CLI starts tritonserver
 @pytest.mark.slow
 def test_embedded_shared_server_serves_every_job_and_stops_with_the_run(tiny_repository, tmp_path):
+    """With `token_file`, the shared server asks for it and the jobs send it."""
     samples = {name: [ROOT / "examples" / f"{name}.fasta"] for name in ("contigs", "reads")}
-    write_project(tmp_path, samples, repository=str(tiny_repository), embedded="shared")
+    token = tmp_path / "token"
+    token.write_text(secrets.token_hex(32) + "\n")
+    wrapper, argv = recording_cli(tmp_path)
+    write_project(
+        tmp_path, samples, repository=str(tiny_repository), embedded="shared",
+        token_file=str(token), virnucpro_triton=str(wrapper),
+    )  # fmt: skip
     output = run_workflow(tmp_path)
     assert jobs_run(output) == {"predict": 2, "merge": 1, "all": 1}
     runs = [json.loads((tmp_path / "results" / name / "run.json").read_text()) for name in samples]
     urls = {url for run in runs for url in run["settings"]["urls"]}
     assert len(urls) == 1  # one server, started once, answered both jobs
     assert [run["start_seconds"] for run in runs] == [None, None]  # not one started per job
+    assert [run["settings"]["auth"] for run in runs] == ["token", "token"]
+    commands = argv.read_text().splitlines()
+    assert [c.split()[0] for c in commands].count("serve") == 1
+    assert all(f"--token-file {token}" in c for c in commands)
     assert not answers(urls.pop())  # stopped when the run ended
     log = (tmp_path / "results" / "logs" / "shared-server.log").read_text()
     assert "stopped by SIGTERM" in log
@@ -285,6 +301,57 @@ def test_embedded_per_job_each_job_starts_its_own_server(tiny_repository, tmp_pa
     run = json.loads((tmp_path / "results" / "reads" / "run.json").read_text())
     assert run["start_seconds"] > 0
     assert not (tmp_path / "results" / "logs" / "shared-server.log").exists()
+
+
+def recording_cli(folder: Path) -> tuple[Path, Path]:
+    """The CLI behind a wrapper that appends each command line to a file: (wrapper, file)."""
+    argv = folder / "argv.log"
+    wrapper = folder / "virnucpro-triton"
+    wrapper.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> "{argv}"\nexec "{CLI}" "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper, argv
+
+
+@pytest.fixture(scope="module")
+def guarded_server(tiny_repository, tmp_path_factory):
+    """A server asking for a token over TLS: (the server, its CA, a client's token file)."""
+    folder = tmp_path_factory.mktemp("guarded")
+    make_certificates(folder, {})
+    token = folder / "token"
+    token.write_text(secrets.token_hex(32) + "\n")
+    access = AccessSettings(
+        token_file=token, tls_cert=folder / "server.pem", tls_key=folder / "server.key"
+    )
+    with EmbeddedServer(tiny_repository, access=access, log_path=folder / "server.log") as running:
+        yield running, folder / "ca.pem", token
+
+
+@pytest.mark.server  # guarded_server
+def test_token_and_tls_of_the_config_reach_the_jobs_but_no_command_line(
+    guarded_server, two_samples, direct, tmp_path
+):
+    """Each job gets the files' paths: the token is on no command line (`ps` shows them all:
+    the CLI here is a wrapper that records its own), nor in any log, run.json or report."""
+    guarded, ca, token = guarded_server
+    wrapper, argv = recording_cli(tmp_path)
+    samples = {"contigs": two_samples["contigs"]}
+    predict = {**THRESHOLDS, **ONE_AT_A_TIME}
+    write_project(
+        tmp_path, samples, urls=[guarded.grpc_url], predict=predict, virnucpro_triton=str(wrapper),
+        token_file=str(token), tls={"ca": str(ca)},
+    )  # fmt: skip
+    output = run_workflow(tmp_path)
+    assert jobs_run(output) == {"predict": 1, "merge": 1, "all": 1}
+    results = tmp_path / "results"
+    assert_same_results(results / "contigs", direct["contigs"])
+    run = json.loads((results / "contigs" / "run.json").read_text())["settings"]
+    assert (run["auth"], run["tls"]) == ("token", True)
+    (command,) = [line for line in argv.read_text().splitlines() if line.startswith("predict ")]
+    assert f"--token-file {token} --tls-ca {ca}" in command
+    secret = token.read_text().strip()
+    texts = [output, argv.read_text(), guarded.log_path.read_text()]
+    texts += [p.read_text(errors="replace") for p in results.rglob("*") if p.is_file()]
+    assert not [text for text in texts if secret in text]
 
 
 READS = str(ROOT / "examples" / "reads.fasta")
@@ -305,6 +372,26 @@ BAD = [
     ("url", ONE, {"urls": ["gpu1"]}, "config urls.0: 'gpu1': a server's gRPC address is HOST:"),
     ("key", ONE, {"threds": 2}, "config (top level): Additional properties are not allowed ('thr"),
     ("cli", ONE, {"virnucpro_triton": "no-cli"}, "virnucpro_triton: 'no-cli' is neither a command"),
+    (
+        "token",
+        ONE,
+        {"urls": ["h:1"], "token_file": "nowhere"},
+        "config token_file: nowhere does not",
+    ),
+    (
+        "ca",
+        ONE,
+        {"urls": ["h:1"], "tls": {"ca": str(ROOT)}},
+        f"config tls.ca: {ROOT} is not a file",
+    ),
+    (
+        "client-key",
+        ONE,
+        {"urls": ["h:1"], "tls": {"client_cert": READS}},
+        "config tls: 'client_key' is a",
+    ),
+    ("tls", ONE, {"tls": True}, "config tls: TLS is for the servers in urls"),
+    ("per-job", ONE, {"embedded": "per_job", "token_file": READS}, "per_job servers that predict"),
 ]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import signal
 import sys
 import time
@@ -13,6 +14,12 @@ from pathlib import Path
 
 import click
 
+from virnucpro_triton.credentials import (
+    TLS_CA_ENV,
+    TLS_CLIENT_CERT_ENV,
+    TLS_CLIENT_KEY_ENV,
+    TOKEN_FILE_ENV,
+)
 from virnucpro_triton.door_settings import FILE_OPTIONS, FLAG_OPTIONS, AccessSettings
 from virnucpro_triton.errors import VirnucproError
 from virnucpro_triton.repository import (
@@ -125,8 +132,16 @@ _progress = click.option(
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="virnucpro-triton", prog_name="virnucpro-triton")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """VirNucPro viral DNA classification served by NVIDIA Triton Inference Server."""
+    if ctx.invoked_subcommand in _GRPC_CLIENTS:
+        # Before their options import gRPC: its C core logs a failed TLS handshake on stderr
+        # itself, in lines beside the one the client says it in (a GRPC_VERBOSITY set stays).
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
+
+_GRPC_CLIENTS = ("predict", "embed")
 
 
 @main.command()
@@ -220,7 +235,9 @@ def serve(
 
 def _server_options(command):
     """--url (repeatable), --urls-file, --repository, --retry-seconds, --resolve-seconds,
-    --max-message-mb."""
+    --max-message-mb, and the access options: --token-file, --tls, --tls-ca, --tls-client-cert,
+    --tls-client-key."""
+    pem = click.Path(dir_okay=False, path_type=Path)  # read, checked, by client/access.py
     options = [
         click.option(
             "--url",
@@ -266,10 +283,66 @@ def _server_options(command):
             default=lambda: _connection().MAX_MESSAGE_MB,
             help="gRPC message size limit, both ways.",
         ),
+        click.option(
+            "--token-file",
+            type=pem,
+            envvar=TOKEN_FILE_ENV,
+            show_envvar=True,
+            help="File holding the access token the servers ask for (its first token). Never "
+            "give a token itself on a command line.",
+        ),
+        click.option(
+            "--tls",
+            is_flag=True,
+            help="Speak TLS to the servers, trusting the system's CAs (see --tls-ca).",
+        ),
+        click.option(
+            "--tls-ca",
+            type=pem,
+            envvar=TLS_CA_ENV,
+            show_envvar=True,
+            help="PEM bundle of the CAs the servers' certificates must chain to; implies --tls.",
+        ),
+        click.option(
+            "--tls-client-cert",
+            type=pem,
+            envvar=TLS_CLIENT_CERT_ENV,
+            show_envvar=True,
+            help="PEM certificate (chain) of this client, for servers that ask for one (mutual "
+            "TLS); implies --tls.",
+        ),
+        click.option(
+            "--tls-client-key",
+            type=pem,
+            envvar=TLS_CLIENT_KEY_ENV,
+            show_envvar=True,
+            help="PEM key of --tls-client-cert (unencrypted).",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
     return command
+
+
+def _access(addresses: list[str], token_file, tls, tls_ca, tls_client_cert, tls_client_key):
+    """The access options as a checked client Access, its files read once now (before any
+    server is started)."""
+    from virnucpro_triton.client.access import Access
+
+    access = Access(
+        token_file=token_file,
+        tls=tls,
+        ca=tls_ca,
+        client_cert=tls_client_cert,
+        client_key=tls_client_key,
+    )
+    if access.tls and not addresses:
+        _fail(
+            "--tls and its files (or their VIRNUCPRO_TLS_ variables) are for servers given by "
+            "--url: the embedded server started without --url speaks plain text on 127.0.0.1"
+        )
+    access.load()
+    return access
 
 
 def _addresses(urls: tuple[str, ...], urls_file: Path | None) -> list[str]:
@@ -413,6 +486,11 @@ def predict(
     retry_seconds: float,
     resolve_seconds: float,
     max_message_mb: int,
+    token_file: Path | None,
+    tls: bool,
+    tls_ca: Path | None,
+    tls_client_cert: Path | None,
+    tls_client_key: Path | None,
     batch_chunks: int,
     max_in_flight: int | None,
     resume: bool,
@@ -429,6 +507,7 @@ def predict(
     OUT_DIR ends up holding this run's files only: those an earlier run left there (another
     --format's table, report.html) are removed when the run completes; other files are kept."""
     addresses = _addresses(urls, urls_file)
+    access = _access(addresses, token_file, tls, tls_ca, tls_client_cert, tls_client_key)
     if not addresses:
         check_entries(repository, pipeline_entries(int(chunk_size)))  # before anything slow
     from virnucpro_triton.client.predict import predict as run
@@ -460,6 +539,7 @@ def predict(
             frame_format=frame_format,
             start_seconds=start_seconds,
             min_length=min_length,
+            access=access,
         )
     click.echo(f"{summary.report()}\nresults: {out_dir}/")
     if with_report:
@@ -517,10 +597,16 @@ def embed(
     retry_seconds: float,
     resolve_seconds: float,
     max_message_mb: int,
+    token_file: Path | None,
+    tls: bool,
+    tls_ca: Path | None,
+    tls_client_cert: Path | None,
+    tls_client_key: Path | None,
     progress: bool | None,
 ) -> None:
     """Pooled DNABERT-S or ESM-2 embedding of every record, through the server."""
     addresses = _addresses(urls, urls_file)
+    access = _access(addresses, token_file, tls, tls_ca, tls_client_cert, tls_client_key)
     if not addresses:
         check_entries(repository, (model,))
     from virnucpro_triton.client.embed import ALPHABET, ids_path
@@ -539,6 +625,7 @@ def embed(
             resolve_seconds=resolve_seconds,
             max_message_mb=max_message_mb,
             progress=progress,
+            access=access,
         )
     click.echo(f"{count} x {dim} embeddings -> {out} (ids: {ids_path(out)})")
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from virnucpro_triton.alphabet import first_invalid
+from virnucpro_triton.client.access import PLAIN, Access
 from virnucpro_triton.client.addresses import Resolver, system_resolver
 from virnucpro_triton.client.connection import (
     MAX_MESSAGE_MB,
@@ -130,9 +131,12 @@ class Classifier:
         max_message_mb: int = MAX_MESSAGE_MB,
         resolve: Resolver = system_resolver,
         resolve_seconds: float = RESOLVE_SECONDS,
+        access: Access = PLAIN,
     ):
         """`urls`: HOST:PORT addresses; a name stands for every address it resolves to, and is
         resolved again every `resolve_seconds` (`resolve` turns a name into its addresses).
+        `access`: the token and TLS files the servers ask for (`Access.from_environment()`
+        takes those the environment names).
         `max_in_flight`: default 4 per server, following the servers as they come and go.
         `chunk_size`: one the servers have a classifier for (they name theirs if not)."""
         if chunk_size < 1:
@@ -146,6 +150,7 @@ class Classifier:
             max_message_mb=max_message_mb,
             resolve=resolve,
             resolve_seconds=resolve_seconds,
+            access=access,
         )
         self._max_in_flight = max_in_flight
 

@@ -11,8 +11,10 @@ A request that fails because a server is away (restarting, overloaded, unreachab
 again, to another endpoint when one is up, until a retry window runs out; requests are
 idempotent, and each request's answer is taken once, so this is safe. The failing endpoint is
 avoided until a readiness probe, repeated with exponential backoff, finds it ready again. A
-request a server refuses on its merits (bad input) fails at once. At the start, the connection
-waits up to the same window for a first server to be ready (one that is still starting).
+request a server refuses on its merits (bad input) fails at once, and so does a client whose
+token or TLS it refuses (AccessRefused, client/access.py says why in one line). At the start,
+the connection waits up to the same window for a first server to be ready (one that is still
+starting).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from virnucpro_triton.client import addresses
+from virnucpro_triton.client.access import PLAIN, Access, Channels
 from virnucpro_triton.client.addresses import Resolver, system_resolver
 from virnucpro_triton.errors import ClientError
 
@@ -82,6 +85,11 @@ def _one_line(message: str | None) -> str:
     return " ".join((message or "no message").split())
 
 
+class AccessRefused(ClientError):
+    """The server refuses this client's token, or their TLS handshake fails: asking again does
+    not help."""
+
+
 @dataclass
 class EndpointStats:
     url: str  # the server's IP address and port
@@ -93,9 +101,10 @@ class EndpointStats:
 
 
 class _Endpoint:
-    def __init__(self, url: str, name: str, model: str, max_message_bytes: int):
+    def __init__(self, url: str, name: str, model: str, max_message_bytes: int, channels: Channels):
         self.model = model
         self.max_message_bytes = max_message_bytes
+        self.channels = channels
         self.stats = EndpointStats(url, name=name)
         self.client: grpcclient.InferenceServerClient | None = None
         self.up = False  # in rotation: requests are sent to it
@@ -116,18 +125,30 @@ class _Endpoint:
             ("grpc.max_receive_message_length", self.max_message_bytes),
             ("grpc.max_reconnect_backoff_ms", 1000),
         ]
-        self.client = grpcclient.InferenceServerClient(self.url, channel_args=options)
+        host = addresses.parse(self.stats.name).host  # the name its certificate is for
+        self.client = self.channels.client(self.url, host, options)
 
     def not_ready_because(self) -> str | None:
-        """None when the server and the model are ready, else why not."""
+        """None when the server and the model are ready, else why not; AccessRefused when the
+        server refuses this client's token or TLS."""
         try:
             if not self.client.is_server_ready(client_timeout=PROBE_TIMEOUT):
                 return f"the server at {self.url} is not ready"
             if not self.client.is_model_ready(self.model, client_timeout=PROBE_TIMEOUT):
                 return f"the server at {self.url} has no ready '{self.model}' model"
         except InferenceServerException as error:
+            if refused := self.channels.refusal(self.url, error):
+                raise AccessRefused(refused) from None
             return f"cannot reach a Triton server at {self.url}: {_one_line(error.message())}"
         return None
+
+    def is_ready(self) -> bool:
+        """Whether it can take requests now; refusing this client is not being ready (the
+        requests sent to it would be refused, and the run fails saying so)."""
+        try:
+            return self.not_ready_because() is None
+        except AccessRefused:
+            return False
 
 
 class Connection:
@@ -149,7 +170,9 @@ class Connection:
         max_message_mb: int = MAX_MESSAGE_MB,
         resolve: Resolver = system_resolver,
         resolve_seconds: float = RESOLVE_SECONDS,
+        access: Access = PLAIN,
     ):
+        """`access`: the token and TLS files the servers ask for (default: none)."""
         urls = [urls] if isinstance(urls, str) else list(dict.fromkeys(urls))
         if not urls:
             raise ClientError("no server address given")
@@ -159,6 +182,7 @@ class Connection:
             raise ClientError(str(error)) from None
         self.urls = urls
         self.model = model
+        self.channels = access.load()
         self.timeout = timeout
         self.retry_seconds = retry_seconds
         self._max_message_bytes = max_message_mb << 20
@@ -203,9 +227,17 @@ class Connection:
         delay, said = FIRST_DELAY, False
         while True:
             endpoints = [e for e in self._endpoints if not e.stats.removed]
-            reasons = {e.url: e.not_ready_because() for e in endpoints}
+            reasons, refused = {}, []
+            for endpoint in endpoints:
+                try:
+                    reasons[endpoint.url] = endpoint.not_ready_because()
+                except AccessRefused as refusal:
+                    reasons[endpoint.url] = str(refusal)
+                    refused.append(refusal)
             if not all(reasons.values()):
                 break
+            if refused:  # no server takes this client, and waiting will not change that
+                raise refused[0]
             why = "; ".join([*self._unresolved.values(), *reasons.values()])
             left = deadline - time.monotonic()
             if left <= 0:
@@ -265,7 +297,9 @@ class Connection:
             for url, name in found.items():
                 endpoint = known.get(url)
                 if endpoint is None:
-                    endpoint = _Endpoint(url, name, self.model, self._max_message_bytes)
+                    endpoint = _Endpoint(
+                        url, name, self.model, self._max_message_bytes, self.channels
+                    )
                     self._endpoints.append(endpoint)
                     log.info("%s resolves to %s too: probing it", name, url)
                 elif endpoint.stats.removed:
@@ -315,7 +349,7 @@ class Connection:
     def _probe(self, endpoint: _Endpoint, delay: float) -> None:
         waiting: list[_Request] = []
         while not self._closed.wait(delay):
-            ready = not endpoint.stats.removed and endpoint.not_ready_because() is None
+            ready = not endpoint.stats.removed and endpoint.is_ready()
             with self._lock:
                 gone = endpoint.stats.removed or self._closed.is_set()
                 if ready or gone:
@@ -450,6 +484,9 @@ class _Request:
         if error is None:
             self.settle({name: result.as_numpy(name) for name in self.outputs})
         elif not is_transient(error):
+            if refused := endpoint.channels.refusal(endpoint.url, error):  # UNAUTHENTICATED
+                self.settle(error=AccessRefused(refused))
+                return
             message = f"the server at {endpoint.url} refused a '{self.connection.model}' request: "
             self.settle(error=ClientError(message + _one_line(error.message())))
         else:

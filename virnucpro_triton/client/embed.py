@@ -19,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from virnucpro_triton.alphabet import DNA, PROTEIN, nucleotides_only
+from virnucpro_triton.client.access import PLAIN, Access
 from virnucpro_triton.client.connection import (
     MAX_MESSAGE_MB,
     RESOLVE_SECONDS,
@@ -53,8 +54,10 @@ def embed(
     resolve_seconds: float = RESOLVE_SECONDS,
     max_message_mb: int = MAX_MESSAGE_MB,
     progress: bool | None = None,
+    access: Access = PLAIN,
 ) -> tuple[int, int]:
-    """Write the embeddings; return (records, dimension)."""
+    """Write the embeddings; return (records, dimension). `access`: the token and TLS files
+    the servers ask for."""
     alphabet = ALPHABET[model]
     if progress is None:
         progress = sys.stderr.isatty()
@@ -69,6 +72,7 @@ def embed(
         retry_seconds=retry_seconds,
         resolve_seconds=resolve_seconds,
         max_message_mb=max_message_mb,
+        access=access,
     )
     count, dim = 0, 0
 

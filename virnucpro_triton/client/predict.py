@@ -19,6 +19,7 @@ from typing import Any
 from tqdm import tqdm
 
 from virnucpro_triton.client import provenance
+from virnucpro_triton.client.access import PLAIN, Access
 from virnucpro_triton.client.classify import BATCH_CHUNKS, Classifier
 from virnucpro_triton.client.connection import (
     MAX_MESSAGE_MB,
@@ -112,6 +113,7 @@ def predict(
     frame_format: str = "tsv",
     start_seconds: float | None = None,
     min_length: int = 0,
+    access: Access = PLAIN,
 ) -> RunSummary:
     """Classify `fasta` into VirNucPro's result files in `out_dir`.
 
@@ -120,7 +122,8 @@ def predict(
     sent: their summary row says `too_short`. Answers are journaled in `out_dir` as they
     come; `resume` continues a stopped run of the same input from its journal. The journal goes
     when the result files are complete. `start_seconds` (that of an embedded server started for
-    the run) goes into run.json beside the run's own seconds.
+    the run) goes into run.json beside the run's own seconds. `access`: the token and TLS
+    files the servers ask for; run.json records whether they were used, not what they hold.
     """
     if frame_format not in frame_table.FORMATS:
         raise ClientError(f"format must be one of {frame_table.FORMATS}, not {frame_format}")
@@ -148,6 +151,7 @@ def predict(
         retry_seconds=retry_seconds,
         resolve_seconds=resolve_seconds,
         max_message_mb=max_message_mb,
+        access=access,
     )
     journal = None
     if not stream:
@@ -170,6 +174,7 @@ def predict(
         max_in_flight=classifier.max_in_flight,
         retry_seconds=retry_seconds,
         resolve_seconds=resolve_seconds,
+        **access.summary(),
         format=frame_format,
         viral_above=thresholds.viral_above,
         nonviral_below=thresholds.nonviral_below,
@@ -187,7 +192,10 @@ def predict(
                 run_interruptible(run_all(results, bar))
                 results.verdicts.write(out[VERDICTS])
                 counts, sequence_verdicts = results.counts, results.sequence_verdicts
-                models = provenance.models(classifier.connection.urls, pipeline_entries(chunk_size))
+                connection = classifier.connection
+                models = provenance.models(
+                    connection.urls, pipeline_entries(chunk_size), connection.channels
+                )
                 run_info.write(
                     out[run_info.RUN_INFO],
                     settings=settings,

@@ -7,20 +7,22 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from virnucpro_triton.client import addresses
+from virnucpro_triton.client.access import Channels
 from virnucpro_triton.repository import FP8_VERIFIED, PROVENANCE, provenance_values
 
 _log = logging.getLogger(__name__)
+_CHANNEL = [("grpc.max_receive_message_length", 16 << 20)]  # a model config is a few kB
 
 
-def provenance(url: str, names: Iterable[str]) -> dict[str, dict[str, Any]]:
+def provenance(url: str, names: Iterable[str], channels: Channels) -> dict[str, dict[str, Any]]:
     """Where each entry's weights came from, as its config parameters say (export writes
     repository.PROVENANCE, esm2's fp8 and fp8_verified), each in its JSON type; {} for an
     entry exported before they existed."""
     found = {}
-    with grpcclient.InferenceServerClient(url) as client:
+    with channels.client(url, addresses.parse(url).host, _CHANNEL) as client:
         for name in names:
             config = client.get_model_config(name, as_json=True, client_timeout=30)["config"]
             parameters = config.get("parameters", {})
@@ -34,15 +36,17 @@ def provenance(url: str, names: Iterable[str]) -> dict[str, dict[str, Any]]:
     return found
 
 
-def models(urls: Iterable[str], names: Iterable[str]) -> dict[str, dict[str, Any]]:
+def models(
+    urls: Iterable[str], names: Iterable[str], channels: Channels
+) -> dict[str, dict[str, Any]]:
     """The provenance of `names` on the first server; a warning when another one serves other
-    models (results then mix them)."""
+    models (results then mix them). `channels`: the run's token and TLS."""
     names = list(names)
     first, *others = list(urls)
     try:
-        found = provenance(first, names)
+        found = provenance(first, names, channels)
         for url in others:
-            if provenance(url, names) != found:
+            if provenance(url, names, channels) != found:
                 _log.warning("%s serves other models than %s: results mix them", url, first)
     except InferenceServerException as error:  # the run is done: say so, do not fail it
         _log.warning("could not read the models' provenance: %s", error.message())

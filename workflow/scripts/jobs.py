@@ -10,6 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from settings import access_files
 from shared_server import URL_VARIABLE
 
 JOURNAL = ".predict-journal"  # predict's journal; kept in the sample's directory when stopped
@@ -60,10 +61,11 @@ def tuning_options(predict: dict) -> list[str]:
 
 
 def server_options(config: dict) -> list[str]:
-    """Where predict gets its answers: the configured servers, the run's shared server, or
-    (per_job) an embedded one of its own on the repository."""
+    """Where predict gets its answers, and with which token and TLS: the configured servers,
+    the run's shared server, or (per_job) an embedded one of its own on the repository."""
     if config["urls"]:
-        return [option for url in config["urls"] for option in ("--url", url)]
+        urls = [option for url in config["urls"] for option in ("--url", url)]
+        return urls + access_options(config)
     if config["embedded"] == "per_job":
         return ["--repository", config["repository"]]
     url = os.environ.get(URL_VARIABLE)
@@ -73,7 +75,25 @@ def server_options(config: dict) -> list[str]:
             "process on this machine (not with --no-hooks, nor on cluster nodes); set `urls` "
             "to running servers or `embedded: per_job` instead"
         )
-    return ["--url", url]
+    return ["--url", url, *access_options(config)]
+
+
+# predict's option of each access file (settings.access_files' keys)
+_ACCESS_OPTIONS = {
+    "token_file": "--token-file",
+    "tls.ca": "--tls-ca",
+    "tls.client_cert": "--tls-client-cert",
+    "tls.client_key": "--tls-client-key",
+}
+
+
+def access_options(config: dict) -> list[str]:
+    """The token and TLS of the servers in `urls`: the files' paths, never a token, since
+    `ps` shows every command line."""
+    options = ["--tls"] if config["tls"] is True else []
+    for key, path in access_files(config).items():
+        options += [_ACCESS_OPTIONS[key], os.path.abspath(path)]
+    return options
 
 
 def _opener(path: str):

@@ -53,7 +53,39 @@ def check_config(config: dict) -> dict:
             f"config virnucpro_triton: {command!r} is neither a command on PATH nor an "
             "executable file (e.g. .venv/bin/virnucpro-triton)"
         )
+    if not config["urls"]:
+        # The shared server asks for the token; predict starts a per_job one without any.
+        if config["tls"]:
+            raise SettingsError(
+                "config tls: TLS is for the servers in urls; the embedded server speaks plain "
+                "text on 127.0.0.1"
+            )
+        if config["token_file"] and config["embedded"] == "per_job":
+            raise SettingsError(
+                "config token_file: the per_job servers that predict starts on 127.0.0.1 ask "
+                "for no token; it is for the servers in urls and the shared server"
+            )
+    for key, path in access_files(config).items():
+        if problem := unreadable(path):
+            raise SettingsError(f"config {key}: {problem}")
     return config
+
+
+def access_files(config: dict) -> dict[str, str]:
+    """{config key: path} of the token and TLS files the config names."""
+    files = {"token_file": config["token_file"]} if config["token_file"] else {}
+    if isinstance(config["tls"], dict):
+        files.update({f"tls.{key}": path for key, path in config["tls"].items()})
+    return files
+
+
+def unreadable(path: str) -> str | None:
+    """What keeps `path` from being read as a file, naming it; None when nothing does."""
+    if not os.path.isfile(path):
+        return f"{path} {'is not a file' if os.path.exists(path) else 'does not exist'}"
+    if not os.access(path, os.R_OK):
+        return f"{path}: permission denied"
+    return None
 
 
 def read_samples(sheet: Path, reserved: set[str]) -> dict[str, list[str]]:
@@ -108,11 +140,8 @@ def read_samples(sheet: Path, reserved: set[str]) -> dict[str, list[str]]:
                     f"{where}: sample {name!r}: {path}: Snakemake reads braces in a path as a "
                     "wildcard; rename the file (or link it) without them"
                 )
-            if not os.path.isfile(path):
-                what = "is not a file" if os.path.exists(path) else "does not exist"
-                raise SettingsError(f"{where}: sample {name!r}: {path} {what}")
-            if not os.access(path, os.R_OK):
-                raise SettingsError(f"{where}: sample {name!r}: {path}: permission denied")
+            if problem := unreadable(path):
+                raise SettingsError(f"{where}: sample {name!r}: {problem}")
         first_line[name] = n
         samples[name] = paths
     if not samples:

@@ -48,10 +48,12 @@ def _last_line(log: Path) -> str:
 
 
 class SharedServer:
-    def __init__(self, command: str, repository: str, log: Path):
+    def __init__(self, command: str, repository: str, log: Path, token_file: str | None = None):
+        """`token_file`: the access tokens it asks for (its path goes on the command line)."""
         self.command = command
         self.repository = repository
         self.log = log
+        self.token_file = token_file
         self.process: subprocess.Popen | None = None
         self.grpc_url = ""
 
@@ -72,6 +74,7 @@ class SharedServer:
                     str(http),
                     "--metrics-port",
                     str(metrics),
+                    *(["--token-file", self.token_file] if self.token_file else []),
                 ],  # fmt: skip
                 stdin=subprocess.DEVNULL,
                 stdout=log,
