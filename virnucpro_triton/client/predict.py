@@ -186,7 +186,9 @@ def predict(
                 run_interruptible(run_all(results, bar))
                 results.verdicts.write(out[VERDICTS])
                 counts, sequence_verdicts = results.counts, results.sequence_verdicts
-                models = provenance.models(classifier.connection.urls, pipeline_entries(chunk_size))
+                models = provenance.models(
+                    classifier.connection.names, pipeline_entries(chunk_size)
+                )
                 run_info.write(
                     out[run_info.RUN_INFO],
                     settings=settings,
