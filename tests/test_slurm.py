@@ -238,8 +238,8 @@ def assert_as_direct(results: Path, direct: dict[str, Path], folder: Path) -> No
         assert (results / name).read_bytes() == (expected / name).read_bytes(), name
 
 
-def project(workdir: Path, samples, **config) -> None:
-    write_project(workdir, samples, predict={**THRESHOLDS, **SLOW}, **config)
+def project(workdir: Path, samples, extra: tuple[str, ...] = (), **config) -> None:
+    write_project(workdir, samples, predict={**THRESHOLDS, **SLOW, "extra": list(extra)}, **config)
 
 
 def test_server_job_serves_a_two_sample_workflow_run_by_slurm(
@@ -307,7 +307,7 @@ def test_a_cancelled_server_job_ends_the_sample_jobs_in_one_line_and_leaves_noth
 ):
     project(
         tmp_path, samples, urls_file=str(server_job.address_file),
-        predict={**THRESHOLDS, **SLOW, "extra": ["--retry-seconds", "5"]},
+        extra=("--retry-seconds", "5"),
     )  # fmt: skip
     with hold.holding(after=5):  # one job at a time; the second runs after the first failed
         run = snakemake(cluster, tmp_path, "--jobs", "1", "--keep-going")
