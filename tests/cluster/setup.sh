@@ -37,4 +37,4 @@ if [ ${#missing[@]} -gt 0 ]; then
   [ -z "$created" ] || rm -f $policy
   [ $status = 0 ] || fail "apt-get install $packages failed; see $LOG"
 fi
-say "$(PATH=$PATH:/usr/sbin slurmctld -V), $(PATH=$PATH:/usr/sbin mariadbd --version | cut -d' ' -f2-4)"
+say "$(PATH=$PATH:/usr/sbin slurmctld -V), MariaDB $(PATH=$PATH:/usr/sbin mariadbd --version | awk '{print $3}')"
