@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from servers import wait_for
 
-from virnucpro_triton.client import addresses
+from virnucpro_triton.client import addresses, provenance
 from virnucpro_triton.client.addresses import Address, AddressError, AddressFile
 from virnucpro_triton.results.outputs import SUMMARY
 
@@ -61,3 +61,8 @@ def test_predict_waits_for_its_address_file(server, mixed_fasta, tmp_path):
         if client.poll() is None:
             client.kill()
     assert (out / SUMMARY).exists()
+
+
+def test_no_provenance_while_the_address_file_names_no_server():
+    # A run that ends while its server job restarts: its files are written, without provenance.
+    assert provenance.models([], ["virnucpro"]) == {}
