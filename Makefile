@@ -18,7 +18,7 @@ DTYPE ?= fp32
 IMAGE ?= virnucpro-triton:0.1.0
 
 .DEFAULT_GOAL := help
-.PHONY: help venv tools workflow-venv demo test test-unit test-server test-workflow test-container test-gpu lint serve serve-local image export bench clean
+.PHONY: help venv tools workflow-venv demo test test-unit test-server test-workflow test-container test-cluster test-gpu lint serve serve-local image export bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -63,7 +63,7 @@ TEST_WORKERS ?= 2
 PYTEST_PARALLEL = $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test: $(STAMP) $(TOOLS_STAMP)  ## the unit and server tiers (what CI runs; starts real tritonservers)
-	$(PYTEST_PARALLEL) -m '(unit or server) and not workflow'
+	$(PYTEST_PARALLEL) -m '(unit or server) and not workflow and not cluster'
 
 test-unit: $(STAMP) $(TOOLS_STAMP)  ## unit tier: no tritonserver at all
 	$(PYTEST_PARALLEL) -m 'unit and not workflow'
@@ -81,6 +81,12 @@ test-container: $(STAMP)  ## container tests: the image built and served by Dock
 	tests/container/setup.sh
 	$(BIN)/pytest -m container tests/test_container.py
 	@cat build/container-timings.json
+
+# Root on Debian: installs SLURM, munge and MariaDB when missing; the tests start a one-node
+# cluster with accounting in a temp directory and stop it (tests/test_slurm.py).
+test-cluster: $(STAMP) $(WORKFLOW_STAMP)  ## cluster tier: server job and workflow on a real SLURM cluster (root; CI runs it)
+	tests/cluster/setup.sh
+	$(BIN)/pytest -m cluster tests/test_slurm.py
 
 test-gpu: $(STAMP)  ## gpu tier: every entry on a CUDA GPU (run on a GPU machine)
 	$(BIN)/pytest -m gpu tests/test_gpu.py

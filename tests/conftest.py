@@ -64,7 +64,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
     for item in items:
-        if any(item.get_closest_marker(tier) for tier in ("container", "gpu")):
+        if any(item.get_closest_marker(tier) for tier in ("container", "gpu", "cluster")):
             continue  # tiers of their own, whatever they start
         if SERVER_FIXTURES.intersection(item.fixturenames):
             item.add_marker(pytest.mark.server)

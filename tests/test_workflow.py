@@ -390,7 +390,7 @@ BAD = [
         {"urls": ["h:1"], "tls": {"client_cert": READS}},
         "config tls: 'client_key' is a",
     ),
-    ("tls", ONE, {"tls": True}, "config tls: TLS is for the servers in urls"),
+    ("tls", ONE, {"tls": True}, "config tls: TLS is for the servers in urls or urls_file"),
     ("per-job", ONE, {"embedded": "per_job", "token_file": READS}, "per_job servers that predict"),
 ]
 

@@ -6,6 +6,7 @@ import functools
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -186,9 +187,16 @@ def _access_options(command):
     show_default=True,
     help="Address to bind; anything but loopback needs --token-file (or --no-auth).",
 )
-@click.option("--grpc-port", type=int, default=8001, show_default=True)
-@click.option("--http-port", type=int, default=8000, show_default=True)
-@click.option("--metrics-port", type=int, default=8002, show_default=True)
+@click.option("--grpc-port", type=int, default=8001, show_default=True, help="0: a free port.")
+@click.option("--http-port", type=int, default=8000, show_default=True, help="0: a free port.")
+@click.option("--metrics-port", type=int, default=8002, show_default=True, help="0: a free port.")
+@click.option(
+    "--address-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Once every model is ready, write the gRPC HOST:PORT here (atomically), and remove "
+    "it on stopping if it still names this server: clients given --url @FILE find the server "
+    "wherever it runs (a SLURM job, slurm/serve.sbatch).",
+)
 @_access_options
 def serve(
     repository: Path,
@@ -196,9 +204,11 @@ def serve(
     grpc_port: int,
     http_port: int,
     metrics_port: int,
+    address_file: Path | None,
     **access: object,
 ) -> None:
-    """Run the embedded Triton server in the foreground until Ctrl-C."""
+    """Run the embedded Triton server in the foreground until Ctrl-C, SIGTERM or SIGHUP."""
+    from virnucpro_triton.client import addresses
     from virnucpro_triton.credentials import CredentialsError
     from virnucpro_triton.door_access import Guard
     from virnucpro_triton.server import EmbeddedServer
@@ -221,13 +231,22 @@ def serve(
         access=settings,
     )
     _start(server)
-    click.echo(
-        f"serving {repository} — gRPC {server.grpc_url}, HTTP {server.http_url}"
-        f"{guard.description()}; log {server.log_path}; Ctrl-C stops"
-    )
+    # A wildcard address is no address a client on another machine can use: the host's name is.
+    advertised = server.grpc_url
+    if address in ("0.0.0.0", "::"):
+        advertised = addresses.join(socket.gethostname(), server.ports["gRPC"])
     try:
+        if address_file:
+            addresses.write_file(address_file, advertised)
+        click.echo(
+            f"serving {repository} — gRPC {advertised}, HTTP {server.http_url}"
+            f"{guard.description()}; log {server.log_path}; Ctrl-C stops"
+            + (f"; address in {address_file}" if address_file else "")
+        )
         code = server.wait()
     finally:
+        if address_file:  # its clients wait for the next server to write its own
+            addresses.remove_file(address_file, advertised)
         server.stop()
     if code:
         _fail(f"the server exited with status {code}; see {server.log_path}")
@@ -245,13 +264,16 @@ def _server_options(command):
             multiple=True,
             help="gRPC address HOST:PORT ([IPv6]:PORT) of a running server; repeat it to spread "
             "the work over several. A name stands for every address it resolves to (e.g. a "
-            "Kubernetes headless Service: one per ready pod). Without any, an embedded server is "
-            "started on --repository for this run.",
+            "Kubernetes headless Service: one per ready pod). @FILE: the addresses in FILE, read "
+            "again when it changes (a server job's address file, see `serve --address-file`). "
+            "Without any, an embedded server is started on --repository for this run.",
         ),
         click.option(
             "--urls-file",
-            type=click.Path(exists=True, dir_okay=False, path_type=Path),
-            help="A file of HOST:PORT addresses, one per line (# starts a comment).",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="A file of HOST:PORT addresses, one per line (# starts a comment), read again "
+            "when it changes; the same as --url @FILE. While it is missing or empty (a server "
+            "job starting), it is waited for up to --retry-seconds.",
         ),
         click.option(
             "--repository",
@@ -273,8 +295,9 @@ def _server_options(command):
             type=click.FloatRange(min=0),
             cls=_OwnedDefault,
             default=lambda: _connection().RESOLVE_SECONDS,
-            help="How often server names are resolved again, so that replicas that appear get "
-            "work and those that vanish leave the rotation; 0: only at the start.",
+            help="How often server names are resolved again and address files read again, so "
+            "that replicas that appear get work and those that vanish leave the rotation; 0: "
+            "only at the start (an address file also when a server fails).",
         ),
         click.option(
             "--max-message-mb",
@@ -346,23 +369,19 @@ def _access(addresses: list[str], token_file, tls, tls_ca, tls_client_cert, tls_
 
 
 def _addresses(urls: tuple[str, ...], urls_file: Path | None) -> list[str]:
-    """The --url and --urls-file addresses, each checked as HOST:PORT."""
-    from virnucpro_triton.client.addresses import AddressError, parse
+    """The --url addresses and --urls-file as @FILE, each checked as HOST:PORT (an address
+    file's lines as they are now: it may not be written yet)."""
+    from virnucpro_triton.client.addresses import FILE_PREFIX, AddressError, AddressFile, source
 
-    addresses = [("--url", url) for url in urls]
-    if urls_file:
-        for number, line in enumerate(urls_file.read_text().splitlines(), 1):
-            address = line.split("#", 1)[0].strip()
-            if address:
-                addresses.append((f"{urls_file} line {number}", address))
-        if not addresses:
-            _fail(f"{urls_file}: no server address in it")
-    for where, address in addresses:
+    addresses = [*urls, *([f"{FILE_PREFIX}{urls_file}"] if urls_file else [])]
+    for address in addresses:
         try:
-            parse(address)
+            given = source(address)
+            if isinstance(given, AddressFile):
+                given.read()  # its errors name the file and line
         except AddressError as error:
-            raise AddressError(f"{where}: {error}") from None
-    return [address for _, address in addresses]
+            raise AddressError(f"--url: {error}" if address in urls else str(error)) from None
+    return addresses
 
 
 def _start_feedback() -> Callable[[float, list[str]], None]:

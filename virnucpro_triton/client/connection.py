@@ -5,7 +5,9 @@ lists one per ready pod), and names are resolved again every `resolve_seconds`: 
 appears joins the rotation once a readiness probe finds it ready, one that vanishes gets no new
 requests (those in flight finish or are retried elsewhere). One gRPC channel per address is the
 point: gRPC keeps one HTTP/2 connection per channel, so a channel to a name would send every
-request of a run to the one address it connected to.
+request of a run to the one address it connected to. An address file (`@FILE`, written by a
+server job) is read again on the same schedule, and at once when a server fails: a server job
+that restarted on another node is found.
 
 A request that fails because a server is away (restarting, overloaded, unreachable) is sent
 again, to another endpoint when one is up, until a retry window runs out; requests are
@@ -177,7 +179,7 @@ class Connection:
         if not urls:
             raise ClientError("no server address given")
         try:
-            self._names = [addresses.parse(url) for url in urls]
+            self._sources = [addresses.source(url) for url in urls]
         except addresses.AddressError as error:
             raise ClientError(str(error)) from None
         self.urls = urls
@@ -190,6 +192,9 @@ class Connection:
         self._resolve_seconds = resolve_seconds
         self._endpoints: list[_Endpoint] = []  # every server the names stood for, by discovery
         self._unresolved: dict[str, str] = {}  # name -> why it resolves to nothing now
+        self._names: list[str] = []  # the addresses given, those of address files as read last
+        self._files = any(isinstance(s, addresses.AddressFile) for s in self._sources)
+        self._reread = threading.Event()  # a server failed, or the connection closes
         self._lock = threading.Lock()  # guards endpoint state, the waiting list and closing
         self._closed = threading.Event()
         self._waiting: list[_Request] = []  # requests waiting for an endpoint to be up
@@ -201,13 +206,19 @@ class Connection:
             self.close()
             raise
         threading.Thread(target=self._expire_waiting, daemon=True).start()
-        if resolve_seconds > 0:
+        if resolve_seconds > 0 or self._files:
             threading.Thread(target=self._keep_resolving, daemon=True).start()
 
     @property
     def stats(self) -> list[EndpointStats]:
         with self._lock:
             return [e.stats for e in self._endpoints]
+
+    @property
+    def names(self) -> list[str]:
+        """The addresses given, an address file's as it said when last read."""
+        with self._lock:
+            return list(self._names)
 
     @property
     def servers(self) -> int:
@@ -270,8 +281,31 @@ class Connection:
                     self._take_out(endpoint)
 
     def _keep_resolving(self) -> None:
-        while not self._closed.wait(self._resolve_seconds):
+        while True:
+            self._reread.wait(self._resolve_seconds or None)
+            if self._closed.is_set():
+                return
+            self._reread.clear()
             self._refresh(probe_new=True)
+
+    def _addresses_now(self) -> list[tuple[str, addresses.Address]]:
+        """(name, HOST:PORT) of every address given, an address file's as it says now: its
+        servers are named after the file. A file that is missing, empty or unreadable counts as
+        a name that does not resolve (its servers stay until it names others)."""
+        named = []
+        for source in self._sources:
+            if isinstance(source, addresses.Address):
+                named.append((str(source), source))
+                continue
+            try:
+                found = source.read()
+                why = source.why_empty()
+            except (addresses.AddressError, OSError) as error:
+                found, why = [], str(error)
+            if not found:
+                self._unresolved[str(source)] = why
+            named += [(str(source), address) for address in found]
+        return named
 
     def _refresh(self, *, probe_new: bool) -> None:
         """Resolve every name again: addresses new to the rotation are probed and join it when
@@ -279,19 +313,21 @@ class Connection:
         its servers (a DNS hiccup must not empty the rotation: failing servers leave anyway)."""
         found: dict[str, str] = {}  # url -> the name it came from
         self._unresolved = {}
-        for name in self._names:
+        named = self._addresses_now()
+        for label, name in named:
             try:
                 hosts = self._resolve(name.host, name.port)
                 why = f"{name.host} resolves to no address"
             except (OSError, UnicodeError) as error:  # socket.gaierror; an invalid IDNA name
                 hosts, why = [], f"cannot resolve {name.host}: {error}"
             if not hosts:
-                self._unresolved[str(name)] = why
+                self._unresolved.setdefault(label, why)
             for host in hosts:
-                found.setdefault(addresses.join(host, name.port), str(name))
+                found.setdefault(addresses.join(host, name.port), label)
         with self._lock:
             if self._closed.is_set():
                 return
+            self._names = [str(name) for _, name in named]
             kept = {e.stats.name for e in self._endpoints} & set(self._unresolved)
             known = {e.url: e for e in self._endpoints}
             for url, name in found.items():
@@ -334,6 +370,8 @@ class Connection:
         if not endpoint.up:
             return
         endpoint.up = False
+        if self._files:
+            self._reread.set()
         endpoint.stats.outages += 1
         endpoint.consecutive_outages += 1
         delay = min(FIRST_DELAY * 2 ** (endpoint.consecutive_outages - 1), MAX_DELAY)
@@ -427,6 +465,7 @@ class Connection:
     def close(self) -> None:
         with self._lock:
             self._closed.set()
+            self._reread.set()
             self._waiting.clear()  # their futures are cancelled by the callers that stop waiting
             self._wake.notify_all()
             clients = [e.client for e in self._endpoints if e.client]

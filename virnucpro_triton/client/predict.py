@@ -194,7 +194,7 @@ def predict(
                 counts, sequence_verdicts = results.counts, results.sequence_verdicts
                 connection = classifier.connection
                 models = provenance.models(
-                    connection.urls, pipeline_entries(chunk_size), connection.channels
+                    connection.names, pipeline_entries(chunk_size), connection.channels
                 )
                 run_info.write(
                     out[run_info.RUN_INFO],

@@ -42,7 +42,11 @@ def models(
     """The provenance of `names` on the first server; a warning when another one serves other
     models (results then mix them). `channels`: the run's token and TLS."""
     names = list(names)
-    first, *others = list(urls)
+    urls = list(urls)
+    if not urls:  # an address file gone at the end of the run: its server is restarting
+        _log.warning("could not read the models' provenance: no server address now")
+        return {}
+    first, *others = urls
     try:
         found = provenance(first, names, channels)
         for url in others:

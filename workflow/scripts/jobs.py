@@ -61,11 +61,14 @@ def tuning_options(predict: dict) -> list[str]:
 
 
 def server_options(config: dict) -> list[str]:
-    """Where predict gets its answers, and with which token and TLS: the configured servers,
-    the run's shared server, or (per_job) an embedded one of its own on the repository."""
-    if config["urls"]:
-        urls = [option for url in config["urls"] for option in ("--url", url)]
-        return urls + access_options(config)
+    """Where predict gets its answers, and with which token and TLS: the configured servers
+    (`urls`, `urls_file`), the run's shared server, or (per_job) an embedded one of its own on
+    the repository."""
+    servers = [option for url in config["urls"] for option in ("--url", url)]
+    if config["urls_file"]:
+        servers += ["--urls-file", config["urls_file"]]
+    if servers:
+        return servers + access_options(config)
     if config["embedded"] == "per_job":
         return ["--repository", config["repository"]]
     url = os.environ.get(URL_VARIABLE)

@@ -53,17 +53,17 @@ def check_config(config: dict) -> dict:
             f"config virnucpro_triton: {command!r} is neither a command on PATH nor an "
             "executable file (e.g. .venv/bin/virnucpro-triton)"
         )
-    if not config["urls"]:
+    if not (config["urls"] or config["urls_file"]):
         # The shared server asks for the token; predict starts a per_job one without any.
         if config["tls"]:
             raise SettingsError(
-                "config tls: TLS is for the servers in urls; the embedded server speaks plain "
-                "text on 127.0.0.1"
+                "config tls: TLS is for the servers in urls or urls_file; the embedded server "
+                "speaks plain text on 127.0.0.1"
             )
         if config["token_file"] and config["embedded"] == "per_job":
             raise SettingsError(
                 "config token_file: the per_job servers that predict starts on 127.0.0.1 ask "
-                "for no token; it is for the servers in urls and the shared server"
+                "for no token; it is for the servers in urls or urls_file and the shared server"
             )
     for key, path in access_files(config).items():
         if problem := unreadable(path):
