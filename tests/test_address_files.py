@@ -11,6 +11,7 @@ import pytest
 from servers import wait_for
 
 from virnucpro_triton.client import addresses, provenance
+from virnucpro_triton.client.access import Access
 from virnucpro_triton.client.addresses import Address, AddressError, AddressFile
 from virnucpro_triton.results.outputs import SUMMARY
 
@@ -65,4 +66,4 @@ def test_predict_waits_for_its_address_file(server, mixed_fasta, tmp_path):
 
 def test_no_provenance_while_the_address_file_names_no_server():
     # A run that ends while its server job restarts: its files are written, without provenance.
-    assert provenance.models([], ["virnucpro"]) == {}
+    assert provenance.models([], ["virnucpro"], Access().load()) == {}

@@ -103,7 +103,16 @@ class EndpointStats:
 
 
 class _Endpoint:
-    def __init__(self, url: str, name: str, model: str, max_message_bytes: int, channels: Channels):
+    def __init__(
+        self,
+        url: str,
+        name: str,
+        host: str,
+        model: str,
+        max_message_bytes: int,
+        channels: Channels,
+    ):
+        self.host = host  # as given or as its address file says: the name its certificate is for
         self.model = model
         self.max_message_bytes = max_message_bytes
         self.channels = channels
@@ -127,8 +136,7 @@ class _Endpoint:
             ("grpc.max_receive_message_length", self.max_message_bytes),
             ("grpc.max_reconnect_backoff_ms", 1000),
         ]
-        host = addresses.parse(self.stats.name).host  # the name its certificate is for
-        self.client = self.channels.client(self.url, host, options)
+        self.client = self.channels.client(self.url, self.host, options)
 
     def not_ready_because(self) -> str | None:
         """None when the server and the model are ready, else why not; AccessRefused when the
@@ -311,7 +319,7 @@ class Connection:
         """Resolve every name again: addresses new to the rotation are probed and join it when
         ready, addresses that no name resolves to leave it. A name that does not resolve keeps
         its servers (a DNS hiccup must not empty the rotation: failing servers leave anyway)."""
-        found: dict[str, str] = {}  # url -> the name it came from
+        found: dict[str, tuple[str, str]] = {}  # url -> (the name it came from, its host)
         self._unresolved = {}
         named = self._addresses_now()
         for label, name in named:
@@ -323,18 +331,18 @@ class Connection:
             if not hosts:
                 self._unresolved.setdefault(label, why)
             for host in hosts:
-                found.setdefault(addresses.join(host, name.port), label)
+                found.setdefault(addresses.join(host, name.port), (label, name.host))
         with self._lock:
             if self._closed.is_set():
                 return
             self._names = [str(name) for _, name in named]
             kept = {e.stats.name for e in self._endpoints} & set(self._unresolved)
             known = {e.url: e for e in self._endpoints}
-            for url, name in found.items():
+            for url, (name, host) in found.items():
                 endpoint = known.get(url)
                 if endpoint is None:
                     endpoint = _Endpoint(
-                        url, name, self.model, self._max_message_bytes, self.channels
+                        url, name, host, self.model, self._max_message_bytes, self.channels
                     )
                     self._endpoints.append(endpoint)
                     log.info("%s resolves to %s too: probing it", name, url)

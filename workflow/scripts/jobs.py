@@ -10,7 +10,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from settings import access_files
 from shared_server import URL_VARIABLE
 
 JOURNAL = ".predict-journal"  # predict's journal; kept in the sample's directory when stopped
@@ -81,13 +80,21 @@ def server_options(config: dict) -> list[str]:
     return ["--url", url, *access_options(config)]
 
 
-# predict's option of each access file (settings.access_files' keys)
+# predict's option of each access file (access_files' keys)
 _ACCESS_OPTIONS = {
     "token_file": "--token-file",
     "tls.ca": "--tls-ca",
     "tls.client_cert": "--tls-client-cert",
     "tls.client_key": "--tls-client-key",
 }
+
+
+def access_files(config: dict) -> dict[str, str]:
+    """{config key: path} of the token and TLS files the config names."""
+    files = {"token_file": config["token_file"]} if config["token_file"] else {}
+    if isinstance(config["tls"], dict):
+        files.update({f"tls.{key}": path for key, path in config["tls"].items()})
+    return files
 
 
 def access_options(config: dict) -> list[str]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import jsonschema
 import yaml
+from jobs import access_files
 
 SCHEMAS = Path(__file__).parent.parent / "schemas"
 
@@ -69,14 +70,6 @@ def check_config(config: dict) -> dict:
         if problem := unreadable(path):
             raise SettingsError(f"config {key}: {problem}")
     return config
-
-
-def access_files(config: dict) -> dict[str, str]:
-    """{config key: path} of the token and TLS files the config names."""
-    files = {"token_file": config["token_file"]} if config["token_file"] else {}
-    if isinstance(config["tls"], dict):
-        files.update({f"tls.{key}": path for key, path in config["tls"].items()})
-    return files
 
 
 def unreadable(path: str) -> str | None:
