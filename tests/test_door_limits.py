@@ -412,6 +412,9 @@ def test_bytes_in_flight_are_bounded_and_the_doors_memory_comes_back(server):
     maps them) hold no more than the bound per pipeline instance."""
     dna = b"A" * (31 * MB)
     door, triton = server._proc.pid, triton_pid(server)
+    environ = Path(f"/proc/{triton}/environ").read_bytes().split(b"\0")
+    assert b"MALLOC_MMAP_THRESHOLD_=131072" in environ  # what tritonserver runs with
+    assert b"--grpc-infer-allocation-pool-size=0" in Path(f"/proc/{triton}/cmdline").read_bytes()
     rss, triton_rss, shm = rss_of(door), private_rss(triton), shm_bytes(server)
     outcomes: list[str] = []
 

@@ -28,6 +28,7 @@ from test_server import (
 )
 from tritonclient.utils import InferenceServerException
 
+from virnucpro_triton import door_limits
 from virnucpro_triton import repository as repo
 from virnucpro_triton.front_door import DoorError, split_command, upstream_command
 from virnucpro_triton.server import (
@@ -248,6 +249,12 @@ def test_command_line_endpoints():
     ]
     given = ["t", "--grpc-infer-allocation-pool-size", "8"]  # the command's own value stays
     assert upstream_command(given, {}, Path("/s")) == given
+    env = door_limits.triton_env({"MALLOC_TRIM_THRESHOLD_": "1", "PATH": "/bin"})
+    assert env == {
+        "MALLOC_MMAP_THRESHOLD_": "131072",
+        "MALLOC_TRIM_THRESHOLD_": "1",
+        "PATH": "/bin",
+    }
     for bad, message in [
         (["t", "--grpc-port=x"], "not a port number"),
         (["t", "--http-port=70000"], "1-65535"),
