@@ -24,7 +24,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from servers import wait_for
-from test_request_limits import pipeline_request, shm_bytes
+from test_request_limits import pipeline_request, shm_bytes, triton_pid
 from test_server import ECHO_MODEL, infer, make_repository, processes_mentioning
 from tritonclient.utils import InferenceServerException
 
@@ -390,19 +390,32 @@ def test_a_killed_doors_socket_directory_is_removed_by_the_next(tmp_path, echo_r
             door.wait()
 
 
+def status_bytes(pid: int, field: str) -> int:
+    return int(Path(f"/proc/{pid}/status").read_text().split(f"{field}:")[1].split()[0]) * 1024
+
+
 def rss_of(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/status").read_text().split("VmRSS:")[1].split()[0]) * 1024
+    return status_bytes(pid, "VmRSS")
+
+
+def private_rss(pid: int) -> int:
+    """Resident bytes less the shared-memory regions mapped, which are counted as regions."""
+    return rss_of(pid) - status_bytes(pid, "RssShmem")
 
 
 def test_bytes_in_flight_are_bounded_and_the_doors_memory_comes_back(server):
     """Three rounds of 8 concurrent 31 MiB gRPC requests (each under the size limit) took the
-    door from 54 to 771 MB and the regions from 6 to 166 MB, kept while idle: past the
-    bytes-in-flight bound requests are refused as busy (RESOURCE_EXHAUSTED, which clients
-    retry), the door's memory comes back once idle, and the Python backend's regions (they grow
-    to fit and never shrink) hold no more than the bound per pipeline instance."""
+    door from 54 to 771 MB, tritonserver from 46 to 623 MB and the regions from 6 to 166 MB,
+    kept while idle: past the bytes-in-flight bound requests are refused as busy
+    (RESOURCE_EXHAUSTED, which clients retry), the door's and tritonserver's memory comes back
+    once idle, and the Python backend's regions (they grow to fit and never shrink; tritonserver
+    maps them) hold no more than the bound per pipeline instance."""
     dna = b"A" * (31 * MB)
-    door = server._proc.pid
-    rss, shm = rss_of(door), shm_bytes(server)
+    door, triton = server._proc.pid, triton_pid(server)
+    environ = Path(f"/proc/{triton}/environ").read_bytes().split(b"\0")
+    assert b"MALLOC_MMAP_THRESHOLD_=131072" in environ  # what tritonserver runs with
+    assert b"--grpc-infer-allocation-pool-size=0" in Path(f"/proc/{triton}/cmdline").read_bytes()
+    rss, triton_rss, shm = rss_of(door), private_rss(triton), shm_bytes(server)
     outcomes: list[str] = []
 
     def one() -> None:
@@ -423,6 +436,7 @@ def test_bytes_in_flight_are_bounded_and_the_doors_memory_comes_back(server):
     assert busy and all("the server is busy" in o for o in busy), outcomes
     assert any(o.startswith("StatusCode.INVALID_ARGUMENT") for o in outcomes)  # admitted
     wait_for(lambda: rss_of(door) < rss + 50 * MB, timeout=120)
+    wait_for(lambda: private_rss(triton) < triton_rss + 50 * MB, timeout=120)
     bound = door_limits.MAX_BYTES_IN_FLIGHT
     assert shm_bytes(server) < shm + repo.PIPELINE_INSTANCES * bound + 50 * MB
     with grpcclient.InferenceServerClient(server.grpc_url) as client:

@@ -28,6 +28,7 @@ from test_server import (
 )
 from tritonclient.utils import InferenceServerException
 
+from virnucpro_triton import door_limits
 from virnucpro_triton import repository as repo
 from virnucpro_triton.front_door import DoorError, split_command, upstream_command
 from virnucpro_triton.server import (
@@ -43,14 +44,19 @@ OVERSIZE = 200 * MB  # the red team's request
 SLACK = 50 * MB  # how far above its baseline the server's memory may stay
 
 
+def triton_pid(server: EmbeddedServer) -> int:
+    """tritonserver: the door's one child."""
+    door = server._proc.pid
+    (triton,) = (int(p) for p in Path(f"/proc/{door}/task/{door}/children").read_text().split())
+    return triton
+
+
 def door_and_triton_rss(server: EmbeddedServer) -> int:
     """Resident bytes of the door and of tritonserver (its child). The stubs are left out: a
     request refused at the door never reaches them, which the request counts show, and they may
     still be working off what earlier tests left queued."""
-    door = server._proc.pid
-    (triton,) = (int(p) for p in Path(f"/proc/{door}/task/{door}/children").read_text().split())
     total = 0
-    for pid in (door, triton):
+    for pid in (server._proc.pid, triton_pid(server)):
         status = Path(f"/proc/{pid}/status").read_text()
         total += int(status.split("VmRSS:")[1].split()[0]) * 1024
     return total
@@ -208,9 +214,8 @@ def test_only_the_door_listens_and_tritonserver_is_private(echo_server):
     the limit through, only Unix sockets in a directory of its user's alone."""
     for port in echo_server.ports.values():
         assert listening_addresses(port) == {"127.0.0.1"}, port
-    door = echo_server._proc.pid
-    assert tcp_ports_of(door) == set(echo_server.ports.values())
-    (triton,) = (int(p) for p in Path(f"/proc/{door}/task/{door}/children").read_text().split())
+    assert tcp_ports_of(echo_server._proc.pid) == set(echo_server.ports.values())
+    triton = triton_pid(echo_server)
     assert Path(f"/proc/{triton}/exe").resolve().name == "tritonserver"
     assert tcp_ports_of(triton) == set()
     command = Path(f"/proc/{triton}/cmdline").read_bytes().decode().split("\0")
@@ -240,7 +245,16 @@ def test_command_line_endpoints():
         "--grpc-port=8001",
         "--http-address=unix:/s/http",
         "--http-port=8000",
+        "--grpc-infer-allocation-pool-size=0",
     ]
+    given = ["t", "--grpc-infer-allocation-pool-size", "8"]  # the command's own value stays
+    assert upstream_command(given, {}, Path("/s")) == given
+    env = door_limits.triton_env({"MALLOC_TRIM_THRESHOLD_": "1", "PATH": "/bin"})
+    assert env == {
+        "MALLOC_MMAP_THRESHOLD_": "131072",
+        "MALLOC_TRIM_THRESHOLD_": "1",
+        "PATH": "/bin",
+    }
     for bad, message in [
         (["t", "--grpc-port=x"], "not a port number"),
         (["t", "--http-port=70000"], "1-65535"),

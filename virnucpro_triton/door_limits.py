@@ -7,6 +7,10 @@ options) and the parts that enforce them, each small enough to check on its own.
   counts the nesting as the decompressed body streams through the door, in constant memory.
 - Bytes in flight: the size limit is per request; `InFlight` bounds their sum, which tritonserver
   and its Python backend's shared-memory regions (they grow to fit and never shrink) hold at once.
+- tritonserver's memory once idle: its gRPC side keeps each answered call's state, the request
+  message's buffers included, in a pool for reuse, and glibc keeps large freed blocks in its heap
+  once its dynamic thresholds have risen. The door runs tritonserver with an empty pool and fixed
+  thresholds (`TRITON_ARGS`, `triton_env`). The Python backend's regions are not given back.
 - Connections: a cap per port, and timeouts for a request head, an idle connection and a body,
   so that idle or trickling connections cannot hold the door's descriptors.
 """
@@ -20,7 +24,7 @@ import gc
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 from aiohttp import web
@@ -36,6 +40,9 @@ MAX_BYTES_IN_FLIGHT = 64 * 2**20  # two requests of the largest size forwarded a
 GRPC_KEEPALIVE_S = 60.0  # pings on a gRPC connection that is quiet, to find dead peers
 GRPC_KEEPALIVE_TIMEOUT_S = 20.0
 LOG_EVERY_S = 60.0  # one log line per condition at most this often
+MALLOC_THRESHOLD = 128 * 1024  # glibc's own starting value for its mmap and trim thresholds
+# tritonserver's options the door adds where its command does not give them.
+TRITON_ARGS = {"--grpc-infer-allocation-pool-size": "0"}
 
 _STEP = np.zeros(256, np.int64)  # what a byte outside strings does to the depth
 _STEP[list(b"[{")], _STEP[list(b"]}")] = 1, -1
@@ -134,6 +141,13 @@ class InFlight:
             f"the server is busy: {self.bytes} bytes of requests in flight, against a limit of "
             f"{self.limit}; retry later"
         )
+
+
+def triton_env(env: Mapping[str, str]) -> dict[str, str]:
+    """tritonserver's environment: glibc's malloc thresholds fixed (as the door fixes its own),
+    so that freed request buffers go back to the system; values already set are kept."""
+    fixed = str(MALLOC_THRESHOLD)
+    return {"MALLOC_MMAP_THRESHOLD_": fixed, "MALLOC_TRIM_THRESHOLD_": fixed} | dict(env)
 
 
 _libc = ctypes.CDLL(None, use_errno=True)

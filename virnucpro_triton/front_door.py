@@ -161,7 +161,8 @@ def upstream_command(rest: list[str], endpoints: dict[str, Endpoint], sockets: P
     for e in endpoints.values():
         if e.enabled:
             command += [f"--{e.name}-address=unix:{sockets / e.name}", f"--{e.name}-port={e.port}"]
-    return command
+    given = {arg.partition("=")[0] for arg in rest}
+    return command + [f"{o}={v}" for o, v in door_limits.TRITON_ARGS.items() if o not in given]
 
 
 # --- gRPC ----------------------------------------------------------------------------------------
@@ -451,7 +452,7 @@ def _returns_freed_memory() -> None:
     otherwise raises its mmap threshold to the largest block freed (up to 32 MiB) and its trim
     threshold to twice that: after one oversize body the door would keep ~60 MB of freed heap."""
     for option in (_M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD):
-        _libc.mallopt(option, 128 * 1024)  # glibc's own starting value for both
+        _libc.mallopt(option, door_limits.MALLOC_THRESHOLD)
 
 
 def _dies_with_parent() -> None:
@@ -489,7 +490,9 @@ async def serve(
     doors: list[grpc.aio.Server | web.AppRunner] = []
     # Started before the doors open: forking after grpcio has started its threads is unsafe.
     triton = await asyncio.create_subprocess_exec(
-        *upstream_command(rest, endpoints, sockets), preexec_fn=_dies_with_parent
+        *upstream_command(rest, endpoints, sockets),
+        env=door_limits.triton_env(os.environ),
+        preexec_fn=_dies_with_parent,
     )
     try:
         loop = asyncio.get_running_loop()
