@@ -284,6 +284,8 @@ def test_connections_past_the_cap_are_refused_and_other_ports_answer(capped_serv
     http, grpc = capped_server.http_url, capped_server.grpc_url
     held = [connect(http) for _ in range(8)]
     try:
+        # Connected once the kernel has them; counted once the door's loop has accepted them.
+        wait_for(lambda: ready_status(http) in (0, 503))
         for _ in range(5):
             assert ready_status(http) in (0, 503)  # refused: closed, or 503 and closed
         assert echo_answers(grpc)  # gRPC's port has its own cap
@@ -415,6 +417,11 @@ def test_bytes_in_flight_are_bounded_and_the_doors_memory_comes_back(server):
     environ = Path(f"/proc/{triton}/environ").read_bytes().split(b"\0")
     assert b"MALLOC_MMAP_THRESHOLD_=131072" in environ  # what tritonserver runs with
     assert b"--grpc-infer-allocation-pool-size=0" in Path(f"/proc/{triton}/cmdline").read_bytes()
+    # The baseline is that of a door that has forwarded a request: its gRPC paths' first use
+    # sets up buffers that live as long as the door.
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        with pytest.raises(InferenceServerException, match="INVALID_ARGUMENT"):
+            client.infer(repo.PIPELINE, pipeline_request(b"A" * MB))
     rss, triton_rss, shm = rss_of(door), private_rss(triton), shm_bytes(server)
     outcomes: list[str] = []
 
