@@ -106,7 +106,12 @@ def test_the_client_install_names_the_extras_it_lacks(
     served = run(client, "predict", mixed_fasta, "--chunk-size", 300, "-o", tmp_path / "out",
                  "--repository", tiny_repository)  # fmt: skip
     exported = run(client, "export", "--tiny", "--out", tmp_path / "repository")
-    for result, extra in ((served, "virnucpro-triton[server]"), (exported, "[export]")):
+    serving = run(client, "serve", "--repository", tiny_repository)
+    for result, extra in (
+        (served, "virnucpro-triton[server]"),
+        (exported, "[export]"),
+        (serving, "virnucpro-triton[server]"),
+    ):
         assert result.returncode == 1
         (line,) = result.stderr.splitlines()
         assert line.startswith("virnucpro-triton: error: ") and extra in line

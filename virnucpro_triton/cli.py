@@ -210,7 +210,11 @@ def serve(
     """Run the embedded Triton server in the foreground until Ctrl-C, SIGTERM or SIGHUP."""
     from virnucpro_triton.client import addresses
     from virnucpro_triton.credentials import CredentialsError
-    from virnucpro_triton.door_access import Guard
+
+    try:
+        from virnucpro_triton.door_access import Guard
+    except ModuleNotFoundError as error:  # a client-only install
+        _fail(f"serve needs {error.name}: pip install 'virnucpro-triton[server]'")
     from virnucpro_triton.server import EmbeddedServer
 
     settings = AccessSettings.of(access)

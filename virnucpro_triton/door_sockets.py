@@ -41,6 +41,12 @@ def remove_stale_directories() -> list[Path]:
     return removed
 
 
+def socket_path(directory: Path, endpoint: str, port: int) -> Path:
+    """Where tritonserver listens for `endpoint` ("grpc", "http" or "metrics") in `directory`:
+    Triton appends ":PORT" to a gRPC address, also to a Unix one; HTTP's server does not."""
+    return directory / (f"grpc:{port}" if endpoint == "grpc" else endpoint)
+
+
 def private_directory() -> Path:
     """A new directory only this user can enter (0700), named for this process."""
     remove_stale_directories()

@@ -60,7 +60,7 @@ from virnucpro_triton.door_limits import (
     Limits,
     read_body,
 )
-from virnucpro_triton.door_sockets import private_directory
+from virnucpro_triton.door_sockets import private_directory, socket_path
 from virnucpro_triton.errors import VirnucproError
 from virnucpro_triton.repository import MAX_REQUEST_BYTES
 
@@ -103,8 +103,7 @@ class Endpoint:
         return f"{host}:{self.port}"
 
     def socket(self, directory: Path) -> Path:
-        # Triton appends ":PORT" to a gRPC address, also to a Unix one; HTTP's server does not.
-        return directory / (f"grpc:{self.port}" if self.name == "grpc" else self.name)
+        return socket_path(directory, self.name, self.port)
 
 
 def _option(arg: str, following: str | None) -> tuple[str, str | None, int]:

@@ -37,9 +37,8 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from virnucpro_triton.door_settings import FILE_OPTIONS, AccessSettings
-from virnucpro_triton.door_sockets import private_directory
+from virnucpro_triton.door_sockets import private_directory, socket_path
 from virnucpro_triton.errors import VirnucproError
-from virnucpro_triton.front_door import Endpoint
 from virnucpro_triton.interrupt import signals_deferred
 from virnucpro_triton.repository import SERVER_FLAGS
 
@@ -333,7 +332,7 @@ class EmbeddedServer:
             # it is raised between them instead.
             with signals_deferred():
                 client = grpcclient.InferenceServerClient(
-                    f"unix:{Endpoint('grpc', '', self.ports['gRPC']).socket(self._sockets)}",
+                    f"unix:{socket_path(self._sockets, 'grpc', self.ports['gRPC'])}",
                     channel_args=backoff,
                 )
             try:
