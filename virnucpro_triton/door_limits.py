@@ -196,6 +196,19 @@ class RateLimited(logging.Filter):
         return True
 
 
+# Each limit's door option (--max-json-depth for max_json_depth, ...) and its help.
+HELP = {
+    "max_bytes_in_flight": "bytes of requests forwarded at once; past it a request is refused "
+    "as busy (HTTP 503, gRPC RESOURCE_EXHAUSTED)",
+    "max_connections": "connections open at once per port; past it a connection is refused",
+    "max_json_depth": "deepest nesting of an HTTP request's JSON (400 past it)",
+    "header_timeout": "seconds from a request's first byte to its complete head (gRPC: the "
+    "connection preface)",
+    "idle_timeout": "seconds a connection may stay without a request before it is closed",
+    "body_timeout": "seconds to receive a whole HTTP request body (408 past it)",
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class Limits:
     """The door's limits, as its options set them."""

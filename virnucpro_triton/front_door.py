@@ -592,45 +592,14 @@ def door_parser() -> argparse.ArgumentParser:
         default=MAX_REQUEST_BYTES,
         help="largest request body or gRPC message, in bytes",
     )
-    # Limits on connections, time and memory (door_limits.py holds their defaults).
-    parser.add_argument(
-        "--max-bytes-in-flight",
-        type=_positive,
-        default=door_limits.MAX_BYTES_IN_FLIGHT,
-        help="bytes of requests forwarded at once; past it a request is refused as busy "
-        "(HTTP 503, gRPC RESOURCE_EXHAUSTED)",
-    )
-    parser.add_argument(
-        "--max-connections",
-        type=_positive,
-        default=door_limits.MAX_CONNECTIONS,
-        help="connections open at once per port; past it a connection is refused",
-    )
-    parser.add_argument(
-        "--max-json-depth",
-        type=_positive,
-        default=door_limits.MAX_JSON_DEPTH,
-        help="deepest nesting of an HTTP request's JSON (400 past it)",
-    )
-    parser.add_argument(
-        "--header-timeout",
-        type=_seconds,
-        default=door_limits.HEADER_TIMEOUT_S,
-        help="seconds from a request's first byte to its complete head (gRPC: the connection "
-        "preface)",
-    )
-    parser.add_argument(
-        "--idle-timeout",
-        type=_seconds,
-        default=door_limits.IDLE_TIMEOUT_S,
-        help="seconds a connection may stay without a request before it is closed",
-    )
-    parser.add_argument(
-        "--body-timeout",
-        type=_seconds,
-        default=door_limits.BODY_TIMEOUT_S,
-        help="seconds to receive a whole HTTP request body (408 past it)",
-    )
+    # Limits on connections, time and memory: door_limits.Limits holds their defaults.
+    for field in dataclasses.fields(Limits):
+        parser.add_argument(
+            f"--{field.name.replace('_', '-')}",
+            type=_positive if field.type == "int" else _seconds,
+            default=field.default,
+            help=door_limits.HELP[field.name],
+        )
     door_settings.add_arguments(parser)
     parser.add_argument(
         "--socket-dir",
@@ -651,12 +620,7 @@ def limits_of(options: argparse.Namespace) -> Limits:
             "pass"
         )
     return Limits(
-        max_json_depth=options.max_json_depth,
-        max_connections=options.max_connections,
-        header_timeout=options.header_timeout,
-        idle_timeout=options.idle_timeout,
-        body_timeout=options.body_timeout,
-        max_bytes_in_flight=options.max_bytes_in_flight,
+        **{field.name: getattr(options, field.name) for field in dataclasses.fields(Limits)}
     )
 
 
