@@ -51,7 +51,7 @@ from virnucpro_triton.sequence import chunks, reverse_complement, six_frames
 from virnucpro_triton.server import EmbeddedServer
 from virnucpro_triton.serving.embedding_cache import read_cache_metrics
 
-H100_BF16_DENSE_TFLOPS = 989.0  # spec sheet, SXM; DESIGN.md measured ~790 on a large matmul
+H100_BF16_DENSE_TFLOPS = 989.0  # spec sheet, SXM
 _STOPS = {"TAA", "TAG", "TGA"}
 STOP_FREE_CODONS = [
     a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in _STOPS

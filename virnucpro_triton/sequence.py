@@ -2,7 +2,7 @@
 
 One implementation shared by the client (chunking, `preprocess`), the server pipeline model
 (translation and filtering) and the tests. It reproduces the original tool exactly, quirks
-included, because the classifier was trained on its output (DESIGN.md section 2).
+included, because the classifier was trained on its output.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """DNABERT-S (a DNABERT-2 / MosaicBERT encoder) without remote code.
 
-Parameter names follow the released checkpoint so its state dict loads as is (DESIGN.md §3).
+Parameter names follow the released checkpoint so its state dict loads as is.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ EOS_IDX = TOKEN_TO_ID["<eos>"]
 UNK_IDX = TOKEN_TO_ID["<unk>"]
 MASK_IDX = TOKEN_TO_ID["<mask>"]
 
-# name -> (layers, hidden, heads), DESIGN.md §4
+# name -> (layers, hidden, heads), as fair-esm's pretrained models define them
 ESM2_SIZES: dict[str, tuple[int, int, int]] = {
     "esm2_t6_8M_UR50D": (6, 320, 20),
     "esm2_t12_35M_UR50D": (12, 480, 20),
