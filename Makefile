@@ -77,7 +77,7 @@ test-workflow: $(STAMP) $(WORKFLOW_STAMP)  ## workflow tier: the Snakemake workf
 
 # Root on Debian: installs the engine and Compose v2 when missing, builds a stand-in of the
 # NGC base (cached), then the image, and serves it as compose does (tests/test_container.py).
-test-container: $(STAMP)  ## container tests: the image built and served by Docker (root; ~15 min cold)
+test-container: $(STAMP)  ## container tests: the image built and served by Docker (root; slow until the base is cached)
 	tests/container/setup.sh
 	$(BIN)/pytest -m container tests/test_container.py
 	@cat build/container-timings.json

@@ -391,7 +391,7 @@ def test_dnabert_config_values_are_checked_before_any_model_is_built(tmp_path, c
     config = with_config(tmp_path / "dnabert", change)
     stderr, peak = export_refusal(tmp_path, "--dnabert-s", tmp_path / "dnabert")
     assert re.match(f"virnucpro-triton: error: {re.escape(str(config))}{message}", stderr.strip())
-    assert peak < 1024, peak  # 20,000 layers built took over a GiB and a minute
+    assert peak < 1024, peak  # building the 20,000 declared layers would pass it
 
 
 @pytest.mark.parametrize(

@@ -460,7 +460,7 @@ def python310() -> Path:
     return found[-1]
 
 
-@pytest.mark.slow  # pip fetches the index pages of torch and the CUDA wheels: ~1 min
+@pytest.mark.slow  # pip fetches the index pages of torch and the CUDA wheels
 @pytest.mark.parametrize("lock", sorted(IMAGE_LOCKS))
 def test_the_image_locks_are_complete_for_python_3_10(lock, tmp_path):
     """pip under Python 3.10 resolves the lock with dependencies: it must install exactly the

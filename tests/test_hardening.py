@@ -1,4 +1,4 @@
-"""Red-team cases against real servers (docs/reliability.md): the shared-memory APIs closed,
+"""Attacks on real servers (docs/reliability.md): the shared-memory APIs closed,
 shared-memory regions private to their server and removed after it, concurrent starts, the
 same server flags everywhere, malformed checkpoint records."""
 
@@ -71,8 +71,8 @@ def classify_zeros(server: EmbeddedServer, dim: int) -> np.ndarray:
 
 
 def test_shared_memory_apis_are_closed(server, tiny_repository):
-    """The red team's two calls: register one of the backend's own regions by its /dev/shm name,
-    then ask classifier_300 to write its output there. That aborted tritonserver (status -6)."""
+    """Two calls: register one of the backend's own regions by its /dev/shm name, then ask
+    classifier_300 to write its output there, which aborts an open tritonserver (status -6)."""
     dim = classifier_dim(tiny_repository)
     before = classify_zeros(server, dim)
     region = server.shm_regions()[0].name
@@ -184,9 +184,9 @@ def named_by_a_process(prefix: str) -> bool:
     return False
 
 
-@pytest.mark.slow  # 12 starts; ~1-3 min on 2 cores
+@pytest.mark.slow  # 12 server starts
 def test_four_servers_start_at_once_three_rounds(echo_repository):
-    """Concurrent starts used to die in load with boost::interprocess::lock_exception."""
+    """Concurrent starts sharing a prefix die in load with boost::interprocess::lock_exception."""
     for _ in range(3):
         servers = [EmbeddedServer(echo_repository) for _ in range(4)]
         try:

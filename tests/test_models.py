@@ -39,7 +39,7 @@ TINY_DNABERT = DnabertConfig(
     vocab_size=256,
     hidden_size=96,
     num_hidden_layers=2,
-    num_attention_heads=12,  # the real head count, so the DESIGN slopes apply
+    num_attention_heads=12,  # the real head count, so the real model's ALiBi slopes apply
     intermediate_size=128,
 )
 
@@ -223,7 +223,7 @@ def dna_token_ids(tokenizer: Tokenizer, lengths: list[int], seed: int = 0) -> li
 
 
 def naive_dnabert_embed(state: dict, config: DnabertConfig, ids: list[int]) -> torch.Tensor:
-    """Unbatched float64 reference: explicit softmax attention with the DESIGN ALiBi slopes."""
+    """Unbatched float64 reference: explicit softmax attention with the real ALiBi slopes."""
     sd = {k: v.double() for k, v in state.items()}
     hidden, heads, inter = config.hidden_size, config.num_attention_heads, config.intermediate_size
     head_dim, length = hidden // heads, len(ids)

@@ -40,7 +40,7 @@ from virnucpro_triton.server import (
 )
 
 MB = 2**20
-OVERSIZE = 200 * MB  # the red team's request
+OVERSIZE = 200 * MB  # far over the limit, as an attacker would send
 SLACK = 50 * MB  # how far above its baseline the server's memory may stay
 
 

@@ -107,10 +107,10 @@ class _Embedder:
         self.max_rows = max_rows
         self._run = self._embed_ids
         if compiled:
-            # Fuses the element-wise work between the matmuls (1.4x for ESM-2 3B on an H100,
-            # docs/performance.md). Each transformer block is compiled on its own and all blocks
-            # share one graph: ESM-2 3B compiles in 13 s instead of 113 s as one whole graph,
-            # 1% slower. Symbolic shapes, so one graph serves every batch shape.
+            # Fuses the element-wise work between the matmuls (docs/performance.md). Each
+            # transformer block is compiled on its own and all blocks share one graph: a fraction
+            # of the whole model's compile time, at about its speed (docs/performance.md).
+            # Symbolic shapes, so one graph serves every batch shape.
             for block in self.model.blocks:
                 block.compile(dynamic=True)
             embed = self._embed_ids

@@ -449,7 +449,7 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 def _returns_freed_memory() -> None:
     """Fixed malloc thresholds, so that a refused body's memory goes back to the system. glibc
     otherwise raises its mmap threshold to the largest block freed (up to 32 MiB) and its trim
-    threshold to twice that: after one oversize body the door would keep ~60 MB of freed heap."""
+    threshold to twice that: after one oversize body the door would keep that much freed heap."""
     for option in (_M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD):
         _libc.mallopt(option, door_limits.MALLOC_THRESHOLD)
 

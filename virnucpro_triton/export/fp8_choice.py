@@ -149,7 +149,7 @@ class Probe:
         of 1 - cosine of the embeddings of every RANKING_STRIDE-th probe frame, over its weights.
         A layer's own rounding error says little: what matters is how far it carries to the
         embedding. Per weight, because FP8's gain is the layer's multiplies: ranked by
-        disturbance alone, random-weight ESM-2 3B kept 69 of 216 layers and served no faster
+        disturbance alone, the longest passing run holds many layers that save little
         (docs/performance.md)."""
         names = linear_layers(self.model)
 

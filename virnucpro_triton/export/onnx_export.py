@@ -104,7 +104,7 @@ def export_graph(
     with tempfile.TemporaryDirectory() as scratch:
         traced = Path(scratch) / repo.ONNX_MODEL
         with warnings.catch_warnings():
-            # The TorchScript exporter: deprecated for the dynamo one, which took ~50x longer on
+            # The TorchScript exporter: deprecated for the dynamo one, which is far slower on
             # these models, and it warns so (also from inside torch.onnx). It also warns about
             # the constants it traces (ALiBi slopes, head counts), which are constants here.
             warnings.simplefilter("ignore", torch.jit.TracerWarning)

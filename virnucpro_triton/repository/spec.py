@@ -46,12 +46,12 @@ def pipeline_entries(chunk_size: int) -> tuple[str, ...]:
 
 # Largest number of rows one execute() sees. A pipeline execute takes up to 16 client requests
 # of 256 chunks at once and runs them concurrently: with one request per execute the embedders
-# idled between requests (GPU busy 76%, docs/performance.md). Its frames (6 per chunk at most)
+# would idle between requests (docs/performance.md). Its frames (6 per chunk at most)
 # fan out to the embedders in pieces of at most their max_batch_size.
 PIPELINE_MAX_BATCH = 4096
 # Chunks in one client request (`predict --batch-chunks`, the workflow's batch_chunks): a
-# quarter of an execute, so one execute still takes several requests. On an H200 512 chunks
-# served 5.5% more frames/s than 256 (docs/performance.md); the client's default stays small
+# quarter of an execute, so one execute still takes several requests. Larger requests serve a
+# GPU faster (docs/performance.md, request size); the client's default stays small
 # (client/classify.py BATCH_CHUNKS) for CPU servers.
 MAX_BATCH_CHUNKS = PIPELINE_MAX_BATCH // 4
 # Two pipeline instances per device: while one waits for the last answers of its batch, the
@@ -66,7 +66,7 @@ QUEUE_DELAY_US = 2000
 # Overload is answered "busy" (UNAVAILABLE: "Exceeds maximum queue size") at once instead of
 # queueing without bound. Clients queue far less: `predict` keeps <= 64 requests in flight (4 by
 # default), and a pipeline instance (two per GPU) adds at most 16 x 2 BLS requests to each other
-# entry's queue: four GPUs' fill it exactly (docs/performance.md, issue 18's prediction). A full
+# entry's queue: four GPUs' fill it exactly (docs/performance.md, several GPUs). A full
 # pipeline queue holds at most
 # 256 requests x 4096 chunks x 500 bytes (0.5 GB).
 # A request still queued after the client's own wait (Connection's 600 s) has nobody waiting
@@ -88,8 +88,8 @@ MAX_ROWS = 256
 # smaller (PIPELINE_MAX_BATCH chunks of at most 500 bases: 2 MB).
 MAX_REQUEST_BYTES = 32 * 2**20
 # Host memory per embedder instance (one per GPU) for embeddings of sequences seen before, the
-# entries' parameter EMBEDDING_CACHE_PARAMETER (0 = off): about 100,000 ESM-2 3B frames (10.6 kB
-# each with its key) or 300,000 DNABERT-S frames (3.6 kB).
+# entries' parameter EMBEDDING_CACHE_PARAMETER (0 = off): an ESM-2 3B frame costs its
+# 2,560 float32 and its key (frames per GiB: docs/performance.md).
 EMBEDDING_CACHE_PARAMETER = "embedding_cache_bytes"
 EMBEDDING_CACHE_BYTES = 1 << 30
 

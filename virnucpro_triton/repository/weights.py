@@ -214,8 +214,8 @@ def load_model(
     """Rebuild an entry's model on `device` from its architecture.json and safetensors weights.
 
     The module is built on the meta device and takes the file's tensors as they are: no random
-    initialization and no fp32 copy of a 3B model in host memory (ESM-2 3B loads in 12 s instead
-    of 28 s on an H100 machine).
+    initialization and no fp32 copy of a 3B model in host memory, which also makes loading
+    faster (docs/performance.md).
     """
     import torch
     from safetensors.torch import load_file

@@ -22,7 +22,7 @@ import numpy as np
 from virnucpro_triton.repository import EMBEDDING_CACHE_PARAMETER
 
 # Bytes an entry costs beyond its key's characters and its vector's data (dict and OrderedDict
-# slots, the str and ndarray headers): about 230 measured with tracemalloc (CPython 3.11).
+# slots, the str and ndarray headers), rounded up from what tracemalloc counts on CPython 3.11.
 ENTRY_OVERHEAD = 256
 
 
