@@ -1,6 +1,9 @@
 """`make bench`: the served pipeline against in-process ways of running the same models.
 
-Not part of the wheel; it uses the package's public modules. By what they hold:
+Not part of the wheel. It uses the package's public modules (repository, client.predict,
+client.embed, embedders, export, models, results.frame_table, sequence, server,
+serving.embedding_cache) and the tests' helpers for inputs and certificates (tests/inputs.py,
+tests/certificates.py, tests/repository_edits.py). By what they hold:
 - bench.py: the command (`python -m benchmarks.bench`) and the order of the measurements;
 - workload.py: the FASTA files measured (contigs, reads, copies of reads);
 - random_models.py: full-size (or --tiny) models with random weights, written as a repository;

@@ -28,6 +28,7 @@ from virnucpro_triton.models.esm2 import Esm2
 TOKS_PER_BATCH = 2048
 # fair-esm's ESM-2 has a language-model head and a contact head; the served model neither.
 _HEADS = ("lm_head.", "contact_head.")
+_ROTARY = "rot_emb.inv_freq"
 
 
 def fair_esm(esm2: Esm2, device: torch.device) -> torch.nn.Module:
@@ -43,8 +44,11 @@ def fair_esm(esm2: Esm2, device: torch.device) -> torch.nn.Module:
             alphabet="ESM-1b",
             token_dropout=config.token_dropout,
         )
-    missing, unexpected = model.load_state_dict(esm2.state_dict(), strict=False)
-    left = [k for k in missing if not k.startswith(_HEADS)]
+    # Weights only: the rotary frequencies stay fair-esm's own fp32 ones, which `esm2` in half
+    # precision holds rounded.
+    weights = {k: v for k, v in esm2.state_dict().items() if not k.endswith(_ROTARY)}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    left = [k for k in missing if not k.startswith(_HEADS) and not k.endswith(_ROTARY)]
     if left or unexpected:
         raise ValueError(f"fair-esm's ESM2 does not take these weights: {left + unexpected}")
     return model.float().eval()
