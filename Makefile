@@ -162,8 +162,8 @@ export: $(STAMP)  ## export checkpoints: make export DNABERT_S=dir ESM2=file CLA
 	  $(if $(CLASSIFIER_300),--classifier-300 $(CLASSIFIER_300)) \
 	  $(if $(CLASSIFIER_500),--classifier-500 $(CLASSIFIER_500))
 
-bench: $(STAMP)  ## GPU benchmark: full-size random-weight models, in-process vs served (docs/performance.md)
-	$(BIN)/python -m virnucpro_triton.bench --json-out build/bench.json
+bench: $(STAMP)  ## GPU benchmark (benchmarks/): full-size random-weight models, VirNucPro's own way and in-process vs served
+	$(BIN)/python -m benchmarks.bench --json-out build/bench.json
 
 clean:  ## remove build outputs and demo results (keeps .venv)
 	rm -rf build results

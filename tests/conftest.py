@@ -114,7 +114,7 @@ def mixed_fasta(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def contigs(tmp_path_factory) -> Path:
     """~300 chunks of 300 bp with a stop-free first frame: seconds of requests on a CPU server."""
-    from virnucpro_triton.bench import STOP_FREE_CODONS
+    from inputs import STOP_FREE_CODONS
 
     rng = random.Random(7)
     path = tmp_path_factory.mktemp("contigs") / "contigs.fa"

@@ -1,5 +1,5 @@
-"""Inputs that are awkward to make: damaged gzip, FIFOs fed by a thread; and the peak memory of
-a command fed one."""
+"""Inputs that are awkward to make: damaged gzip, FIFOs fed by a thread, DNA whose frames have no
+stop codon; and the peak memory of a command fed one."""
 
 from __future__ import annotations
 
@@ -9,6 +9,12 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+
+_STOPS = {"TAA", "TAG", "TGA"}
+# Codons of DNA read in frame without a stop: joined, they make chunks whose first frame is kept.
+STOP_FREE_CODONS = [
+    a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in _STOPS
+]
 
 
 def corrupt_gzip() -> bytes:

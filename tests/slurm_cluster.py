@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from virnucpro_triton.server import free_port
+from virnucpro_triton.processes import free_port
 
 SBIN = "/usr/sbin"
 NAME = "virnucprotest"

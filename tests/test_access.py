@@ -1,4 +1,4 @@
-"""Access tokens and TLS at the front door (door_access.py, door_tls.py), against real servers:
+"""Access tokens and TLS at the front door (door/access.py, door/tls.py), against real servers:
 every route refused without a valid token, the right token giving an open server's bytes,
 tokens rotated without a restart, TLS and mutual TLS refusing the clients they should, no token
 in any log, memory flat under a flood of refusals, and no server beyond loopback without a token
@@ -21,20 +21,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from certificates import make_certificates
+from inputs import STOP_FREE_CODONS
 from servers import wait_for
 from test_request_limits import http_exchange
 from test_server import ECHO_MODEL, listening_addresses, make_repository
 from tritonclient.utils import InferenceServerException
 
 from virnucpro_triton import repository as repo
-from virnucpro_triton.bench import STOP_FREE_CODONS
-from virnucpro_triton.bench_door import make_certificates
 from virnucpro_triton.credentials import TOKEN_FILE_ENV, bearer
-from virnucpro_triton.door_access import METRIC
-from virnucpro_triton.door_settings import AccessSettings
-from virnucpro_triton.door_tls import Tls
-from virnucpro_triton.front_door import main as door_main
-from virnucpro_triton.server import EmbeddedServer, _wheel_dirs, free_port
+from virnucpro_triton.door.access import METRIC
+from virnucpro_triton.door.app import main as door_main
+from virnucpro_triton.door.settings import AccessSettings
+from virnucpro_triton.door.tls import Tls
+from virnucpro_triton.processes import free_port
+from virnucpro_triton.server import EmbeddedServer, _wheel_dirs
 
 BIN = Path(sys.executable).parent
 MB = 2**20

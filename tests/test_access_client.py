@@ -3,7 +3,7 @@ a front door that asks for a token over TLS, and one that asks for a client cert
 (mutual TLS), give the bytes an open server gives; every refusal (no token, a wrong one, an
 untrusted CA, a plain-text client on a TLS port, TLS to a plain-text port, no client
 certificate, a stranger's) is one line, at once, with no token in any output; the library API
-and the image's health check speak the same. Certificates: bench_door.make_certificates."""
+and the image's health check speak the same. Certificates: certificates.py."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from certificates import make_certificates
 
-from virnucpro_triton.bench_door import make_certificates
 from virnucpro_triton.client.access import Access
 from virnucpro_triton.client.classify import Classifier
 from virnucpro_triton.client.connection import AccessRefused
@@ -28,7 +28,7 @@ from virnucpro_triton.credentials import (
     TLS_CLIENT_KEY_ENV,
     TOKEN_FILE_ENV,
 )
-from virnucpro_triton.door_settings import AccessSettings
+from virnucpro_triton.door.settings import AccessSettings
 from virnucpro_triton.server import EmbeddedServer
 
 pytestmark = pytest.mark.server

@@ -1,25 +1,33 @@
-"""CPU smoke run of `make bench`: it completes and reports numbers (no timing assertions).
+"""CPU smoke run of `make bench` (benchmarks/, outside the wheel): it completes and reports
+numbers (no timing assertions), VirNucPro's own way among them; and its workload's copies.
 
 One chunk size: each size is the same code path with a server start of its own, and the
-option that picks the sizes is itself part of what this proves."""
+option that picks the sizes is itself part of what this proves. The only test that imports the
+benchmark."""
 
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
+from Bio import SeqIO
 from click.testing import CliRunner
 
-from virnucpro_triton.bench import main
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/ is not installed
+from benchmarks.bench import main  # noqa: E402
+from benchmarks.workload import add_duplicates, make_workload  # noqa: E402
+from virnucpro_triton import repository as repo  # noqa: E402
+from virnucpro_triton.sequence import reverse_complement  # noqa: E402
 
-pytestmark = pytest.mark.server  # the bench starts its own server
 
-
-def test_bench_smoke_run_reports_both_paths(tmp_path):
+@pytest.mark.server  # the bench starts its own server
+def test_bench_smoke_run_reports_every_way(tmp_path):
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(
         main,
-        ["--tiny", "--chunk-size", "300", "--frames", "40"]
+        ["--tiny", "--chunk-size", "300", "--frames", "40", "--virnucpro-frames", "30"]
         + ["--work-dir", str(tmp_path), "--json-out", str(out)],
     )
     assert result.exit_code == 0, result.output
@@ -33,6 +41,19 @@ def test_bench_smoke_run_reports_both_paths(tmp_path):
         == run["served"]["frames_per_s"] / run["in_process"]["frames_per_s"]
     )
     assert run["served"]["cold_start_s"] > 0
+    # VirNucPro's own way (fair-esm ESM-2, DNABERT-S one at a time, fp32) on the first frames.
+    own = run["virnucpro_own"]
+    assert own["frames"] == 30 and own["toks_per_batch"] == 2048
+    assert own["frames_per_s"] == pytest.approx(30 / own["seconds"])
+    assert own["seconds"] == pytest.approx(own["dnabert_s_seconds"] + own["esm2_seconds"])
+    assert run["served_over_virnucpro_own"] == run["served"]["frames_per_s"] / own["frames_per_s"]
+    # fp32 everywhere: the served entries embed those frames as VirNucPro's way does.
+    for entry in (repo.DNABERT_S, repo.ESM2):
+        found = own["served_embeddings"][entry]
+        assert found["frames"] == 30
+        assert found["max_abs_diff"] < 1e-4 and found["min_cosine"] > 0.9999
+    table = result.output.splitlines()
+    assert "VirNucPro's own" in table[-3] and table[-2].split()[0] == "300"
     # The models alone, as the entries embed, on sets of one execute's frames.
     alone = run["models_alone"]
     assert alone["frames_per_s"] < alone["esm2_frames_per_s"]  # DNABERT-S's time added
@@ -49,3 +70,19 @@ def test_bench_smoke_run_reports_both_paths(tmp_path):
     # fp32 on both paths: frames line up and get the in-process verdicts.
     assert run["served"]["verdict_agreement_with_in_process"] >= 0.95
     assert "served_fp8" not in run  # no GPU with FP8 here
+
+
+def test_the_bench_adds_the_share_of_copies_asked_half_of_them_reverse_complements(tmp_path):
+    source, target = tmp_path / "reads.fa", tmp_path / "copies.fa"
+    unique_frames = make_workload(source, 300, 300, seed=3, lengths=(150, 301))
+    originals = {str(r.seq) for r in SeqIO.parse(source, "fasta")}
+    reads, frames = add_duplicates(source, target, 0.3, 300)
+    records = list(SeqIO.parse(target, "fasta"))
+    copies = [str(r.seq) for r in records if "_copy" in r.id]
+    assert reads == len(records) == len(originals) + len(copies)
+    assert abs(len(copies) / reads - 0.3) < 0.01
+    exact = sum(c in originals for c in copies)
+    reverse = sum(reverse_complement(c) in originals and c not in originals for c in copies)
+    assert exact + reverse == len(copies) and abs(exact - reverse) <= 1
+    assert frames > len(unique_frames)
+    assert len({r.id for r in records}) == reads  # copies have ids of their own

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from inputs import STOP_FREE_CODONS as CODONS
 from inputs import corrupt_gzip, write_fifo
 from reference import same_table
 
@@ -28,8 +29,6 @@ from virnucpro_triton.results.run_info import RUN_INFO
 
 CLI = str(Path(sys.executable).parent / "virnucpro-triton")
 OUTPUTS = [PREDICTIONS, VERDICTS, SUMMARY]  # compared between equivalent inputs
-STOPS = {"TAA", "TAG", "TGA"}
-CODONS = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in STOPS]
 _rng = random.Random(3)
 A = "".join(_rng.choices(CODONS, k=240))  # 720 bp, 3 chunks of 300 with a stop-free frame
 B = "".join(_rng.choices(CODONS, k=110))
@@ -297,8 +296,8 @@ def test_resume_refusal_does_not_also_say_resume_goes_on(server, tmp_path):
 
 
 def test_resume_is_not_named_where_it_could_not_go_on(tmp_path):
+    from virnucpro_triton.processes import free_port
     from virnucpro_triton.results import journal
-    from virnucpro_triton.server import free_port
 
     (tmp_path / "other.fa").write_text(f">o\n{B}\n")
     (tmp_path / "in.fa").write_text(REFERENCE)

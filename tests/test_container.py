@@ -28,11 +28,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from certificates import make_certificates
 from test_request_limits import OVERSIZE, http_exchange, oversize_http_head, pipeline_request
 from tritonclient.grpc import InferenceServerClient
 from tritonclient.utils import InferenceServerException
 
-from virnucpro_triton.bench_door import make_certificates
 from virnucpro_triton.credentials import (
     AUTH_HEADER,
     TLS_CERT_ENV,
@@ -40,9 +40,9 @@ from virnucpro_triton.credentials import (
     TOKEN_FILE_ENV,
     bearer,
 )
+from virnucpro_triton.processes import free_port
 from virnucpro_triton.repository import PIPELINE
 from virnucpro_triton.results.outputs import PREDICTIONS, SUMMARY, VERDICTS
-from virnucpro_triton.server import free_port
 
 pytestmark = pytest.mark.container
 

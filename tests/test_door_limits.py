@@ -1,4 +1,4 @@
-"""The front door's limits (door_limits.py) against real servers: JSON nesting, idle and slow
+"""The front door's limits (door/limits.py) against real servers: JSON nesting, idle and slow
 connections, connections per port, bytes in flight, compression bombs, the answer's encoding,
 gRPC once tritonserver is ready, and a killed door's socket directory."""
 
@@ -28,17 +28,17 @@ from test_request_limits import pipeline_request, shm_bytes, triton_pid
 from test_server import ECHO_MODEL, infer, make_repository, processes_mentioning
 from tritonclient.utils import InferenceServerException
 
-from virnucpro_triton import door_limits
 from virnucpro_triton import repository as repo
-from virnucpro_triton.door_limits import JsonDepth, Limits
-from virnucpro_triton.door_sockets import PREFIX
-from virnucpro_triton.front_door import DoorError, door_parser, limits_of
+from virnucpro_triton.door import limits as door_limits
+from virnucpro_triton.door.app import DoorError, door_parser, limits_of
+from virnucpro_triton.door.limits import JsonDepth, Limits
+from virnucpro_triton.door.sockets import PREFIX
+from virnucpro_triton.processes import free_port
 from virnucpro_triton.server import (
     EmbeddedServer,
     _server_env,
     _wheel_dirs,
     backend_directory,
-    free_port,
 )
 
 MB = 2**20
@@ -476,7 +476,7 @@ def test_running_out_of_descriptors_is_one_line_of_the_log(echo_server):
 
 
 def test_the_limits_are_door_options_with_one_home():
-    """The defaults come from door_limits.py (the image, Kubernetes and KServe run the door
+    """The defaults come from door/limits.py (the image, Kubernetes and KServe run the door
     without options); each can be set, and a bad value is one line."""
     options = door_parser().parse_args(["tritonserver", "--model-repository=/m"])
     assert limits_of(options) == Limits()

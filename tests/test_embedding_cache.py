@@ -9,10 +9,10 @@ import urllib.request
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from Bio import SeqIO
+from inputs import STOP_FREE_CODONS as CODONS
+from repository_edits import set_embedding_cache
 
 from virnucpro_triton import repository as repo
-from virnucpro_triton.bench import add_duplicates, make_workload, set_embedding_cache
 from virnucpro_triton.sequence import reverse_complement, six_frames
 from virnucpro_triton.server import EmbeddedServer
 from virnucpro_triton.serving.embedding_cache import (
@@ -95,26 +95,7 @@ def test_entries_exported_without_the_parameter_have_the_cache_off():
     assert cache_bytes_of({"parameters": {"fp8": {"string_value": "none"}}}) == 0
 
 
-def test_the_bench_adds_the_share_of_copies_asked_half_of_them_reverse_complements(tmp_path):
-    source, target = tmp_path / "reads.fa", tmp_path / "copies.fa"
-    unique_frames = make_workload(source, 300, 300, seed=3, lengths=(150, 301))
-    originals = {str(r.seq) for r in SeqIO.parse(source, "fasta")}
-    reads, frames = add_duplicates(source, target, 0.3, 300)
-    records = list(SeqIO.parse(target, "fasta"))
-    copies = [str(r.seq) for r in records if "_copy" in r.id]
-    assert reads == len(records) == len(originals) + len(copies)
-    assert abs(len(copies) / reads - 0.3) < 0.01
-    exact = sum(c in originals for c in copies)
-    reverse = sum(reverse_complement(c) in originals and c not in originals for c in copies)
-    assert exact + reverse == len(copies) and abs(exact - reverse) <= 1
-    assert frames > len(unique_frames)
-    assert len({r.id for r in records}) == reads  # copies have ids of their own
-
-
 # Served: the tiny models on a real tritonserver, cache on (the export default) and off.
-
-STOPS = {"TAA", "TAG", "TGA"}
-CODONS = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in STOPS]
 
 
 @pytest.fixture(scope="module")

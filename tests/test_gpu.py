@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import copy
+import random
 
 import numpy as np
 import pytest
 import torch
+from inputs import STOP_FREE_CODONS
 from reference import MIXED, in_process, read_rows
 
 from virnucpro_triton import repository as repo
-from virnucpro_triton.bench import make_workload
 from virnucpro_triton.client.predict import predict
 from virnucpro_triton.embedders import ProteinEmbedder
 from virnucpro_triton.export import export_repository
@@ -20,12 +21,25 @@ from virnucpro_triton.models.esm2 import ESM2_SIZES, Esm2, Esm2Config, Transform
 from virnucpro_triton.models.fp8 import Fp8Linear, fp8_unavailable, to_fp8
 from virnucpro_triton.repository import FP8_FEED_FORWARD as FEED_FORWARD
 from virnucpro_triton.repository import FP8_NONE as NONE
+from virnucpro_triton.sequence import six_frames
 from virnucpro_triton.server import EmbeddedServer
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
+
+
+def proteins_of(count: int, longest: int) -> list[str]:
+    """The proteins of the kept frames of stop-free DNA of random lengths up to `longest` bases."""
+    rng = random.Random(0)
+    found: list[str] = []
+    while len(found) < count:
+        dna = "".join(rng.choices(STOP_FREE_CODONS, k=rng.randrange(longest // 6, longest // 3)))
+        found += [frame.protein for frame in six_frames(dna) if frame is not None]
+    return found[:count]
+
+
 MODELS = [repo.DNABERT_S, repo.ESM2, repo.PIPELINE, "classifier_300", "classifier_500"]
 
 
@@ -67,7 +81,7 @@ def test_packed_attention_on_the_gpu_equals_padded(tmp_path, dtype):
     torch.manual_seed(0)
     device = torch.device("cuda")
     model = Esm2(Esm2Config(*ESM2_SIZES["esm2_t12_35M_UR50D"])).to(device, dtype).eval()
-    proteins = [f.protein for f in make_workload(tmp_path / "frames.fa", 600, 500)]
+    proteins = proteins_of(600, 500)
     padded = ProteinEmbedder(model, device)
     padded.packed = False
     reference = torch.from_numpy(padded(proteins))
@@ -87,10 +101,10 @@ needs_fp8 = pytest.mark.skipif(
 
 @needs_fp8
 def test_fp8_feed_forward_runs_compiled_and_stays_close_to_bf16(tmp_path):
-    # The 650M shape with random weights, on the bench's frames; compiled as served.
+    # The 650M shape with random weights; compiled as served.
     torch.manual_seed(0)
     model = Esm2(Esm2Config(*ESM2_SIZES["esm2_t33_650M_UR50D"])).to("cuda", torch.bfloat16)
-    proteins = [f.protein for f in make_workload(tmp_path / "frames.fa", 300, 300)]
+    proteins = proteins_of(300, 300)
     device = torch.device("cuda")
     bf16 = ProteinEmbedder(model.eval(), device)(proteins)
     fp8_model = copy.deepcopy(model)

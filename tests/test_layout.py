@@ -17,10 +17,10 @@ from virnucpro_triton.cli import main
 from virnucpro_triton.client import connection
 from virnucpro_triton.client.addresses import AddressError
 from virnucpro_triton.client.classify import BATCH_CHUNKS
+from virnucpro_triton.door.app import DoorError
 from virnucpro_triton.export import VerificationError
 from virnucpro_triton.export.fp8_choice import Fp8Refused
 from virnucpro_triton.fasta import FastaError
-from virnucpro_triton.front_door import DoorError
 from virnucpro_triton.repository import CHUNK_SIZES, MAX_BATCH_CHUNKS, RepositoryError
 from virnucpro_triton.results import report
 from virnucpro_triton.results.evidence import DEFAULT_THRESHOLDS, ThresholdError

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from inputs import STOP_FREE_CODONS as CODONS
 from reference import same_table
 from servers import served
 
@@ -24,8 +25,6 @@ from virnucpro_triton.results.outputs import PREDICTIONS, SUMMARY, VERDICTS, VIR
 from virnucpro_triton.sequence import chunk_starts
 
 CLI = str(Path(sys.executable).parent / "virnucpro-triton")
-STOPS = {"TAA", "TAG", "TGA"}
-CODONS = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in STOPS]
 MIN_LENGTH = 500
 # Lengths around the limit: 499 is too short, 500 is kept; short records sit between long ones.
 _rng = random.Random(4)

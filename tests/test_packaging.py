@@ -15,8 +15,8 @@ import tritonclient.grpc as grpcclient
 
 from virnucpro_triton import repository as repo
 from virnucpro_triton.export.fp8_choice import probe_frames
+from virnucpro_triton.processes import free_port
 from virnucpro_triton.results.outputs import PREDICTIONS, SUMMARY, VERDICTS
-from virnucpro_triton.server import free_port
 
 pytestmark = pytest.mark.slow
 

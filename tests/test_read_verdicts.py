@@ -6,11 +6,11 @@ from __future__ import annotations
 import csv
 import random
 
+from inputs import STOP_FREE_CODONS as CODONS
+
 from virnucpro_triton.client.predict import predict
 from virnucpro_triton.results.outputs import SUMMARY
 
-STOPS = {"TAA", "TAG", "TGA"}
-CODONS = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in STOPS]
 _rng = random.Random(9)
 
 

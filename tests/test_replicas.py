@@ -29,10 +29,11 @@ from virnucpro_triton.client.classify import Classifier
 from virnucpro_triton.client.connection import ClientError, Connection
 from virnucpro_triton.client.predict import predict
 from virnucpro_triton.fasta import read_fasta
+from virnucpro_triton.processes import free_port
 from virnucpro_triton.repository import PIPELINE
 from virnucpro_triton.results.outputs import PREDICTIONS, SUMMARY, VERDICTS
 from virnucpro_triton.sequence import chunk_starts
-from virnucpro_triton.server import EmbeddedServer, free_port
+from virnucpro_triton.server import EmbeddedServer
 
 CLI = Path(sys.executable).with_name("virnucpro-triton")
 NAME = "replicas.test"  # the name every test resolves, as a cluster's DNS would

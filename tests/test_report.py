@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from inputs import STOP_FREE_CODONS as CODONS
 from PIL import Image
 from reference import MIXED, read_rows
 
@@ -35,8 +36,6 @@ from virnucpro_triton.results.report import REPORT, write_report
 
 CLI = str(Path(sys.executable).parent / "virnucpro-triton")
 TOP = 3
-STOPS = {"TAA", "TAG", "TGA"}
-CODONS = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in STOPS]
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,8 @@ from PIL import Image
 from servers import wait_for
 from test_report import fasta, run, summary_rows  # noqa: F401  (module fixtures)
 
+from virnucpro_triton.processes import free_port
 from virnucpro_triton.results.report import COLORS, REPORT
-from virnucpro_triton.server import free_port
 
 ELEMENT = "element-6066-11e4-a52e-4f735466cecf"  # the W3C key of an element reference
 FLAGS = [

@@ -1,4 +1,4 @@
-"""The front door (front_door.py): oversize requests refused at the port over gRPC and HTTP, the
+"""The front door (door/app.py): oversize requests refused at the port over gRPC and HTTP, the
 server's memory back to its baseline after them, everything else passed through."""
 
 from __future__ import annotations
@@ -28,15 +28,15 @@ from test_server import (
 )
 from tritonclient.utils import InferenceServerException
 
-from virnucpro_triton import door_limits
 from virnucpro_triton import repository as repo
-from virnucpro_triton.front_door import DoorError, split_command, upstream_command
+from virnucpro_triton.door import limits as door_limits
+from virnucpro_triton.door.app import DoorError, split_command, upstream_command
+from virnucpro_triton.processes import free_port
 from virnucpro_triton.server import (
     EmbeddedServer,
     _server_env,
     _wheel_dirs,
     backend_directory,
-    free_port,
 )
 
 MB = 2**20

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from inputs import STOP_FREE_CODONS
 from reference import MIXED, in_process, read_rows
 from tritonclient.utils import InferenceServerException
 
 from virnucpro_triton import repository as repo
-from virnucpro_triton.bench import STOP_FREE_CODONS
 from virnucpro_triton.client.predict import predict
 from virnucpro_triton.results.outputs import PREDICTIONS, SUMMARY, VERDICTS
 from virnucpro_triton.sequence import six_frames

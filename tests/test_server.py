@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from virnucpro_triton.server import EmbeddedServer, ServerError, free_port
+from virnucpro_triton.processes import free_port
+from virnucpro_triton.server import EmbeddedServer, ServerError
 
 CONFIG = """
 backend: "python"

@@ -27,9 +27,10 @@ from virnucpro_triton.interrupt import (
     signals_deferred,
     stop_signals_interrupt,
 )
+from virnucpro_triton.processes import free_port
 from virnucpro_triton.results.journal import NAME as JOURNAL
 from virnucpro_triton.results.outputs import PREDICTIONS
-from virnucpro_triton.server import EmbeddedServer, free_port
+from virnucpro_triton.server import EmbeddedServer
 
 CLI = str(Path(sys.executable).parent / "virnucpro-triton")
 RESUME_HINT = "the same command with --resume goes on from here"

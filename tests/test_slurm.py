@@ -33,7 +33,8 @@ from test_workflow import (
 )
 
 from virnucpro_triton.credentials import AUTH_HEADER, TOKEN_FILE_ENV, bearer, read_tokens
-from virnucpro_triton.server import SHM_DIR, free_port
+from virnucpro_triton.processes import free_port
+from virnucpro_triton.server import SHM_DIR
 
 pytestmark = pytest.mark.cluster
 

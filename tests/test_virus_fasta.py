@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from Bio.SeqIO.FastaIO import SimpleFastaParser
+from inputs import STOP_FREE_CODONS as CODONS
 from inputs import write_fifo
 
 from virnucpro_triton.client.predict import predict
@@ -18,8 +19,6 @@ from virnucpro_triton.results.evidence import Thresholds
 from virnucpro_triton.results.outputs import SUMMARY, VIRUSES
 
 CLI = str(Path(sys.executable).parent / "virnucpro-triton")
-STOPS = {"TAA", "TAG", "TGA"}
-CODONS = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in STOPS]
 # With the tiny models' random weights, scores spread around 0: a cut at 0 calls some viral.
 SPLIT = Thresholds(viral_above=0.0, nonviral_below=-0.05)
 

@@ -17,11 +17,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from certificates import make_certificates
 from reference import same_table
 from servers import wait_for
 
-from virnucpro_triton.bench_door import make_certificates
-from virnucpro_triton.door_settings import AccessSettings
+from virnucpro_triton.door.settings import AccessSettings
 from virnucpro_triton.server import EmbeddedServer
 
 pytestmark = pytest.mark.workflow

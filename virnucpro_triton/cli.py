@@ -21,7 +21,7 @@ from virnucpro_triton.credentials import (
     TLS_CLIENT_KEY_ENV,
     TOKEN_FILE_ENV,
 )
-from virnucpro_triton.door_settings import FILE_OPTIONS, FLAG_OPTIONS, AccessSettings
+from virnucpro_triton.door.settings import FILE_OPTIONS, FLAG_OPTIONS, AccessSettings
 from virnucpro_triton.errors import VirnucproError
 from virnucpro_triton.repository import (
     CHUNK_SIZES,
@@ -161,7 +161,7 @@ def preprocess(fasta: Path, chunk_size: str, out_dir: Path) -> None:
 
 
 def _access_options(command):
-    """The access token and TLS options of the door (door_settings.py), each file also taken
+    """The access token and TLS options of the door (door/settings.py), each file also taken
     from its environment variable."""
     for option, help_text in reversed(FLAG_OPTIONS.items()):
         command = click.option(option, is_flag=True, help=help_text)(command)
@@ -212,7 +212,7 @@ def serve(
     from virnucpro_triton.credentials import CredentialsError
 
     try:
-        from virnucpro_triton.door_access import Guard
+        from virnucpro_triton.door.access import Guard
     except ModuleNotFoundError as error:  # a client-only install
         _fail(f"serve needs {error.name}: pip install 'virnucpro-triton[server]'")
     from virnucpro_triton.server import EmbeddedServer

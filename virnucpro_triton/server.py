@@ -1,5 +1,5 @@
 """Run the tritonserver binary shipped in the ``nvidia-pytriton`` wheel as a child process,
-behind the project's front door (front_door.py), which serves its ports and limits requests.
+behind the project's front door (door/app.py), which serves its ports and limits requests.
 
 The wheel carries Triton 2.51 (``bin/tritonserver``), the Python backend and one backend stub per
 Python version, but not laid out as Triton expects, so we assemble a backend directory and the
@@ -14,7 +14,6 @@ when installed with ``pip install -e .``.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import importlib.metadata
 import importlib.util
@@ -36,10 +35,11 @@ from types import TracebackType
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from virnucpro_triton.door_settings import FILE_OPTIONS, AccessSettings
-from virnucpro_triton.door_sockets import private_directory, socket_path
+from virnucpro_triton.door.settings import FILE_OPTIONS, AccessSettings
+from virnucpro_triton.door.sockets import private_directory, socket_path
 from virnucpro_triton.errors import VirnucproError
 from virnucpro_triton.interrupt import signals_deferred
+from virnucpro_triton.processes import dies_with, free_ports
 from virnucpro_triton.repository import SERVER_FLAGS
 
 
@@ -76,35 +76,6 @@ def remove_stale_regions() -> list[str]:
                 region.unlink()
                 removed.append(region.name)
     return removed
-
-
-def _dies_with(parent: int) -> Callable[[], None]:
-    """What the server child runs before exec: SIGTERM (a clean shutdown) when the parent dies,
-    even of SIGKILL. Linux sends it when the *thread* that forked exits: see start()."""
-
-    # Looked up here: the child of a threaded parent should not need the loader's locks.
-    prctl, pr_set_pdeathsig = ctypes.CDLL(None, use_errno=True).prctl, 1
-
-    def arm() -> None:
-        prctl(pr_set_pdeathsig, signal.SIGTERM)
-        if os.getppid() != parent:  # it died before the request was made
-            os._exit(1)
-
-    return arm
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that is unused right now."""
-    return _free_ports(1)[0]
-
-
-def _free_ports(n: int) -> list[int]:
-    # Hold all sockets open while choosing so that the n ports are distinct.
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
 
 
 def _wheel_dirs() -> tuple[Path, Path]:
@@ -213,7 +184,7 @@ class EmbeddedServer:
         self.gpus = gpus
         self.address = address
         self.access = access or AccessSettings()
-        free = iter(_free_ports(3))
+        free = iter(free_ports(3))
         self.ports = {
             "gRPC": grpc_port or next(free),
             "HTTP": http_port or next(free),
@@ -243,11 +214,11 @@ class EmbeddedServer:
     def _command(self) -> list[str]:
         dist, _ = _wheel_dirs()
         # tritonserver behind the front door, which serves the ports and refuses oversize
-        # requests before they reach it (front_door.py).
+        # requests before they reach it (door/app.py).
         return [
             sys.executable,
             "-m",
-            "virnucpro_triton.front_door",
+            "virnucpro_triton.door.app",
             *self.door_options,
             *self.access.door_args(),
             f"--socket-dir={self._sockets}",
@@ -317,7 +288,7 @@ class EmbeddedServer:
                 stderr=subprocess.STDOUT,
                 env=_server_env(self.gpus),
                 start_new_session=True,
-                preexec_fn=_dies_with(os.getpid()) if main_thread else None,
+                preexec_fn=dies_with(os.getpid()) if main_thread else None,
             )
         started = time.monotonic()
         deadline = started + timeout

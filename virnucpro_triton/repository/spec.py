@@ -82,7 +82,7 @@ MAX_PROTEIN_LENGTH = 4_000
 # counts real ones) and rows at most (embedders.py sorts by length first).
 TOKEN_BUDGET = 16_384
 MAX_ROWS = 256
-# Largest request body or gRPC message the servers take (front_door.py refuses larger ones
+# Largest request body or gRPC message the servers take (door/app.py refuses larger ones
 # before they reach tritonserver). The largest legal request is a full dnabert_s batch
 # (EMBEDDER_MAX_BATCH sequences of MAX_DNA_LENGTH bases: 20.5 MB); the client's own are far
 # smaller (PIPELINE_MAX_BATCH chunks of at most 500 bases: 2 MB).

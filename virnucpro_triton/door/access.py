@@ -37,8 +37,8 @@ from virnucpro_triton.credentials import (
     read_tokens,
     well_formed,
 )
-from virnucpro_triton.door_settings import AccessSettings
-from virnucpro_triton.door_tls import Tls
+from virnucpro_triton.door.settings import AccessSettings
+from virnucpro_triton.door.tls import Tls
 
 log = logging.getLogger(__name__)
 

@@ -1,11 +1,12 @@
-"""`python -m virnucpro_triton.bench_door`: what access tokens and TLS cost at the front door.
+"""`python -m benchmarks.door`: what access tokens and TLS cost at the front door.
 
 Serves the tiny repository twice at once, open and with an access token and TLS, and sends each
 the same requests in rounds that alternate between them: the pipeline's requests over gRPC as
 `predict` sends them (64 chunks of 300 bp each, 4 in flight, one connection per client kept
 open), and model metadata over gRPC and HTTP (the door's own work dominates those). Reports per
 workload and server the door's CPU milliseconds per request and the requests per second, medians
-over the rounds (and their range). The certificates are made with the openssl command.
+over the rounds (and their range). The certificates are tests/certificates.py's (openssl).
+The measurement docs/performance.md quotes is kept in docs/measurements/.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import os
 import random
 import ssl
 import statistics
-import subprocess
 import tempfile
 import threading
 import time
@@ -27,34 +27,13 @@ import click
 import numpy as np
 import tritonclient.grpc as grpcclient
 
+from tests.certificates import make_certificates
+from tests.inputs import STOP_FREE_CODONS
 from virnucpro_triton import repository as repo
-from virnucpro_triton.bench import STOP_FREE_CODONS
 from virnucpro_triton.credentials import bearer
-from virnucpro_triton.door_settings import AccessSettings
+from virnucpro_triton.door.settings import AccessSettings
 from virnucpro_triton.export import export_repository
 from virnucpro_triton.server import EmbeddedServer
-
-
-def _openssl(directory: Path, *args: str) -> None:
-    subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
-
-
-def make_certificates(directory: Path, clients: dict[str, str]) -> None:
-    """In `directory`: ca.pem/.key, server.pem/.key for 127.0.0.1 signed by the CA, and for each
-    `clients` name -> CA name, a client certificate NAME.pem/.key that CA signed (a CA other
-    than "ca" is made as well)."""
-    for ca in {"ca", *clients.values()}:
-        _openssl(directory, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
-                 f"{ca}.key", "-out", f"{ca}.pem", "-days", "2", "-subj", f"/CN={ca}")  # fmt: skip
-    issued = {"server": ("ca", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")}
-    issued |= {name: (ca, "extendedKeyUsage=clientAuth\n") for name, ca in clients.items()}
-    for name, (ca, extensions) in issued.items():
-        _openssl(directory, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
-                 "-out", f"{name}.csr", "-subj", f"/CN={name}")  # fmt: skip
-        (directory / f"{name}.ext").write_text(extensions)
-        _openssl(directory, "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey",
-                 f"{ca}.key", "-set_serial", str(random.getrandbits(63)), "-days", "2", "-out",
-                 f"{name}.pem", "-extfile", f"{name}.ext")  # fmt: skip
 
 
 def _door_cpu_seconds(pid: int) -> float:

@@ -14,9 +14,9 @@ this user can enter, and serves the ports tritonserver was given itself:
 
 It also bounds connections per port, the time a request head, a body or an idle connection
 may take, the bytes of requests forwarded at once and the nesting of an HTTP request's JSON
-(door_limits.py). With a token file, every request and call must carry one of its access tokens
-(door_access.py); with a certificate and key, every port speaks TLS (door_tls.py); options:
-door_settings.py.
+(door/limits.py). With a token file, every request and call must carry one of its access tokens
+(door/access.py); with a certificate and key, every port speaks TLS (door/tls.py); options:
+door/settings.py.
 
 Everything else passes through unchanged, bytes for bytes: the door parses no request. It wraps
 the tritonserver command line, so the image's CMD, Kubernetes' args and KServe's runtime args
@@ -48,10 +48,12 @@ from typing import NoReturn
 import grpc
 from aiohttp import ClientConnectionError, ClientSession, ClientTimeout, UnixConnector, web
 
-from virnucpro_triton import door_access, door_limits, door_settings
 from virnucpro_triton.credentials import AUTH_HEADER, CredentialsError
-from virnucpro_triton.door_access import Guard
-from virnucpro_triton.door_limits import (
+from virnucpro_triton.door import access as door_access
+from virnucpro_triton.door import limits as door_limits
+from virnucpro_triton.door import settings as door_settings
+from virnucpro_triton.door.access import Guard
+from virnucpro_triton.door.limits import (
     BodyTooDeep,
     BodyTooLarge,
     ConnectionGuard,
@@ -60,14 +62,15 @@ from virnucpro_triton.door_limits import (
     Limits,
     read_body,
 )
-from virnucpro_triton.door_sockets import private_directory, socket_path
+from virnucpro_triton.door.sockets import private_directory, socket_path
 from virnucpro_triton.errors import VirnucproError
+from virnucpro_triton.processes import dies_with
 from virnucpro_triton.repository import MAX_REQUEST_BYTES
 
 # tritonserver's endpoints and its defaults for them; metrics listens where HTTP does unless told.
 _DEFAULTS = {"grpc": ("0.0.0.0", 8001), "http": ("0.0.0.0", 8000), "metrics": (None, 8002)}
 _NAMES = {"grpc": "gRPC", "http": "HTTP", "metrics": "metrics"}
-# The door speaks plain gRPC to tritonserver's socket; TLS is the door's own (door_tls.py).
+# The door speaks plain gRPC to tritonserver's socket; TLS is the door's own (door/tls.py).
 _UNSUPPORTED = ("--grpc-use-ssl", "--grpc-server-cert", "--grpc-server-key", "--grpc-root-cert")
 _FALSE = {"false", "0", "no", "off"}
 # Hop-by-hop headers (RFC 9110 7.6.1) and those the door's HTTP client sets itself.
@@ -440,9 +443,7 @@ def _in_use(endpoint: Endpoint) -> DoorError:
 # --- the door --------------------------------------------------------------------------------
 
 
-# Looked up before the fork: the child of a threaded process should not need the loader's locks.
 _libc = ctypes.CDLL(None, use_errno=True)
-_prctl, _PR_SET_PDEATHSIG = _libc.prctl, 1
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
@@ -452,11 +453,6 @@ def _returns_freed_memory() -> None:
     threshold to twice that: after one oversize body the door would keep that much freed heap."""
     for option in (_M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD):
         _libc.mallopt(option, door_limits.MALLOC_THRESHOLD)
-
-
-def _dies_with_parent() -> None:
-    """tritonserver gets SIGTERM (a clean shutdown) when the door dies, even of SIGKILL."""
-    _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _socket_directory(given: Path | None) -> Path:
@@ -491,7 +487,7 @@ async def serve(
     triton = await asyncio.create_subprocess_exec(
         *upstream_command(rest, endpoints, sockets),
         env=door_limits.triton_env(os.environ),
-        preexec_fn=_dies_with_parent,
+        preexec_fn=dies_with(os.getpid()),
     )
     try:
         loop = asyncio.get_running_loop()

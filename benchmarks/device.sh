@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine, from the repository's root: install the carried wheels (.whl:
+# the nvidia-pytriton wheel without the stubs of other Pythons, numpy 1.26, biopython,
+# tritonclient, fair-esm for VirNucPro's own way) and this checkout into the machine's Python,
+# then run the steps named:
+#   bench:  make bench's 300-bp run (VirNucPro's own way, in-process, served; FP8 as export
+#           --fp8 auto verifies it for these weights), --duplicate-fraction ${DUP:-0.3}
+#           -> $OUT/bench.json (kept in docs/measurements/ when docs/performance.md quotes it)
+#   gpu:    pytest -m gpu (the gpu tier)
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir .whl/*.whl || exit 1
+python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . || exit 1
+python3 -c "import numpy, torch; print('numpy', numpy.__version__, 'torch', torch.__version__)"
+nvidia-smi --query-gpu=name,driver_version,memory.used,utilization.gpu --format=csv
+nproc
+for step in "$@"; do
+    echo "== $step $(date -u +%T)"
+    case $step in
+        bench)
+            python3 -m benchmarks.bench --chunk-size 300 --frames "${FRAMES:-15000}" \
+                --duplicate-fraction "${DUP:-0.3}" ${BENCH_ARGS:-} --work-dir /tmp/bench --json-out "$OUT/bench.json" \
+                2>&1 | tee "$OUT/bench.log" | grep -v "^W\|^I" ;;
+        gpu) timeout "${GPU_S:-330}" python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -15 ;;
+        *) echo "unknown step $step (bench, gpu)"; exit 2 ;;
+    esac
+done
+echo "== done $(date -u +%T)"

@@ -1,0 +1,19 @@
+"""Changes to an exported repository's configs that no export option makes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from virnucpro_triton import repository as repo
+
+
+def set_embedding_cache(repository: Path, cache_bytes: int) -> None:
+    """Set the dnabert_s and esm2 entries' cache size in their config.pbtxt (weights untouched)."""
+    for name in (repo.DNABERT_S, repo.ESM2):
+        path = repository / name / "config.pbtxt"
+        config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+        config.parameters[repo.EMBEDDING_CACHE_PARAMETER].string_value = str(cache_bytes)
+        path.write_text(text_format.MessageToString(config))
