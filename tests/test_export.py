@@ -22,10 +22,10 @@ from tokenizers import Tokenizer
 from tritonclient.grpc import model_config_pb2
 
 from virnucpro_triton import repository as repo
-from virnucpro_triton.checkpoints import load_classifier, load_dnabert_s, load_esm2
 from virnucpro_triton.client.embed import embed, ids_path
 from virnucpro_triton.export import VerificationError, export_repository
-from virnucpro_triton.export.repository_writer import export_esm2
+from virnucpro_triton.export.checkpoints import load_classifier, load_dnabert_s, load_esm2
+from virnucpro_triton.export.formats.torch_format import TorchFormat
 from virnucpro_triton.models.dnabert_s import DnabertConfig
 from virnucpro_triton.models.esm2 import encode_protein
 from virnucpro_triton.server import EmbeddedServer
@@ -165,7 +165,7 @@ def test_export_refuses_an_entry_out_of_tolerance(checkpoints, tmp_path):
     with torch.no_grad():  # fp16 overflows on these weights: the entry cannot match fp32
         esm2.embed_tokens.weight.mul_(1e6)
     with pytest.raises(VerificationError, match=r"refused to write esm2 \(fp16\): max abs diff"):
-        export_esm2(tmp_path, esm2, "fp16", repo.TINY_SOURCE)
+        TorchFormat("fp16").esm2(tmp_path, esm2, repo.TINY_SOURCE)
     assert not (tmp_path / repo.ESM2).exists()
 
 

@@ -25,7 +25,8 @@ from virnucpro_triton import repository as repo
 from virnucpro_triton.cli import main
 from virnucpro_triton.client.embed import embed
 from virnucpro_triton.client.predict import predict
-from virnucpro_triton.export import VerificationError, export_repository, onnx_export
+from virnucpro_triton.export import VerificationError, export_repository
+from virnucpro_triton.export.formats import onnx_format
 from virnucpro_triton.export.tiny import tiny_models
 from virnucpro_triton.models.esm2 import PAD_IDX, encode_protein, pad_batch
 from virnucpro_triton.results.outputs import PREDICTIONS
@@ -148,8 +149,8 @@ def test_entries_are_onnxruntime_graphs_behind_weightless_python_entries(onnx_re
 def test_large_weights_go_to_one_external_data_file(models, tmp_path):
     classifier = models[3][300]
     # Threshold forced to 0 bytes: the path a > 2 GB model (ESM-2 650M, 3B) takes.
-    check = onnx_export.export_classifier(
-        tmp_path, 300, classifier, repo.TINY_SOURCE, external_data_bytes=0
+    check = onnx_format.OnnxFormat(external_data_bytes=0).classifier(
+        tmp_path, 300, classifier, repo.TINY_SOURCE
     )
     version = tmp_path / "classifier_300_onnx" / "1"
     assert sorted(p.name for p in version.iterdir()) == [repo.ONNX_MODEL, repo.ONNX_DATA]
@@ -164,7 +165,7 @@ def test_large_weights_go_to_one_external_data_file(models, tmp_path):
 
 
 def test_a_graph_that_does_not_match_torch_is_refused(models, tmp_path, monkeypatch):
-    export_graph = onnx_export.export_graph
+    export_graph = onnx_format.export_graph
 
     def export_then_corrupt(*args, **kwargs) -> Path:
         path = export_graph(*args, **kwargs)
@@ -175,9 +176,9 @@ def test_a_graph_that_does_not_match_torch_is_refused(models, tmp_path, monkeypa
         onnx.save(model, str(path))
         return path
 
-    monkeypatch.setattr(onnx_export, "export_graph", export_then_corrupt)
+    monkeypatch.setattr(onnx_format, "export_graph", export_then_corrupt)
     with pytest.raises(VerificationError, match=r"refused to write esm2_onnx \(fp32\): max abs"):
-        onnx_export.export_esm2(tmp_path, models[2], repo.TINY_SOURCE)
+        onnx_format.OnnxFormat().esm2(tmp_path, models[2], repo.TINY_SOURCE)
     assert list(tmp_path.iterdir()) == []  # the staging directory is gone, nothing was written
 
 

@@ -37,17 +37,18 @@ from Bio import SeqIO
 from google.protobuf import text_format
 
 from virnucpro_triton import repository as repo
+from virnucpro_triton.backends.torch_backend import TorchBackend, fp8_layers
 from virnucpro_triton.client.predict import predict
-from virnucpro_triton.embedders import DnaEmbedder, ProteinEmbedder
 from virnucpro_triton.export.fp8_choice import choose_fp8
-from virnucpro_triton.export.repository_writer import export_pipeline
+from virnucpro_triton.export.pipeline import export_pipeline
 from virnucpro_triton.export.tiny import TINY_DNABERT, TINY_ESM2
-from virnucpro_triton.models.classifier import MLPClassifier
 from virnucpro_triton.models.dnabert_s import DnabertConfig, DnabertS, build_dna_bpe_tokenizer
 from virnucpro_triton.models.esm2 import ESM2_SIZES, PAD_IDX, Esm2, Esm2Config, pad_batch
 from virnucpro_triton.models.fp8 import fp8_unavailable, linear_layers, swap_layers, to_fp8
+from virnucpro_triton.models.mlp import MLPClassifier
 from virnucpro_triton.results import frame_table
 from virnucpro_triton.sequence import chunks, reverse_complement, six_frames
+from virnucpro_triton.sequence_embedders import DnaEmbedder, ProteinEmbedder
 from virnucpro_triton.server import EmbeddedServer
 from virnucpro_triton.serving.embedding_cache import read_cache_metrics
 
@@ -159,8 +160,8 @@ def balance_classifier(models: dict, repository: Path, frames: list, device: tor
     Random weights tend to call nearly every frame one class, and then any variant agrees with
     any other; balanced, verdict agreement between variants measures something.
     """
-    dna = DnaEmbedder(models["dnabert"], models["tokenizer"], device)
-    protein = ProteinEmbedder(models["esm2"], device)
+    dna = DnaEmbedder(TorchBackend(models["dnabert"], device), models["tokenizer"])
+    protein = ProteinEmbedder(TorchBackend(models["esm2"], device))
     features = torch.from_numpy(
         np.concatenate(
             [dna([f.nucleotide for f in frames]), protein([f.protein for f in frames])], axis=1
@@ -186,10 +187,10 @@ def _agreement(a: list[bool], b: list[bool]) -> float:
 def fp8_cosine(models: dict, layers: list[str], frames: list, device: torch.device) -> dict:
     """Pooled ESM-2 embeddings with `layers` in FP8 against bf16, on the same frames."""
     proteins = [f.protein for f in frames]
-    bf16 = ProteinEmbedder(models["esm2"], device)(proteins)
+    bf16 = ProteinEmbedder(TorchBackend(models["esm2"], device))(proteins)
     originals = to_fp8(models["esm2"], layers)
     try:
-        fp8 = ProteinEmbedder(models["esm2"], device)(proteins)
+        fp8 = ProteinEmbedder(TorchBackend(models["esm2"], device))(proteins)
     finally:
         swap_layers(models["esm2"], originals)
     cosine = torch.cosine_similarity(torch.from_numpy(bf16), torch.from_numpy(fp8))
@@ -215,8 +216,8 @@ def in_process(
     """The reference tools' way: resident models, input-order padded batches, SDPA.
 
     Returns the measurements and, per frame, whether it was called virus."""
-    dna = DnaEmbedder(models["dnabert"], models["tokenizer"], device)
-    protein = ProteinEmbedder(models["esm2"], device)
+    dna = DnaEmbedder(TorchBackend(models["dnabert"], device), models["tokenizer"])
+    protein = ProteinEmbedder(TorchBackend(models["esm2"], device))
     dna_tokens = dna.tokenize([f.nucleotide for f in frames])
     protein_tokens = protein.tokenize([f.protein for f in frames])
     if device.type == "cuda":
@@ -251,10 +252,9 @@ def models_alone(models: dict, frames: list, device: torch.device) -> dict:
     a cold cost, not the speed. Both together is what served would reach if the GPU never
     waited between executes."""
     compiled = device.type == "cuda"
-    dna = DnaEmbedder(
-        copy.deepcopy(models["dnabert"]), models["tokenizer"], device, compiled=compiled
-    )
-    protein = ProteinEmbedder(copy.deepcopy(models["esm2"]), device, compiled=compiled)
+    dna_backend = TorchBackend(copy.deepcopy(models["dnabert"]), device, compiled)
+    dna = DnaEmbedder(dna_backend, models["tokenizer"])
+    protein = ProteinEmbedder(TorchBackend(copy.deepcopy(models["esm2"]), device, compiled))
     if compiled:
         dna.warm_up()
         protein.warm_up()
@@ -483,7 +483,7 @@ def served_fp8(
     repository, out = arguments[0], arguments[4].with_name(arguments[4].name + "_fp8")
     start = time.perf_counter()
     setting, verified = choose_fp8(repo.FP8_AUTO, models["esm2"], repository, device)
-    layers = repo.fp8_layers(setting, models["esm2"])
+    layers = fp8_layers(setting, models["esm2"])
     chosen = {
         "decision_s": time.perf_counter() - start,
         "layers": len(layers),

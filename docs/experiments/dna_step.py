@@ -20,10 +20,11 @@ from pathlib import Path
 import torch
 from gaps import graphs  # beside this file
 
+from virnucpro_triton.backends.torch_backend import TorchBackend
 from virnucpro_triton.bench import make_workload
-from virnucpro_triton.embedders import DnaEmbedder
 from virnucpro_triton.models.dnabert_s import DnabertConfig, DnabertS, build_dna_bpe_tokenizer
 from virnucpro_triton.models.esm2 import pad_batch
+from virnucpro_triton.sequence_embedders import DnaEmbedder
 
 DEVICE = torch.device("cuda")
 
@@ -32,7 +33,8 @@ class Multiple16(DnaEmbedder):
     def _embed_batch(self, tokens, pinned):
         width = -(-max(map(len, tokens)) // 16) * 16
         ids = pad_batch([t + [self.pad_id] * (width - len(t)) for t in tokens], self.pad_id)
-        return self._run(ids.pin_memory().to(self.device, non_blocking=True)).float()
+        ids = ids.pin_memory().to(self.backend.device, non_blocking=True)
+        return self.backend.embed(ids, ids != self.pad_id)
 
 
 def main() -> None:
@@ -51,7 +53,7 @@ def main() -> None:
         ("compiled, multiple of 16", Multiple16, True),
     ):
         torch._dynamo.reset()
-        embed = cls(model, tokenizer, DEVICE, compiled=compiled)
+        embed = cls(TorchBackend(model, DEVICE, compiled=compiled), tokenizer)
         embed.warm_up()
         passes = []
         for _ in range(2):

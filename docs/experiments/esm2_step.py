@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from virnucpro_triton.backends.torch_backend import TorchBackend
 from virnucpro_triton.bench import make_workload
-from virnucpro_triton.embedders import ProteinEmbedder
 from virnucpro_triton.models.esm2 import (
     ESM2_SIZES,
     Esm2,
@@ -37,6 +37,7 @@ from virnucpro_triton.models.esm2 import (
     Packed,
     rotate_half,
 )
+from virnucpro_triton.sequence_embedders import ProteinEmbedder
 
 DEVICE = torch.device("cuda")
 
@@ -126,10 +127,13 @@ def main() -> None:
         "both": variant(base, True, True),
     }
     embedders = {
-        "shipped": ProteinEmbedder(base, DEVICE, compiled=True),
-        **{name: ProteinEmbedder(m, DEVICE, compiled=True) for name, m in models.items()},
+        "shipped": ProteinEmbedder(TorchBackend(base, DEVICE, compiled=True)),
+        **{
+            name: ProteinEmbedder(TorchBackend(m, DEVICE, compiled=True))
+            for name, m in models.items()
+        },
         # The shipped model's blocks, compiled above.
-        "rows 512": ProteinEmbedder(base, DEVICE, token_budget=32_768, max_rows=512),
+        "rows 512": ProteinEmbedder(TorchBackend(base, DEVICE), token_budget=32_768, max_rows=512),
     }
     for name, embed in embedders.items():
         start = time.perf_counter()

@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from virnucpro_triton.backends.torch_backend import TorchBackend
 from virnucpro_triton.bench import make_workload
-from virnucpro_triton.embedders import ProteinEmbedder
 from virnucpro_triton.models.esm2 import ESM2_SIZES, Esm2, Esm2Config, TransformerLayer
+from virnucpro_triton.sequence_embedders import ProteinEmbedder
 
 
 def plain_fc1_gelu(self: TransformerLayer, x: torch.Tensor) -> torch.Tensor:
@@ -93,7 +94,7 @@ def main() -> None:
         for variant in ("plain", "fused", "plain", "fused"):
             TransformerLayer._fc1_gelu = variants[variant]
             torch._dynamo.reset()
-            embed = ProteinEmbedder(model, device, compiled=compiled)
+            embed = ProteinEmbedder(TorchBackend(model, device, compiled=compiled))
             key = f"{variant} {'compiled' if compiled else 'eager'}"
             measured, vectors[key] = timed(embed, proteins)
             rates.setdefault(key, []).extend(measured)

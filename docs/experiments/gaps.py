@@ -23,9 +23,10 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from virnucpro_triton import repository as repo
+from virnucpro_triton.backends.torch_backend import TorchBackend
 from virnucpro_triton.bench import build_repository, make_workload, served
-from virnucpro_triton.embedders import ProteinEmbedder
 from virnucpro_triton.models.esm2 import ESM2_SIZES, Esm2, Esm2Config
+from virnucpro_triton.sequence_embedders import ProteinEmbedder
 
 DEVICE = torch.device("cuda")
 SERVED = [(256, 32, 1), (512, 32, 1), (1024, 32, 1), (512, 32, 2), (256, 32, 1)]
@@ -60,8 +61,8 @@ def in_process() -> dict:
     results = {}
     for name, packed in (("packed", True), ("padded", False)):
         torch._dynamo.reset()
-        embed = ProteinEmbedder(model, DEVICE, compiled=True)
-        embed.packed = packed
+        embed = ProteinEmbedder(TorchBackend(model, DEVICE, compiled=True))
+        embed.backend.packed = packed
         start = time.perf_counter()
         embed.warm_up()
         warm = time.perf_counter() - start

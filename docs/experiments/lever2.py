@@ -28,8 +28,8 @@ import torch
 from fc1_gelu import timed  # beside this file
 from torch import nn
 
+from virnucpro_triton.backends.torch_backend import TorchBackend
 from virnucpro_triton.bench import make_workload
-from virnucpro_triton.embedders import DnaEmbedder, ProteinEmbedder
 from virnucpro_triton.models.dnabert_s import DnabertConfig, DnabertS, build_dna_bpe_tokenizer
 from virnucpro_triton.models.esm2 import (
     CLS_IDX,
@@ -42,6 +42,7 @@ from virnucpro_triton.models.esm2 import (
     rotate_half,
 )
 from virnucpro_triton.repository.spec import MAX_ROWS, TOKEN_BUDGET
+from virnucpro_triton.sequence_embedders import DnaEmbedder, ProteinEmbedder
 
 DEVICE = torch.device("cuda")
 
@@ -188,7 +189,7 @@ def main() -> None:
     torch.manual_seed(0)
     with torch.device(DEVICE):
         model = Esm2(Esm2Config(*ESM2_SIZES["esm2_t36_3B_UR50D"])).eval().to(torch.bfloat16)
-    served = ProteinEmbedder(model, DEVICE, compiled=True)
+    served = ProteinEmbedder(TorchBackend(model, DEVICE, compiled=True))
     longest = max(len(encode_protein(p)) for p in proteins)
     variants = {
         "served (padded, SDPA, compiled)": served,
@@ -223,7 +224,7 @@ def main() -> None:
             dnabert = DnabertS(DnabertConfig()).eval().to(torch.bfloat16)
         tokenizer = Path("/tmp/lever2_tokenizer.json")
         build_dna_bpe_tokenizer(DnabertConfig().vocab_size).save(str(tokenizer))
-        dna = DnaEmbedder(dnabert, tokenizer, DEVICE, compiled=True)
+        dna = DnaEmbedder(TorchBackend(dnabert, DEVICE, compiled=True), tokenizer)
         results["dnabert_then_esm2_frames_per_s"] = overlap(dna, served, frames, repeats=3)
     except Exception:
         results["errors"]["overlap"] = traceback.format_exc()[-2000:]

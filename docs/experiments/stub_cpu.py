@@ -18,9 +18,10 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from virnucpro_triton.backends.torch_backend import TorchBackend
 from virnucpro_triton.bench import make_workload
-from virnucpro_triton.embedders import ProteinEmbedder
 from virnucpro_triton.models.esm2 import ESM2_SIZES, Esm2, Esm2Config
+from virnucpro_triton.sequence_embedders import ProteinEmbedder
 
 DEVICE = torch.device("cuda")
 
@@ -31,11 +32,11 @@ def main() -> None:
     torch.manual_seed(0)
     with torch.device(DEVICE):
         model = Esm2(Esm2Config(*ESM2_SIZES["esm2_t36_3B_UR50D"])).eval().to(torch.bfloat16)
-    embed = ProteinEmbedder(model, DEVICE, compiled=True)
+    embed = ProteinEmbedder(TorchBackend(model, DEVICE, compiled=True))
     embed.warm_up()
     results: dict = {"device": torch.cuda.get_device_name(DEVICE)}
     for packed in (True, False, True):
-        embed.packed = packed
+        embed.backend.packed = packed
         name = "packed" if packed else "padded"
         embed(sets[0])  # this layout's shapes and memory pools
         wall = cpu = 0.0

@@ -187,13 +187,6 @@ CONCURRENT_KEY = "concurrent_requests"  # the pipeline: requests of one execute(
 # The pipeline: {entry: max_batch_size} of the entries it calls (JSON), read from their configs
 # at export; the classifiers listed are the chunk sizes it serves.
 CALLS = "calls"
-# What the pipeline calls when its config has no CALLS (exported before it existed): every
-# earlier export declared these.
-LEGACY_CALLS = {
-    DNABERT_S: 1024,
-    ESM2: 1024,
-    **{classifier_name(size): 1024 for size in CHUNK_SIZES},
-}
 
 
 @dataclass(frozen=True)
