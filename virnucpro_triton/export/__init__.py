@@ -46,12 +46,12 @@ def export_repository(
     pipeline serves every classifier the repository then holds. Settings that do not go
     together, or nothing to export, raise ExportError before anything is written.
     """
-    writer = format_of(format, dtype, fp8)
     if not tiny and not (dnabert_s or esm2 or classifiers):
         sizes = "/".join(str(size) for size in repo.CHUNK_SIZES)
         raise ExportError(
             f"nothing to export: give --dnabert-s, --esm2, --classifier-{sizes} or --tiny"
         )
+    writer = format_of(format, dtype, fp8)
     checks: list[Check] = []
     with tempfile.TemporaryDirectory() as scratch:
         if tiny:

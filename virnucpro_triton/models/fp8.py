@@ -2,7 +2,7 @@
 
 Weights get one scale per output row, tokens one per row, set from their largest magnitude, and
 the product runs in `torch._scaled_mm` with bf16 output. Which layers run in FP8 is the esm2
-entry's `fp8` setting (repository.weights.fp8_layers), which export chooses and verifies on the
+entry's `fp8` setting (backends/torch_backend.py), which export chooses and verifies on the
 real weights (export/fp8_choice.py). On random-weight ESM-2 3B the feed-forward layers
 alone keep pooled embeddings within cosine 0.9993 of bf16 at 1.18x the speed; every linear layer
 runs 1.30x at cosine 0.998 (docs/performance.md). Export, on machines without FP8, emulates the

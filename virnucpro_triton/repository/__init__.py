@@ -37,7 +37,6 @@ from virnucpro_triton.repository.spec import (  # noqa: F401
     EMBEDDING_CACHE_BYTES,
     EMBEDDING_CACHE_PARAMETER,
     ESM2,
-    FEATURE_DIM_DNA,
     FEATURE_WIDTH,
     FEATURES,
     FP8_ALL,

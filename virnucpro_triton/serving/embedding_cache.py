@@ -8,7 +8,7 @@ the pipeline runs two instances per GPU and a cache of its own in each would mis
 duplicates that arrive in another request.
 
 A hit returns the vector computed for that sequence earlier, in another batch: equal to a fresh
-computation up to the last float32 bits that batch composition moves anyway (embedders.py).
+computation up to the last float32 bits that batch composition moves anyway (sequence_embedders.py).
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ ONNX_MAX_ABS = 1e-4
 # Weights beyond this go to an external data file: a protobuf cannot exceed 2 GiB, and the
 # graph itself needs some room next to the weights.
 EXTERNAL_DATA_BYTES = 2_000_000_000
-# onnxruntime runs the graphs on the CPU here: verified as the CPU provider computes them.
+# The device the backends' factory is told: the staged graphs run in onnxruntime, on the CPU.
 _CPU = torch.device("cpu")
 
 
