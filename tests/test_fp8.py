@@ -17,7 +17,8 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from virnucpro_triton import repository as repo
-from virnucpro_triton.backends.torch_backend import apply_fp8, fp8_layers
+from virnucpro_triton.backends.factory import embedding_backend
+from virnucpro_triton.backends.torch_backend import TorchBackend, apply_fp8, fp8_layers
 from virnucpro_triton.client.embed import embed
 from virnucpro_triton.export import export_repository
 from virnucpro_triton.export.formats.torch_format import TorchFormat
@@ -190,3 +191,12 @@ def test_fp8_is_refused_in_one_line_over_onnx_entries(verdict_repository, tmp_pa
     with pytest.raises(Fp8Refused, match="verified through the torch models: .*ONNX entry"):
         TorchFormat("bf16", "auto").esm2(repository, quiet_block_0(tmp_path), repo.TINY_SOURCE)
     assert not (repository / repo.ESM2).exists()
+
+
+def test_the_backend_factory_takes_fp8_for_a_torch_esm2_entry_only(verdict_repository):
+    dna = verdict_repository / repo.DNABERT_S / "1"
+    with pytest.raises(ValueError, match="needs a torch-format esm2 entry, not dnabert_s torch"):
+        embedding_backend(dna, CPU, 32, fp8=repo.FP8_FEED_FORWARD)
+    backend = embedding_backend(dna, CPU, 32, compiled_on_gpu=True)
+    assert isinstance(backend, TorchBackend)
+    assert (backend.dim, backend.fp8, backend.compiled, backend.packed) == (32, "", False, False)

@@ -22,6 +22,9 @@ from tokenizers import Tokenizer
 from tritonclient.grpc import model_config_pb2
 
 from virnucpro_triton import repository as repo
+from virnucpro_triton.backends.factory import embedding_backend
+from virnucpro_triton.backends.onnx_backend import OnnxBackend
+from virnucpro_triton.backends.torch_backend import TorchBackend
 from virnucpro_triton.cli import main
 from virnucpro_triton.client.embed import embed
 from virnucpro_triton.client.predict import predict
@@ -30,6 +33,7 @@ from virnucpro_triton.export.formats import onnx_format
 from virnucpro_triton.export.tiny import tiny_models
 from virnucpro_triton.models.esm2 import PAD_IDX, encode_protein, pad_batch
 from virnucpro_triton.results.outputs import PREDICTIONS
+from virnucpro_triton.sequence_embedders import ProteinEmbedder
 from virnucpro_triton.server import EmbeddedServer
 
 TOLERANCE = 1e-4
@@ -144,6 +148,23 @@ def test_entries_are_onnxruntime_graphs_behind_weightless_python_entries(onnx_re
         with pytest.raises(ValueError, match="ONNX entry"):
             repo.load_model(version)
     assert (onnx_repository / repo.DNABERT_S / "1" / repo.TOKENIZER).is_file()
+
+
+def test_the_backend_factory_runs_an_onnx_entry_through_its_graph(onnx_repository, models):
+    cpu, asked = torch.device("cpu"), []
+
+    def run_graph(name: str, output: str):
+        asked.append((name, output))
+        return onnx_format.onnxruntime_run(onnx_repository / name / "1" / repo.ONNX_MODEL, output)
+
+    version = onnx_repository / repo.ESM2 / "1"
+    backend = embedding_backend(version, cpu, 32, run_graph)
+    assert isinstance(backend, OnnxBackend) and asked == [("esm2_onnx", repo.EMBEDDING.name)]
+    served = ProteinEmbedder(backend)(PROTEINS)
+    in_torch = ProteinEmbedder(TorchBackend(models[2].float(), cpu))(PROTEINS)
+    assert max_abs(served, in_torch) <= TOLERANCE
+    with pytest.raises(ValueError, match="the model runs in the ONNX entry esm2_onnx, not here"):
+        embedding_backend(version, cpu, 32)
 
 
 def test_large_weights_go_to_one_external_data_file(models, tmp_path):
