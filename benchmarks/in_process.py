@@ -10,9 +10,10 @@ import time
 import torch
 
 from virnucpro_triton import repository as repo
-from virnucpro_triton.embedders import DnaEmbedder, ProteinEmbedder
+from virnucpro_triton.backends.torch_backend import TorchBackend
 from virnucpro_triton.models.esm2 import PAD_IDX, pad_batch
 from virnucpro_triton.models.fp8 import swap_layers, to_fp8
+from virnucpro_triton.sequence_embedders import DnaEmbedder, ProteinEmbedder
 
 
 def sync(device: torch.device) -> None:
@@ -27,8 +28,8 @@ def in_process(
     """The reference tools' way: resident models, input-order padded batches, SDPA.
 
     Returns the measurements and, per frame, whether it was called virus."""
-    dna = DnaEmbedder(models["dnabert"], models["tokenizer"], device)
-    protein = ProteinEmbedder(models["esm2"], device)
+    dna = DnaEmbedder(TorchBackend(models["dnabert"], device), models["tokenizer"])
+    protein = ProteinEmbedder(TorchBackend(models["esm2"], device))
     dna_tokens = dna.tokenize([f.nucleotide for f in frames])
     protein_tokens = protein.tokenize([f.protein for f in frames])
     if device.type == "cuda":
@@ -63,10 +64,9 @@ def models_alone(models: dict, frames: list, device: torch.device) -> dict:
     a cold cost, not the speed. Both together is what served would reach if the GPU never
     waited between executes."""
     compiled = device.type == "cuda"
-    dna = DnaEmbedder(
-        copy.deepcopy(models["dnabert"]), models["tokenizer"], device, compiled=compiled
-    )
-    protein = ProteinEmbedder(copy.deepcopy(models["esm2"]), device, compiled=compiled)
+    dna_backend = TorchBackend(copy.deepcopy(models["dnabert"]), device, compiled)
+    dna = DnaEmbedder(dna_backend, models["tokenizer"])
+    protein = ProteinEmbedder(TorchBackend(copy.deepcopy(models["esm2"]), device, compiled))
     if compiled:
         dna.warm_up()
         protein.warm_up()
@@ -106,10 +106,10 @@ def models_alone(models: dict, frames: list, device: torch.device) -> dict:
 def fp8_cosine(models: dict, layers: list[str], frames: list, device: torch.device) -> dict:
     """Pooled ESM-2 embeddings with `layers` in FP8 against bf16, on the same frames."""
     proteins = [f.protein for f in frames]
-    bf16 = ProteinEmbedder(models["esm2"], device)(proteins)
+    bf16 = ProteinEmbedder(TorchBackend(models["esm2"], device))(proteins)
     originals = to_fp8(models["esm2"], layers)
     try:
-        fp8 = ProteinEmbedder(models["esm2"], device)(proteins)
+        fp8 = ProteinEmbedder(TorchBackend(models["esm2"], device))(proteins)
     finally:
         swap_layers(models["esm2"], originals)
     cosine = torch.cosine_similarity(torch.from_numpy(bf16), torch.from_numpy(fp8))

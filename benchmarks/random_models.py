@@ -9,12 +9,13 @@ import numpy as np
 import torch
 
 from virnucpro_triton import repository as repo
-from virnucpro_triton.embedders import DnaEmbedder, ProteinEmbedder
-from virnucpro_triton.export.repository_writer import export_pipeline
+from virnucpro_triton.backends.torch_backend import TorchBackend
+from virnucpro_triton.export.pipeline import export_pipeline
 from virnucpro_triton.export.tiny import TINY_DNABERT, TINY_ESM2
-from virnucpro_triton.models.classifier import MLPClassifier
 from virnucpro_triton.models.dnabert_s import DnabertConfig, DnabertS, build_dna_bpe_tokenizer
 from virnucpro_triton.models.esm2 import ESM2_SIZES, Esm2, Esm2Config
+from virnucpro_triton.models.mlp import MLPClassifier
+from virnucpro_triton.sequence_embedders import DnaEmbedder, ProteinEmbedder
 
 
 def build_repository(repository: Path, tiny: bool, device: torch.device) -> dict:
@@ -63,8 +64,8 @@ def balance_classifier(models: dict, repository: Path, frames: list, device: tor
     Random weights tend to call nearly every frame one class, and then any variant agrees with
     any other; balanced, verdict agreement between variants measures something.
     """
-    dna = DnaEmbedder(models["dnabert"], models["tokenizer"], device)
-    protein = ProteinEmbedder(models["esm2"], device)
+    dna = DnaEmbedder(TorchBackend(models["dnabert"], device), models["tokenizer"])
+    protein = ProteinEmbedder(TorchBackend(models["esm2"], device))
     features = torch.from_numpy(
         np.concatenate(
             [dna([f.nucleotide for f in frames]), protein([f.protein for f in frames])], axis=1

@@ -23,6 +23,7 @@ from benchmarks.in_process import fp8_cosine
 from benchmarks.workload import add_duplicates, make_workload
 from tests.repository_edits import set_embedding_cache
 from virnucpro_triton import repository as repo
+from virnucpro_triton.backends.torch_backend import fp8_layers
 from virnucpro_triton.client.embed import embed
 from virnucpro_triton.client.predict import predict
 from virnucpro_triton.export.fp8_choice import choose_fp8
@@ -239,7 +240,7 @@ def served_fp8(
     verdicts per frame against the bf16 run (`bf16_verdicts`), embeddings in-process."""
     start = time.perf_counter()
     setting, verified = choose_fp8(repo.FP8_AUTO, models["esm2"], run.repository, device)
-    layers = repo.fp8_layers(setting, models["esm2"])
+    layers = fp8_layers(setting, models["esm2"])
     chosen = {
         "decision_s": time.perf_counter() - start,
         "layers": len(layers),

@@ -19,7 +19,7 @@ from fake_checkpoints import (
 from inputs import peak_rss_mib
 from safetensors.torch import load_file, save_file
 
-from virnucpro_triton.checkpoints import (
+from virnucpro_triton.export.checkpoints import (
     CheckpointError,
     load_classifier,
     load_dnabert_s,

@@ -86,13 +86,12 @@ def test_a_vector_larger_than_the_cache_is_computed_and_not_kept():
 
 @pytest.mark.parametrize("value", ["-1", "1GB", ""])
 def test_a_bad_cache_size_is_named(value):
-    config = {"parameters": {repo.EMBEDDING_CACHE_PARAMETER: {"string_value": value}}}
     with pytest.raises(ValueError, match=f"embedding_cache_bytes must be .* not {value!r}"):
-        cache_bytes_of(config)
+        cache_bytes_of(value)
 
 
-def test_entries_exported_without_the_parameter_have_the_cache_off():
-    assert cache_bytes_of({"parameters": {"fp8": {"string_value": "none"}}}) == 0
+def test_a_cache_size_is_its_bytes_and_0_is_off():
+    assert (cache_bytes_of("0"), cache_bytes_of(str(repo.EMBEDDING_CACHE_BYTES))) == (0, 1 << 30)
 
 
 # Served: the tiny models on a real tritonserver, cache on (the export default) and off.

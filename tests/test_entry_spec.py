@@ -19,7 +19,7 @@ from tritonclient.utils import InferenceServerException
 from virnucpro_triton import repository as repo
 from virnucpro_triton.client.predict import predict
 from virnucpro_triton.export import export_repository
-from virnucpro_triton.export.repository_writer import export_pipeline
+from virnucpro_triton.export.pipeline import export_pipeline
 from virnucpro_triton.server import EmbeddedServer, backend_directory
 
 PACKAGE = Path(repo.__file__).parent.parent
@@ -86,17 +86,13 @@ def loaded_pipeline(config: model_config_pb2.ModelConfig, monkeypatch):
     return model
 
 
-def test_a_pipeline_exported_before_its_calls_were_recorded_calls_as_they_were(
-    monkeypatch, tmp_path
-):
+def test_a_pipeline_config_without_its_calls_is_refused_in_one_line(monkeypatch):
     config = repo.entry_config(repo.spec_of(repo.PIPELINE))  # export adds the calls
-    del config.parameters[repo.CONCURRENT_KEY]
-    model = loaded_pipeline(config, monkeypatch)
-    assert list(model.classifiers) == [300, 500]
-    called = [model.dnabert_s, model.esm2, *model.classifiers.values()]
-    assert {entry.max_batch_size for entry in called} == {1024}
-    assert model.concurrent_requests == repo.CONCURRENT_REQUESTS
-    assert (model.dna, model.chunk_size) == ("DNA", "CHUNK_SIZE")
+    with pytest.raises(ValueError) as refused:
+        loaded_pipeline(config, monkeypatch)
+    assert str(refused.value) == (
+        "virnucpro: its config.pbtxt has no parameter calls: export the repository again"
+    )
 
 
 @pytest.fixture(scope="module")

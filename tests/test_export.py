@@ -22,10 +22,11 @@ from tokenizers import Tokenizer
 from tritonclient.grpc import model_config_pb2
 
 from virnucpro_triton import repository as repo
-from virnucpro_triton.checkpoints import load_classifier, load_dnabert_s, load_esm2
 from virnucpro_triton.client.embed import embed, ids_path
-from virnucpro_triton.export import VerificationError, export_repository
-from virnucpro_triton.export.repository_writer import export_esm2
+from virnucpro_triton.errors import VirnucproError
+from virnucpro_triton.export import ExportError, VerificationError, export_repository
+from virnucpro_triton.export.checkpoints import load_classifier, load_dnabert_s, load_esm2
+from virnucpro_triton.export.formats.torch_format import TorchFormat
 from virnucpro_triton.models.dnabert_s import DnabertConfig
 from virnucpro_triton.models.esm2 import encode_protein
 from virnucpro_triton.server import EmbeddedServer
@@ -165,7 +166,7 @@ def test_export_refuses_an_entry_out_of_tolerance(checkpoints, tmp_path):
     with torch.no_grad():  # fp16 overflows on these weights: the entry cannot match fp32
         esm2.embed_tokens.weight.mul_(1e6)
     with pytest.raises(VerificationError, match=r"refused to write esm2 \(fp16\): max abs diff"):
-        export_esm2(tmp_path, esm2, "fp16", repo.TINY_SOURCE)
+        TorchFormat("fp16").esm2(tmp_path, esm2, repo.TINY_SOURCE)
     assert not (tmp_path / repo.ESM2).exists()
 
 
@@ -216,4 +217,20 @@ def test_fp8_export_needs_bf16_torch_entries(tmp_path):
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "--fp8 feed_forward needs --dtype bf16 and --format torch" in result.stderr
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"format": "onnx", "dtype": "bf16"}, "--format onnx writes fp32 graphs only"),
+        ({"fp8": "auto"}, "--fp8 auto needs --dtype bf16 and --format torch"),
+        ({"format": "tflite"}, "unknown export format 'tflite'; choose from torch, onnx"),
+        ({"tiny": False}, "nothing to export: give --dnabert-s, --esm2, --classifier-300/500"),
+    ],
+)
+def test_export_refuses_what_it_cannot_do_before_writing_anything(tmp_path, settings, message):
+    with pytest.raises(ExportError, match=message) as refused:
+        export_repository(tmp_path, **{"tiny": True, **settings}, report=lambda _: None)
+    assert isinstance(refused.value, VirnucproError)  # the CLI says it in one line
     assert not list(tmp_path.iterdir())

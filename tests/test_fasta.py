@@ -143,7 +143,7 @@ def test_a_fifo_is_not_opened_by_the_check_before_the_run(tmp_path):
 
 
 def test_one_alphabet_for_the_reader_the_client_and_the_server(tmp_path):
-    from virnucpro_triton.embedders import check_dna, check_protein
+    from virnucpro_triton.sequence_embedders import check_dna, check_protein
 
     rna, iupac = "ACGUacgu", "NRYSWKMBDHVnryswkmbdhv"
     for sequence in [rna, iupac]:

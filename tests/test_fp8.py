@@ -17,10 +17,12 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from virnucpro_triton import repository as repo
+from virnucpro_triton.backends.factory import embedding_backend
+from virnucpro_triton.backends.torch_backend import TorchBackend, apply_fp8, fp8_layers
 from virnucpro_triton.client.embed import embed
 from virnucpro_triton.export import export_repository
+from virnucpro_triton.export.formats.torch_format import TorchFormat
 from virnucpro_triton.export.fp8_choice import Fp8Refused, probe_frames
-from virnucpro_triton.export.repository_writer import export_esm2
 from virnucpro_triton.export.tiny import TINY_ESM2, tiny_models
 from virnucpro_triton.models.esm2 import Esm2
 from virnucpro_triton.models.fp8 import Fp8Linear, linear_layers, to_fp8
@@ -29,7 +31,7 @@ from virnucpro_triton.server import EmbeddedServer
 
 CLI = [str(Path(sys.executable).parent / "virnucpro-triton")]
 CPU = torch.device("cpu")
-BLOCK_0 = repo.fp8_layers(repo.FP8_ALL, Esm2(TINY_ESM2))[:6]
+BLOCK_0 = fp8_layers(repo.FP8_ALL, Esm2(TINY_ESM2))[:6]
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +47,7 @@ def verdict_repository(tmp_path_factory) -> Path:
 def auto_export(verdict_repository, tmp_path_factory):
     """quiet_block_0() exported with --fp8 auto beside them: (its check, the repository)."""
     esm2 = quiet_block_0(tmp_path_factory.mktemp("tokenizer"))
-    check = export_esm2(verdict_repository, esm2, "bf16", repo.TINY_SOURCE, fp8=repo.FP8_AUTO)
+    check = TorchFormat("bf16", repo.FP8_AUTO).esm2(verdict_repository, esm2, repo.TINY_SOURCE)
     return check, verdict_repository
 
 
@@ -125,25 +127,25 @@ def test_a_named_set_that_misses_the_rule_is_refused_with_its_numbers(tmp_path):
 
 def test_fp8_needs_the_models_its_verdicts_run_through(tmp_path):
     with pytest.raises(Fp8Refused, match="need the dnabert_s entry and a classifier"):
-        export_esm2(tmp_path, quiet_block_0(tmp_path), "bf16", repo.TINY_SOURCE, fp8="auto")
+        TorchFormat("bf16", "auto").esm2(tmp_path, quiet_block_0(tmp_path), repo.TINY_SOURCE)
     assert not (tmp_path / repo.ESM2).exists()
 
 
 def test_fp8_settings_name_layers_or_are_refused():
     model = Esm2(TINY_ESM2).to(torch.bfloat16)
-    assert repo.fp8_layers(repo.FP8_NONE, model) == []
-    assert repo.fp8_layers(repo.FP8_FEED_FORWARD, model) == [
+    assert fp8_layers(repo.FP8_NONE, model) == []
+    assert fp8_layers(repo.FP8_FEED_FORWARD, model) == [
         "layers.0.fc1",
         "layers.0.fc2",
         "layers.1.fc1",
         "layers.1.fc2",
     ]
-    assert repo.fp8_layers(repo.FP8_ALL, model) == linear_layers(model)
-    assert repo.fp8_layers("layers.1.self_attn.v_proj", model) == ["layers.1.self_attn.v_proj"]
+    assert fp8_layers(repo.FP8_ALL, model) == linear_layers(model)
+    assert fp8_layers("layers.1.self_attn.v_proj", model) == ["layers.1.self_attn.v_proj"]
     with pytest.raises(ValueError, match="'layers.0.fc3' is not a linear layer"):
-        repo.apply_fp8(model, "layers.0.fc1,layers.0.fc3", CPU)
-    assert repo.apply_fp8(model, "none", CPU) == ""
-    assert repo.apply_fp8(model, "layers.0.fc1", CPU) == (
+        apply_fp8(model, "layers.0.fc1,layers.0.fc3", CPU)
+    assert apply_fp8(model, "none", CPU) == ""
+    assert apply_fp8(model, "layers.0.fc1", CPU) == (
         "fp8 on 1 of 12 linear layers not applied: cpu is not a CUDA GPU"
     )
     originals = to_fp8(model, ["layers.1.fc2"])
@@ -155,7 +157,7 @@ def test_a_verified_fp8_entry_is_served_as_bf16_where_no_gpu_has_fp8(auto_export
     """The same weights exported with and without FP8: on this CPU both serve bf16, the FP8
     entry's log says so, and the embeddings are the same bytes."""
     plain, fp8 = tmp_path / "plain", auto_export[1]
-    export_esm2(plain, quiet_block_0(tmp_path), "bf16", repo.TINY_SOURCE)
+    TorchFormat("bf16").esm2(plain, quiet_block_0(tmp_path), repo.TINY_SOURCE)
     assert config_of(plain / repo.ESM2).parameters["fp8"].string_value == repo.FP8_NONE
     proteins = tmp_path / "proteins.fa"
     proteins.write_text(">p0\nMKTAYIAKQRQISFVKSHFSRQLEERLG\n>p1\nW\n>p2\n" + "MKV" * 50 + "\n")
@@ -185,7 +187,16 @@ def test_fp8_is_refused_in_one_line_over_onnx_entries(verdict_repository, tmp_pa
     shutil.copytree(verdict_repository, repository, ignore=shutil.ignore_patterns(repo.ESM2))
     architecture = repository / repo.classifier_name(300) / "1" / repo.ARCHITECTURE
     architecture.write_text(architecture.read_text().replace('"torch"', '"onnx"'))
-    assert repo.runtime_of(repo.read_architecture(architecture.parent)) == repo.ONNX
+    assert repo.read_architecture(architecture.parent)["runtime"] == repo.ONNX
     with pytest.raises(Fp8Refused, match="verified through the torch models: .*ONNX entry"):
-        export_esm2(repository, quiet_block_0(tmp_path), "bf16", repo.TINY_SOURCE, fp8="auto")
+        TorchFormat("bf16", "auto").esm2(repository, quiet_block_0(tmp_path), repo.TINY_SOURCE)
     assert not (repository / repo.ESM2).exists()
+
+
+def test_the_backend_factory_takes_fp8_for_a_torch_esm2_entry_only(verdict_repository):
+    dna = verdict_repository / repo.DNABERT_S / "1"
+    with pytest.raises(ValueError, match="needs a torch-format esm2 entry, not dnabert_s torch"):
+        embedding_backend(dna, CPU, 32, fp8=repo.FP8_FEED_FORWARD)
+    backend = embedding_backend(dna, CPU, 32, compiled_on_gpu=True)
+    assert isinstance(backend, TorchBackend)
+    assert (backend.dim, backend.fp8, backend.compiled, backend.packed) == (32, "", False, False)

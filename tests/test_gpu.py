@@ -12,8 +12,8 @@ from inputs import STOP_FREE_CODONS
 from reference import MIXED, in_process, read_rows
 
 from virnucpro_triton import repository as repo
+from virnucpro_triton.backends.torch_backend import TorchBackend, fp8_layers
 from virnucpro_triton.client.predict import predict
-from virnucpro_triton.embedders import ProteinEmbedder
 from virnucpro_triton.export import export_repository
 from virnucpro_triton.export.fp8_choice import Fp8Refused
 from virnucpro_triton.export.tiny import TINY_ESM2
@@ -22,6 +22,7 @@ from virnucpro_triton.models.fp8 import Fp8Linear, fp8_unavailable, to_fp8
 from virnucpro_triton.repository import FP8_FEED_FORWARD as FEED_FORWARD
 from virnucpro_triton.repository import FP8_NONE as NONE
 from virnucpro_triton.sequence import six_frames
+from virnucpro_triton.sequence_embedders import ProteinEmbedder
 from virnucpro_triton.server import EmbeddedServer
 
 pytestmark = [
@@ -82,15 +83,15 @@ def test_packed_attention_on_the_gpu_equals_padded(tmp_path, dtype):
     device = torch.device("cuda")
     model = Esm2(Esm2Config(*ESM2_SIZES["esm2_t12_35M_UR50D"])).to(device, dtype).eval()
     proteins = proteins_of(600, 500)
-    padded = ProteinEmbedder(model, device)
+    padded = TorchBackend(model, device)
     padded.packed = False
-    reference = torch.from_numpy(padded(proteins))
+    reference = torch.from_numpy(ProteinEmbedder(padded)(proteins))
     for compiled in (False, True):
-        embedder = ProteinEmbedder(model, device, compiled=compiled)
-        assert embedder.packed
-        got = torch.from_numpy(embedder(proteins))
+        backend = TorchBackend(model, device, compiled)
+        assert backend.packed
+        got = torch.from_numpy(ProteinEmbedder(backend)(proteins))
         assert torch.cosine_similarity(got, reference).min() >= 0.9999
-    assert not ProteinEmbedder(copy.deepcopy(model).float(), device).packed
+    assert not TorchBackend(copy.deepcopy(model).float(), device).packed
 
 
 needs_fp8 = pytest.mark.skipif(
@@ -106,12 +107,12 @@ def test_fp8_feed_forward_runs_compiled_and_stays_close_to_bf16(tmp_path):
     model = Esm2(Esm2Config(*ESM2_SIZES["esm2_t33_650M_UR50D"])).to("cuda", torch.bfloat16)
     proteins = proteins_of(300, 300)
     device = torch.device("cuda")
-    bf16 = ProteinEmbedder(model.eval(), device)(proteins)
+    bf16 = ProteinEmbedder(TorchBackend(model, device))(proteins)
     fp8_model = copy.deepcopy(model)
-    to_fp8(fp8_model, repo.fp8_layers(FEED_FORWARD, fp8_model))
+    to_fp8(fp8_model, fp8_layers(FEED_FORWARD, fp8_model))
     assert isinstance(fp8_model.layers[0].fc1, Fp8Linear)
-    eager = ProteinEmbedder(fp8_model, device)(proteins)
-    compiled = ProteinEmbedder(fp8_model, device, compiled=True)(proteins)
+    eager = ProteinEmbedder(TorchBackend(fp8_model, device))(proteins)
+    compiled = ProteinEmbedder(TorchBackend(fp8_model, device, compiled=True))(proteins)
 
     def cosine(a, b):
         return torch.cosine_similarity(torch.from_numpy(a), torch.from_numpy(b)).min().item()

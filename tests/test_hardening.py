@@ -31,7 +31,7 @@ from test_server_robustness import classifier_dim
 from tritonclient.utils import InferenceServerException
 
 from virnucpro_triton import repository as repo
-from virnucpro_triton.checkpoints import CheckpointError, load_classifier
+from virnucpro_triton.export.checkpoints import CheckpointError, load_classifier
 from virnucpro_triton.server import EmbeddedServer, remove_stale_regions
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,13 +12,13 @@ import yaml
 from click.testing import CliRunner
 
 from virnucpro_triton import errors
-from virnucpro_triton.checkpoints import CheckpointError
 from virnucpro_triton.cli import main
 from virnucpro_triton.client import connection
 from virnucpro_triton.client.addresses import AddressError
 from virnucpro_triton.client.classify import BATCH_CHUNKS
 from virnucpro_triton.door.app import DoorError
 from virnucpro_triton.export import VerificationError
+from virnucpro_triton.export.checkpoints import CheckpointError
 from virnucpro_triton.export.fp8_choice import Fp8Refused
 from virnucpro_triton.fasta import FastaError
 from virnucpro_triton.repository import CHUNK_SIZES, MAX_BATCH_CHUNKS, RepositoryError

@@ -11,8 +11,7 @@ import torch
 from fake_checkpoints import write_dnabert_s_dir, write_fair_esm_pt, write_hf_esm_dir
 from tokenizers import Tokenizer
 
-from virnucpro_triton.checkpoints import load_dnabert_s, load_esm2
-from virnucpro_triton.models.classifier import MLPClassifier
+from virnucpro_triton.export.checkpoints import load_dnabert_s, load_esm2
 from virnucpro_triton.models.dnabert_s import DnabertConfig, DnabertS, alibi_slopes
 from virnucpro_triton.models.esm2 import (
     CLS_IDX,
@@ -25,6 +24,7 @@ from virnucpro_triton.models.esm2 import (
     encode_protein,
     pad_batch,
 )
+from virnucpro_triton.models.mlp import MLPClassifier
 
 # Length 1, every alphabet letter, an unknown letter (J), a longer one.
 PROTEINS = [
@@ -144,7 +144,8 @@ def test_esm2_packed_matches_fair_esm(fair_esm, monkeypatch):
 def test_packed_embedder_batches_real_tokens_and_keeps_input_order(fair_esm, monkeypatch):
     import torch.nn.attention.varlen
 
-    from virnucpro_triton.embedders import ProteinEmbedder, _batches
+    from virnucpro_triton.backends.torch_backend import TorchBackend
+    from virnucpro_triton.sequence_embedders import ProteinEmbedder, _batches
 
     monkeypatch.setattr(torch.nn.attention.varlen, "varlen_attn", per_sequence_attention)
     _, model = fair_esm
@@ -153,9 +154,10 @@ def test_packed_embedder_batches_real_tokens_and_keeps_input_order(fair_esm, mon
     assert _batches([3, 10, 10], 13, 8, padded=False) == [[0, 1], [2]]
     assert _batches([3, 10, 10], 23, 8, padded=False) == [[0, 1, 2]]
     proteins = random.Random(3).choices(PROTEINS, k=40)
-    padded = ProteinEmbedder(model, torch.device("cpu"))(proteins)
-    packed = ProteinEmbedder(model, torch.device("cpu"), token_budget=200, max_rows=7)
-    packed.packed = True  # what a CUDA GPU in half precision sets
+    padded = ProteinEmbedder(TorchBackend(model, torch.device("cpu")))(proteins)
+    backend = TorchBackend(model, torch.device("cpu"))
+    backend.packed = True  # what a CUDA GPU in half precision sets
+    packed = ProteinEmbedder(backend, token_budget=200, max_rows=7)
     assert abs(packed(proteins) - padded).max() <= 1e-5
 
 

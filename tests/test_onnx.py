@@ -22,13 +22,18 @@ from tokenizers import Tokenizer
 from tritonclient.grpc import model_config_pb2
 
 from virnucpro_triton import repository as repo
+from virnucpro_triton.backends.factory import embedding_backend
+from virnucpro_triton.backends.onnx_backend import OnnxBackend
+from virnucpro_triton.backends.torch_backend import TorchBackend
 from virnucpro_triton.cli import main
 from virnucpro_triton.client.embed import embed
 from virnucpro_triton.client.predict import predict
-from virnucpro_triton.export import VerificationError, export_repository, onnx_export
+from virnucpro_triton.export import VerificationError, export_repository
+from virnucpro_triton.export.formats import onnx_format
 from virnucpro_triton.export.tiny import tiny_models
 from virnucpro_triton.models.esm2 import PAD_IDX, encode_protein, pad_batch
 from virnucpro_triton.results.outputs import PREDICTIONS
+from virnucpro_triton.sequence_embedders import ProteinEmbedder
 from virnucpro_triton.server import EmbeddedServer
 
 TOLERANCE = 1e-4
@@ -145,11 +150,28 @@ def test_entries_are_onnxruntime_graphs_behind_weightless_python_entries(onnx_re
     assert (onnx_repository / repo.DNABERT_S / "1" / repo.TOKENIZER).is_file()
 
 
+def test_the_backend_factory_runs_an_onnx_entry_through_its_graph(onnx_repository, models):
+    cpu, asked = torch.device("cpu"), []
+
+    def run_graph(name: str, output: str):
+        asked.append((name, output))
+        return onnx_format.onnxruntime_run(onnx_repository / name / "1" / repo.ONNX_MODEL, output)
+
+    version = onnx_repository / repo.ESM2 / "1"
+    backend = embedding_backend(version, cpu, 32, run_graph)
+    assert isinstance(backend, OnnxBackend) and asked == [("esm2_onnx", repo.EMBEDDING.name)]
+    served = ProteinEmbedder(backend)(PROTEINS)
+    in_torch = ProteinEmbedder(TorchBackend(models[2].float(), cpu))(PROTEINS)
+    assert max_abs(served, in_torch) <= TOLERANCE
+    with pytest.raises(ValueError, match="the model runs in the ONNX entry esm2_onnx, not here"):
+        embedding_backend(version, cpu, 32)
+
+
 def test_large_weights_go_to_one_external_data_file(models, tmp_path):
     classifier = models[3][300]
     # Threshold forced to 0 bytes: the path a > 2 GB model (ESM-2 650M, 3B) takes.
-    check = onnx_export.export_classifier(
-        tmp_path, 300, classifier, repo.TINY_SOURCE, external_data_bytes=0
+    check = onnx_format.OnnxFormat(external_data_bytes=0).classifier(
+        tmp_path, 300, classifier, repo.TINY_SOURCE
     )
     version = tmp_path / "classifier_300_onnx" / "1"
     assert sorted(p.name for p in version.iterdir()) == [repo.ONNX_MODEL, repo.ONNX_DATA]
@@ -164,7 +186,7 @@ def test_large_weights_go_to_one_external_data_file(models, tmp_path):
 
 
 def test_a_graph_that_does_not_match_torch_is_refused(models, tmp_path, monkeypatch):
-    export_graph = onnx_export.export_graph
+    export_graph = onnx_format.export_graph
 
     def export_then_corrupt(*args, **kwargs) -> Path:
         path = export_graph(*args, **kwargs)
@@ -175,9 +197,9 @@ def test_a_graph_that_does_not_match_torch_is_refused(models, tmp_path, monkeypa
         onnx.save(model, str(path))
         return path
 
-    monkeypatch.setattr(onnx_export, "export_graph", export_then_corrupt)
+    monkeypatch.setattr(onnx_format, "export_graph", export_then_corrupt)
     with pytest.raises(VerificationError, match=r"refused to write esm2_onnx \(fp32\): max abs"):
-        onnx_export.export_esm2(tmp_path, models[2], repo.TINY_SOURCE)
+        onnx_format.OnnxFormat().esm2(tmp_path, models[2], repo.TINY_SOURCE)
     assert list(tmp_path.iterdir()) == []  # the staging directory is gone, nothing was written
 
 

@@ -726,13 +726,6 @@ def export(
 
     paths = {size: classifier_paths[f"classifier_{size}"] for size in CHUNK_SIZES}
     classifiers = {size: path for size, path in paths.items() if path}
-    if not tiny and not (dnabert_s or esm2 or classifiers):
-        sizes = "/".join(str(size) for size in CHUNK_SIZES)
-        _fail(f"nothing to export: give --dnabert-s, --esm2, --classifier-{sizes} or --tiny")
-    if format_ == "onnx" and dtype != "fp32":
-        _fail("--format onnx writes fp32 graphs only: leave --dtype at fp32")
-    if fp8 != FP8_NONE and (format_ != "torch" or dtype != "bf16"):
-        _fail(f"--fp8 {fp8} needs --dtype bf16 and --format torch")
     export_repository(
         out,
         dnabert_s=dnabert_s,

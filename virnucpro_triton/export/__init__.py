@@ -1,27 +1,25 @@
-"""Checkpoints (real ones from local paths, or tiny random ones) -> verified repository entries."""
+"""Checkpoints (real ones from local paths, or tiny random ones) -> verified repository entries.
+
+By job: checkpoints.py loads the real formats, tiny.py makes random models, formats/ writes
+each format behind one interface, verify.py checks every entry before it is published,
+fp8_choice.py decides ESM-2's FP8 layers, pipeline.py writes the pipeline entry; this module
+runs them in order.
+"""
 
 from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 
-from virnucpro_triton import checkpoints
 from virnucpro_triton import repository as repo
-from virnucpro_triton.export.repository_writer import (
-    Check,
-    VerificationError,
-    export_classifier,
-    export_dnabert_s,
-    export_esm2,
-    export_pipeline,
-)
+from virnucpro_triton.export import checkpoints
+from virnucpro_triton.export.formats import FORMATS, ExportError, format_of
+from virnucpro_triton.export.pipeline import export_pipeline
 from virnucpro_triton.export.tiny import tiny_models
+from virnucpro_triton.export.verify import Check, VerificationError
 
-__all__ = ["FORMATS", "VerificationError", "export_repository"]
-
-FORMATS = ("torch", "onnx")
+__all__ = ["FORMATS", "ExportError", "VerificationError", "export_repository"]
 
 
 def export_repository(
@@ -40,19 +38,20 @@ def export_repository(
     """Export what was given (any subset) into `out`, plus the pipeline entry.
 
     The classifiers stay in fp32 whatever `dtype` says: they are tiny and sit at the verdict.
-    `format` "onnx" writes ONNX compute entries behind the same Python entries (onnx_export.py);
-    it is fp32 only. `fp8` (bf16 only; models/fp8.py) runs ESM-2's linear layers in FP8 on GPUs
-    that have it: "auto" those that keep the accuracy rule on these weights, "feed_forward",
-    "all" or a list of layers as given, refused when they miss it (fp8_choice.py).
-    `chunk_sizes`: the tiny classifiers to make (one entry each); the pipeline serves every
-    classifier the repository then holds.
+    `format` "onnx" writes ONNX compute entries behind the same Python entries
+    (formats/onnx_format.py); it is fp32 only. `fp8` (bf16 only; models/fp8.py) runs ESM-2's
+    linear layers in FP8 on GPUs that have it: "auto" those that keep the accuracy rule on
+    these weights, "feed_forward", "all" or a list of layers as given, refused when they miss
+    it (fp8_choice.py). `chunk_sizes`: the tiny classifiers to make (one entry each); the
+    pipeline serves every classifier the repository then holds. Settings that do not go
+    together, or nothing to export, raise ExportError before anything is written.
     """
-    if format not in FORMATS:
-        raise ValueError(f"unknown export format {format!r}; choose from {', '.join(FORMATS)}")
-    if format == "onnx" and dtype != "fp32":
-        raise ValueError(f"ONNX export writes fp32 graphs only, not {dtype}")
-    if fp8 != repo.FP8_NONE and (format != "torch" or dtype != "bf16"):
-        raise ValueError(f"fp8 {fp8} needs the torch format and bf16 weights")
+    if not tiny and not (dnabert_s or esm2 or classifiers):
+        sizes = "/".join(str(size) for size in repo.CHUNK_SIZES)
+        raise ExportError(
+            f"nothing to export: give --dnabert-s, --esm2, --classifier-{sizes} or --tiny"
+        )
+    writer = format_of(format, dtype, fp8)
     checks: list[Check] = []
     with tempfile.TemporaryDirectory() as scratch:
         if tiny:
@@ -76,33 +75,17 @@ def export_repository(
             given = {repo.DNABERT_S: dnabert_s, repo.ESM2: esm2, **(classifiers or {})}
             sources = {key: repo.Source.of(path) for key, path in given.items() if path}
         _check_feature_sizes(out, dna_model, esm_model, classifier_models)
-        write_dnabert_s, write_esm2, write_classifier = _writers(format, dtype, fp8)
         if dna_model is not None:
-            source = sources[repo.DNABERT_S]
-            checks.append(write_dnabert_s(out, dna_model, tokenizer, source=source))
+            checks.append(writer.dnabert_s(out, dna_model, tokenizer, sources[repo.DNABERT_S]))
         for size, model in sorted(classifier_models.items()):
-            checks.append(write_classifier(out, size, model, source=sources[size]))
+            checks.append(writer.classifier(out, size, model, sources[size]))
         if esm_model is not None:  # last: its FP8 check runs through DNABERT-S and classifiers
-            checks.append(write_esm2(out, esm_model, source=sources[repo.ESM2]))
+            checks.append(writer.esm2(out, esm_model, sources[repo.ESM2]))
     export_pipeline(out)
     for check in checks:
         report(f"verified {check.describe()}")
     report(f"model repository ready: {out}")
     return checks
-
-
-def _writers(format: str, dtype: str, fp8: str) -> tuple[Callable[..., Check], ...]:
-    """The DNABERT-S, ESM-2 and classifier entry writers of `format`."""
-    if format == "onnx":
-        # Imported here: onnx and onnxruntime are needed only for this format.
-        from virnucpro_triton.export import onnx_export
-
-        return onnx_export.export_dnabert_s, onnx_export.export_esm2, onnx_export.export_classifier
-    return (
-        partial(export_dnabert_s, dtype=dtype),
-        partial(export_esm2, dtype=dtype, fp8=fp8),
-        partial(export_classifier, dtype="fp32"),
-    )
 
 
 def _check_feature_sizes(out: Path, dna_model, esm_model, classifier_models) -> None:

@@ -27,7 +27,7 @@ import torch
 from Bio import SeqIO
 
 from virnucpro_triton import repository as repo
-from virnucpro_triton.embedders import DnaEmbedder, ProteinEmbedder
+from virnucpro_triton.backends.torch_backend import TorchBackend, fp8_layers
 from virnucpro_triton.errors import VirnucproError
 from virnucpro_triton.models.esm2 import Esm2
 from virnucpro_triton.models.fp8 import (
@@ -37,6 +37,7 @@ from virnucpro_triton.models.fp8 import (
     to_fp8,
 )
 from virnucpro_triton.sequence import Frame, six_frames
+from virnucpro_triton.sequence_embedders import DnaEmbedder, ProteinEmbedder
 
 # The rule, against the entry in bf16 (not fp32, which the bf16 entry itself is checked on).
 MIN_COSINE, MIN_AGREEMENT = 0.999, 0.995
@@ -97,7 +98,9 @@ class Probe:
                 f"FP8 is verified on verdicts, which need the {repo.DNABERT_S} entry and a "
                 f"classifier in {repository}: export them first, or in the same command"
             )
-        dna = DnaEmbedder(_load(dna_entry, device), dna_entry / repo.TOKENIZER, device)
+        dna = DnaEmbedder(
+            TorchBackend(_load(dna_entry, device), device), dna_entry / repo.TOKENIZER
+        )
         self.model, self.device = model, device
         self.emulate = fp8_unavailable(device) is not None
         self.where = "emulated" if self.emulate else f"on {torch.cuda.get_device_name(device)}"
@@ -116,7 +119,7 @@ class Probe:
         bf16 afterwards)."""
         originals = to_fp8(self.model, list(layers), self.emulate)
         try:
-            embed = ProteinEmbedder(self.model, self.device)
+            embed = ProteinEmbedder(TorchBackend(self.model, self.device))
             return {size: embed(proteins[::stride]) for size, proteins in self.proteins.items()}
         finally:
             swap_layers(self.model, originals)
@@ -206,7 +209,7 @@ def choose_fp8(
         if missed is not None:
             verified += f"; with {missed.layers[-1]} too it missed: {missed.describe()}"
         return ",".join(chosen.layers) or repo.FP8_NONE, verified
-    check = probe.measure(repo.fp8_layers(setting, model))
+    check = probe.measure(fp8_layers(setting, model))
     if not check.passed():
         raise Fp8Refused(
             f"refused to write esm2 with fp8 {setting}: {check.describe()}. Export with "

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from virnucpro_triton.models.classifier import MLPClassifier
 from virnucpro_triton.models.dnabert_s import DnabertConfig, DnabertS, build_dna_bpe_tokenizer
 from virnucpro_triton.models.esm2 import Esm2, Esm2Config
+from virnucpro_triton.models.mlp import MLPClassifier
 from virnucpro_triton.repository import CHUNK_SIZES
 
 TINY_DNABERT = DnabertConfig(

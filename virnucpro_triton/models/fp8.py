@@ -2,7 +2,7 @@
 
 Weights get one scale per output row, tokens one per row, set from their largest magnitude, and
 the product runs in `torch._scaled_mm` with bf16 output. Which layers run in FP8 is the esm2
-entry's `fp8` setting (repository.weights.fp8_layers), which export chooses and verifies on the
+entry's `fp8` setting (backends/torch_backend.py), which export chooses and verifies on the
 real weights (export/fp8_choice.py): how far FP8 moves the embeddings, and what it gains,
 differs per layer and per set of weights (docs/performance.md). Export, on machines without
 FP8, emulates the

@@ -18,7 +18,7 @@ from virnucpro_triton.repository.spec import (
     classifier_name,
     onnx_name,
 )
-from virnucpro_triton.repository.weights import read_architecture, runtime_of
+from virnucpro_triton.repository.weights import read_architecture
 
 
 class RepositoryError(VirnucproError, ValueError):
@@ -53,7 +53,7 @@ def _entry_problem(entry: Path) -> str | None:
     version = entry / "1"
     if not (version / ARCHITECTURE).is_file():
         return f"incomplete (no 1/{ARCHITECTURE})"
-    if runtime_of(read_architecture(version)) == ONNX:
+    if read_architecture(version)["runtime"] == ONNX:
         return _entry_problem(entry.parent / onnx_name(entry.name))
     return None if (version / WEIGHTS).is_file() else f"incomplete (no 1/{WEIGHTS})"
 

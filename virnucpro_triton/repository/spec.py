@@ -18,7 +18,6 @@ DNABERT_S = "dnabert_s"
 ESM2 = "esm2"
 PIPELINE = "virnucpro"
 CHUNK_SIZES = (300, 500)  # the published classifiers (300_model.pth, 500_model.pth)
-FEATURE_DIM_DNA = 768  # the real sizes; tiny demo models declare their own in the config
 NUM_FRAMES = 6
 
 
@@ -79,7 +78,7 @@ QUEUE_TIMEOUT_US = 600_000_000
 MAX_DNA_LENGTH = 20_000
 MAX_PROTEIN_LENGTH = 4_000
 # An embedder's batches: tokens (as padded, where batches are padded; ESM-2 packed on a GPU
-# counts real ones) and rows at most (embedders.py sorts by length first).
+# counts real ones) and rows at most (sequence_embedders.py sorts by length first).
 TOKEN_BUDGET = 16_384
 MAX_ROWS = 256
 # Largest request body or gRPC message the servers take (door/app.py refuses larger ones
@@ -187,13 +186,6 @@ CONCURRENT_KEY = "concurrent_requests"  # the pipeline: requests of one execute(
 # The pipeline: {entry: max_batch_size} of the entries it calls (JSON), read from their configs
 # at export; the classifiers listed are the chunk sizes it serves.
 CALLS = "calls"
-# What the pipeline calls when its config has no CALLS (exported before it existed): every
-# earlier export declared these.
-LEGACY_CALLS = {
-    DNABERT_S: 1024,
-    ESM2: 1024,
-    **{classifier_name(size): 1024 for size in CHUNK_SIZES},
-}
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,6 @@ from virnucpro_triton.repository.spec import (
     ARCHITECTURE,
     DNABERT_S,
     ESM2,
-    FP8_ALL,
-    FP8_FEED_FORWARD,
-    FP8_NONE,
     MODEL_PY,
     TORCH,
     WEIGHTS,
@@ -203,11 +200,6 @@ def require_readable(version_dir: Path) -> None:
             )
 
 
-def runtime_of(architecture: dict[str, Any]) -> str:
-    # Repositories written before ONNX export existed have no "runtime": they are torch.
-    return architecture.get("runtime", TORCH)
-
-
 def load_model(
     version_dir: Path, device: torch.device | str = "cpu"
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -220,12 +212,12 @@ def load_model(
     import torch
     from safetensors.torch import load_file
 
-    from virnucpro_triton.models.classifier import MLPClassifier
     from virnucpro_triton.models.dnabert_s import DnabertConfig, DnabertS
     from virnucpro_triton.models.esm2 import Esm2, Esm2Config
+    from virnucpro_triton.models.mlp import MLPClassifier
 
     architecture = read_architecture(version_dir)
-    if runtime_of(architecture) != TORCH:
+    if architecture["runtime"] != TORCH:
         raise ValueError(
             f"{version_dir}: no torch weights here, the model runs in an ONNX entry "
             f"({onnx_name(version_dir.parent.name)})"
@@ -243,45 +235,3 @@ def load_model(
     state = load_file(str(version_dir / WEIGHTS), device=str(torch.device(device)))
     model.load_state_dict(state, strict=True, assign=True)
     return model.to(torch_dtype(architecture["dtype"])).eval(), architecture
-
-
-def fp8_layers(setting: str, model: torch.nn.Module) -> list[str]:
-    """The ESM-2 linear layers an entry's `fp8` setting names (spec.FP8_*): none, a named set,
-    or a comma-separated list of layers."""
-    from virnucpro_triton.models.fp8 import BLOCK_LINEARS, FEED_FORWARD, linear_layers
-
-    sets = {FP8_NONE: (), FP8_FEED_FORWARD: FEED_FORWARD, FP8_ALL: BLOCK_LINEARS}
-    if setting in ("", *sets):
-        return linear_layers(model, sets.get(setting, ()))
-    names, known = setting.split(","), set(linear_layers(model))
-    for name in names:
-        if name not in known:
-            raise ValueError(
-                f"fp8: {name!r} is not a linear layer of this ESM-2; the setting is one of "
-                f"{', '.join(sets)} or a comma-separated list of layers (layers.0.fc1,...)"
-            )
-    return names
-
-
-def apply_fp8(model: torch.nn.Module, setting: str, device: torch.device) -> str:
-    """Apply an esm2 entry's `fp8` setting to `model`, in place.
-
-    Returns what was done, for the log: FP8 needs a GPU that has it (models/fp8.py); elsewhere
-    the model stays bf16, whose results are within the same tolerance.
-    """
-    names = fp8_layers(setting, model)
-    if not names:
-        return ""
-    from virnucpro_triton.models.fp8 import fp8_unavailable, linear_layers, to_fp8
-
-    # A named set by its name, a list by its size.
-    what = (
-        f"fp8 {setting}"
-        if setting in (FP8_FEED_FORWARD, FP8_ALL)
-        else (f"fp8 on {len(names)} of {len(linear_layers(model))} linear layers")
-    )
-    problem = fp8_unavailable(device)
-    if problem:
-        return f"{what} not applied: {problem}"
-    to_fp8(model, names)
-    return what

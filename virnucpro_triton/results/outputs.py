@@ -21,7 +21,7 @@ VERDICTS = "prediction_results_highestscore.csv"
 SUMMARY = "sequence_summary.tsv"
 REPORT = "report.html"
 VIRUSES = "virus.fna"  # the records called viral, as geNomad's _virus.fna
-LABELS = ("others", "virus")  # the classifier's classes 0 and 1 (models/classifier.py)
+LABELS = ("others", "virus")  # the classifier's classes 0 and 1 (models/mlp.py)
 # sequence_summary.tsv; the last three are the weighted verdict's (evidence.py)
 SUMMARY_COLUMNS = (
     "id",

@@ -16,8 +16,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from virnucpro_triton.repository.spec import spec_of
-
 if TYPE_CHECKING:
     import torch
 
@@ -58,7 +56,6 @@ class EntryConfig:
 
     Tensor names and limits are read from here, not from the code's constants: a repository
     serves with the values frozen into its config.pbtxt at export, whatever the code says now.
-    A limit an older export did not record takes the value of the entry's spec.
     """
 
     def __init__(self, args: dict[str, Any]):
@@ -79,12 +76,14 @@ class EntryConfig:
         """The last dimension of the first output (an embedder's width)."""
         return int(self.config["output"][0]["dims"][-1])
 
-    def parameter(self, key: str, default: str | None = None) -> str:
-        """A string parameter; where the config has none, `default` or else the spec's."""
+    def parameter(self, key: str) -> str:
+        """A string parameter, which export writes into every config of the entry's kind."""
         found = self.config.get("parameters", {}).get(key, {}).get("string_value")
-        if found is not None:
-            return found
-        return spec_of(self.name).parameters[key] if default is None else default
+        if found is None:
+            raise ValueError(
+                f"{self.name}: its config.pbtxt has no parameter {key}: export the repository again"
+            )
+        return found
 
     def limit(self, key: str) -> int:
         return int(self.parameter(key))

@@ -1,7 +1,7 @@
 """Served `dnabert_s` and `esm2`: a batch of sequences (BYTES) in, pooled embeddings out.
 
-In an ONNX-format repository the entry holds no weights: it tokenizes and batches as always
-and sends the padded id batches to its `*_onnx` compute entry through BLS.
+The model runs in the backend its architecture.json names (backends/factory.py): in torch, or,
+in an ONNX-format repository, in its `*_onnx` compute entry, called through BLS.
 """
 
 from __future__ import annotations
@@ -9,26 +9,18 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-import torch
-
 from virnucpro_triton.alphabet import DNA, PROTEIN
-from virnucpro_triton.embedders import CHECKS, DnaEmbedder, GraphEmbedding, ProteinEmbedder
+from virnucpro_triton.backends.factory import embedding_backend
 from virnucpro_triton.repository import (
     DNABERT_S,
-    ESM2,
-    FP8_NONE,
+    EMBEDDING_CACHE_PARAMETER,
     MAX_LENGTH,
     MAX_ROWS_KEY,
-    ONNX,
     TOKEN_BUDGET_KEY,
     TOKENIZER,
-    apply_fp8,
-    load_model,
-    onnx_name,
     read_architecture,
-    runtime_of,
-    spec_of,
 )
+from virnucpro_triton.sequence_embedders import CHECKS, DnaEmbedder, ProteinEmbedder
 from virnucpro_triton.serving.common import (
     BadRequest,
     EntryConfig,
@@ -43,13 +35,6 @@ from virnucpro_triton.serving.common import (
 from virnucpro_triton.serving.embedding_cache import CacheMetrics, EmbeddingCache, cache_bytes_of
 
 
-def _onnx_graph(name: str, dim: int) -> GraphEmbedding:
-    """The model of entry `name` as its ONNX compute entry, called through BLS."""
-    graph = spec_of(onnx_name(name))
-    run = bls_run(graph.name, graph.outputs[0].name)
-    return GraphEmbedding(run, [t.name for t in graph.inputs], dim)
-
-
 class EmbeddingModel:
     """Loads the entry's weights once; each execute() embeds all its requests together."""
 
@@ -59,37 +44,34 @@ class EmbeddingModel:
         (self.input,) = config.names("input", 1)
         (self.output,) = config.names("output", 1)
         architecture = read_architecture(directory)
-        kind, runtime = architecture["kind"], runtime_of(architecture)
-        device = device_of(args)
-        if runtime == ONNX:
-            model = _onnx_graph(args["model_name"], config.width())
-            device = torch.device("cpu")  # ids leave as numpy; the ONNX entry has its own device
-        else:
-            model, _ = load_model(directory, device)
-        fp8 = config.parameter("fp8", FP8_NONE)
-        if fp8 != FP8_NONE and (kind != ESM2 or runtime == ONNX):
-            raise ValueError(f"parameter fp8 needs a torch-format esm2 entry, not {kind} {runtime}")
-        fp8_done = apply_fp8(model, fp8, device) if fp8 != FP8_NONE else ""
         # Compiled on a GPU, where fusion pays; warmed up here so that cold start, not the
         # first requests, pays for compilation.
-        compiled = device.type == "cuda" and runtime != ONNX
-        batches = {
+        backend = embedding_backend(
+            directory,
+            device_of(args),
+            config.width(),
+            bls_run,
+            fp8=config.parameter("fp8"),
+            compiled_on_gpu=True,
+        )
+        limits = {
             "token_budget": config.limit(TOKEN_BUDGET_KEY),
             "max_rows": config.limit(MAX_ROWS_KEY),
-            "compiled": compiled,
         }
+        kind = architecture["kind"]
         if kind == DNABERT_S:
-            self.embed = DnaEmbedder(model, directory / TOKENIZER, device, **batches)
+            self.embed = DnaEmbedder(backend, directory / TOKENIZER, **limits)
             alphabet = DNA
         else:
-            self.embed = ProteinEmbedder(model, device, **batches)
+            self.embed = ProteinEmbedder(backend, **limits)
             alphabet = PROTEIN
         self.check = partial(CHECKS[alphabet], max_length=config.limit(MAX_LENGTH))
-        if compiled:
+        if backend.compiled:
             self.embed.warm_up()
-        self.cache = EmbeddingCache(cache_bytes_of(config.config))
+        self.cache = EmbeddingCache(cache_bytes_of(config.parameter(EMBEDDING_CACHE_PARAMETER)))
         self.metrics = CacheMetrics(args["model_name"]) if self.cache.max_bytes else None
-        notes = [kind, architecture["dtype"], runtime] + ["compiled"] * compiled + [fp8_done]
+        notes = [kind, architecture["dtype"], architecture["runtime"]]
+        notes += ["compiled"] * backend.compiled + [backend.fp8]
         log_loaded(args, " ".join(filter(None, notes)))
 
     def _sequences(self, request: Any) -> list[str]:

@@ -8,7 +8,7 @@ the pipeline runs two instances per GPU and a cache of its own in each would mis
 duplicates that arrive in another request.
 
 A hit returns the vector computed for that sequence earlier, in another batch: equal to a fresh
-computation up to the last float32 bits that batch composition moves anyway (embedders.py).
+computation up to the last float32 bits that batch composition moves anyway (sequence_embedders.py).
 """
 
 from __future__ import annotations
@@ -26,10 +26,8 @@ from virnucpro_triton.repository import EMBEDDING_CACHE_PARAMETER
 ENTRY_OVERHEAD = 256
 
 
-def cache_bytes_of(config: dict) -> int:
-    """The entry's cache size from its parsed config.pbtxt; absent (older repositories): 0."""
-    parameter = config.get("parameters", {}).get(EMBEDDING_CACHE_PARAMETER, {})
-    value = parameter.get("string_value", "0")
+def cache_bytes_of(value: str) -> int:
+    """The cache size of an entry's EMBEDDING_CACHE_PARAMETER `value`, in bytes."""
     try:
         size = int(value)
     except ValueError:

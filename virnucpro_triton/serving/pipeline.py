@@ -25,7 +25,6 @@ from virnucpro_triton.repository import (
     CONCURRENT_KEY,
     DNABERT_S,
     ESM2,
-    LEGACY_CALLS,
     NUM_FRAMES,
     PIPELINE,
     chunk_size_of,
@@ -82,7 +81,7 @@ class PipelineModel:
         self.dna, self.chunk_size = config.names("input", 2)
         self.probabilities, self.kept = config.names("output", 2)
         self.concurrent_requests = config.limit(CONCURRENT_KEY)
-        calls = json.loads(config.parameter(CALLS, json.dumps(LEGACY_CALLS)))
+        calls = json.loads(config.parameter(CALLS))
         self.dnabert_s = _Entry.of(DNABERT_S, calls)
         self.esm2 = _Entry.of(ESM2, calls)
         sizes = sorted(size for name in calls if (size := chunk_size_of(name)) is not None)

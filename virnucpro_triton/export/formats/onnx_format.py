@@ -26,6 +26,7 @@ from __future__ import annotations
 import tempfile
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -35,8 +36,9 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from virnucpro_triton import repository as repo
-from virnucpro_triton.embedders import DnaEmbedder, GraphEmbedding, GraphRun, ProteinEmbedder
-from virnucpro_triton.export.repository_writer import (
+from virnucpro_triton.backends.base import GraphRun
+from virnucpro_triton.backends.factory import classifier_backend, embedding_backend
+from virnucpro_triton.export.verify import (
     Check,
     compare,
     probe_features,
@@ -45,9 +47,10 @@ from virnucpro_triton.export.repository_writer import (
     reference_dna,
     reference_protein,
 )
-from virnucpro_triton.models.classifier import MLPClassifier
 from virnucpro_triton.models.dnabert_s import DnabertS
 from virnucpro_triton.models.esm2 import PAD_IDX, Esm2, pad_batch
+from virnucpro_triton.models.mlp import MLPClassifier
+from virnucpro_triton.sequence_embedders import DnaEmbedder, ProteinEmbedder
 
 OPSET = 17  # the first with LayerNormalization; onnxruntime 1.19 (Triton 24.10) runs up to 21
 # onnxruntime fuses and reorders LayerNorm, attention and GELU, so fp32 rounding differs more
@@ -56,6 +59,8 @@ ONNX_MAX_ABS = 1e-4
 # Weights beyond this go to an external data file: a protobuf cannot exceed 2 GiB, and the
 # graph itself needs some room next to the weights.
 EXTERNAL_DATA_BYTES = 2_000_000_000
+# The device the backends' factory is told: the staged graphs run in onnxruntime, on the CPU.
+_CPU = torch.device("cpu")
 
 
 class _DnaGraph(nn.Module):
@@ -180,101 +185,89 @@ def _python_entry(
     return repo.write_entry(staging, config, architecture=architecture, files=files, source=source)
 
 
-def _staged_run(staging: Path, name: str, output: str) -> GraphRun:
-    return onnxruntime_run(staging / repo.onnx_name(name) / "1" / repo.ONNX_MODEL, output)
+def _staged_graphs(staging: Path):
+    """Graphs staged in `staging`, run by onnxruntime as their served entries would run them
+    (the runner the backends' factory takes)."""
+    return lambda name, output: onnxruntime_run(staging / name / "1" / repo.ONNX_MODEL, output)
 
 
-def _staged_embedding(staging: Path, name: str, dim: int) -> GraphEmbedding:
-    """The staged graph of embedder `name`, run by onnxruntime as its served entry would."""
-    spec = repo.spec_of(repo.onnx_name(name))
-    run = _staged_run(staging, name, spec.outputs[0].name)
-    return GraphEmbedding(run, [t.name for t in spec.inputs], dim)
+@dataclass(frozen=True)
+class OnnxFormat:
+    """fp32 graphs; weights beyond `external_data_bytes` go to one external data file."""
 
+    external_data_bytes: int = EXTERNAL_DATA_BYTES
 
-def export_dnabert_s(
-    repository: Path,
-    model: DnabertS,
-    tokenizer_json: Path,
-    source: repo.Source,
-    external_data_bytes: int = EXTERNAL_DATA_BYTES,
-) -> Check:
-    """dnabert_s (tokenizer, BLS) + dnabert_s_onnx (graph), verified together."""
-    model = model.float().eval()
-    name, dim = repo.DNABERT_S, model.config.hidden_size
-    widths = {repo.WIDTH: dim}
+    def dnabert_s(
+        self, repository: Path, model: DnabertS, tokenizer_json: Path, source: repo.Source
+    ) -> Check:
+        """dnabert_s (tokenizer, BLS) + dnabert_s_onnx (graph), verified together."""
+        model = model.float().eval()
+        name, dim = repo.DNABERT_S, model.config.hidden_size
+        widths = {repo.WIDTH: dim}
 
-    def write(staging: Path) -> list[Path]:
-        example = _example(Tokenizer.from_file(str(tokenizer_json)).token_to_id("[PAD]"))
-        graph = (_DnaGraph(model), example, widths)
-        return [
-            _graph_entry(staging, name, *graph, external_data_bytes, source),
-            _python_entry(staging, name, name, model, widths, source, (tokenizer_json,)),
-        ]
+        def write(staging: Path) -> list[Path]:
+            example = _example(Tokenizer.from_file(str(tokenizer_json)).token_to_id("[PAD]"))
+            graph = (_DnaGraph(model), example, widths, self.external_data_bytes, source)
+            return [
+                _graph_entry(staging, name, *graph),
+                _python_entry(staging, name, name, model, widths, source, (tokenizer_json,)),
+            ]
 
-    def verify(staging: Path) -> Check:
-        graph = _staged_embedding(staging, name, dim)
-        served = DnaEmbedder(graph, staging / name / "1" / repo.TOKENIZER, torch.device("cpu"))
-        dna, _ = probe_frames()
-        reference = reference_dna(model, served, dna)
-        return compare(repo.onnx_name(name), "fp32", reference, served(dna), ONNX_MAX_ABS)
+        def verify(staging: Path) -> Check:
+            version = staging / name / "1"
+            backend = embedding_backend(version, _CPU, dim, _staged_graphs(staging))
+            served = DnaEmbedder(backend, version / repo.TOKENIZER)
+            dna, _ = probe_frames()
+            reference = reference_dna(model, served, dna)
+            return compare(repo.onnx_name(name), "fp32", reference, served(dna), ONNX_MAX_ABS)
 
-    return publish(repository, write, verify)
+        return publish(repository, write, verify)
 
+    def esm2(self, repository: Path, model: Esm2, source: repo.Source) -> Check:
+        """esm2 (tokenizer, BLS) + esm2_onnx (graph), verified together."""
+        model = model.float().eval()
+        name, dim = repo.ESM2, model.config.embed_dim
+        widths = {repo.WIDTH: dim}
 
-def export_esm2(
-    repository: Path,
-    model: Esm2,
-    source: repo.Source,
-    external_data_bytes: int = EXTERNAL_DATA_BYTES,
-) -> Check:
-    """esm2 (tokenizer, BLS) + esm2_onnx (graph), verified together."""
-    model = model.float().eval()
-    name, dim = repo.ESM2, model.config.embed_dim
-    widths = {repo.WIDTH: dim}
+        def write(staging: Path) -> list[Path]:
+            ids, _ = _example(PAD_IDX)  # the graph derives its mask from <pad>
+            graph = (_ProteinGraph(model), (ids,), widths, self.external_data_bytes, source)
+            return [
+                _graph_entry(staging, name, *graph),
+                _python_entry(staging, name, name, model, widths, source),
+            ]
 
-    def write(staging: Path) -> list[Path]:
-        ids, _ = _example(PAD_IDX)  # the graph derives its mask from <pad>
-        graph = (_ProteinGraph(model), (ids,), widths)
-        return [
-            _graph_entry(staging, name, *graph, external_data_bytes, source),
-            _python_entry(staging, name, name, model, widths, source),
-        ]
+        def verify(staging: Path) -> Check:
+            version = staging / name / "1"
+            served = ProteinEmbedder(embedding_backend(version, _CPU, dim, _staged_graphs(staging)))
+            _, protein = probe_frames()
+            reference = reference_protein(model, served, protein)
+            return compare(repo.onnx_name(name), "fp32", reference, served(protein), ONNX_MAX_ABS)
 
-    def verify(staging: Path) -> Check:
-        graph = _staged_embedding(staging, name, dim)
-        served = ProteinEmbedder(graph, torch.device("cpu"))
-        _, protein = probe_frames()
-        reference = reference_protein(model, served, protein)
-        return compare(repo.onnx_name(name), "fp32", reference, served(protein), ONNX_MAX_ABS)
+        return publish(repository, write, verify)
 
-    return publish(repository, write, verify)
+    def classifier(
+        self, repository: Path, chunk_size: int, model: MLPClassifier, source: repo.Source
+    ) -> Check:
+        """classifier_N (BLS) + classifier_N_onnx (graph), verified together."""
+        model = model.float().eval()
+        name = repo.classifier_name(chunk_size)
+        widths = {repo.FEATURE_WIDTH: model.hidden_layer.in_features}  # the same on both entries
+        probe = probe_features(model.hidden_layer.in_features)
 
+        def write(staging: Path) -> list[Path]:
+            example = (torch.from_numpy(probe[:2]),)
+            graph = (model, example, widths, self.external_data_bytes, source)
+            return [
+                _graph_entry(staging, name, *graph),
+                _python_entry(staging, name, "classifier", model, widths, source),
+            ]
 
-def export_classifier(
-    repository: Path,
-    chunk_size: int,
-    model: MLPClassifier,
-    source: repo.Source,
-    external_data_bytes: int = EXTERNAL_DATA_BYTES,
-) -> Check:
-    """classifier_N (BLS) + classifier_N_onnx (graph), verified together."""
-    model = model.float().eval()
-    name = repo.classifier_name(chunk_size)
-    widths = {repo.FEATURE_WIDTH: model.hidden_layer.in_features}  # the same on both entries
-    probe = probe_features(model.hidden_layer.in_features)
+        def verify(staging: Path) -> Check:
+            version = staging / name / "1"
+            classify = classifier_backend(version, _CPU, _staged_graphs(staging))
+            with torch.inference_mode():
+                reference = model(torch.from_numpy(probe)).numpy()
+            return compare(repo.onnx_name(name), "fp32", reference, classify(probe), ONNX_MAX_ABS)
 
-    def write(staging: Path) -> list[Path]:
-        graph = (model, (torch.from_numpy(probe[:2]),), widths)
-        return [
-            _graph_entry(staging, name, *graph, external_data_bytes, source),
-            _python_entry(staging, name, "classifier", model, widths, source),
-        ]
-
-    def verify(staging: Path) -> Check:
-        run = _staged_run(staging, name, repo.CLASS_PROBABILITIES.name)
-        candidate = run({repo.FEATURES.name: probe})
-        with torch.inference_mode():
-            reference = model(torch.from_numpy(probe)).numpy()
-        return compare(repo.onnx_name(name), "fp32", reference, candidate, ONNX_MAX_ABS)
-
-    return publish(repository, write, verify)
+        return publish(repository, write, verify)

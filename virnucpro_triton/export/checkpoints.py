@@ -22,7 +22,6 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from virnucpro_triton.errors import VirnucproError
-from virnucpro_triton.models.classifier import MLPClassifier
 from virnucpro_triton.models.dnabert_s import DnabertConfig, DnabertS
 from virnucpro_triton.models.esm2 import (
     MASK_IDX,
@@ -32,6 +31,7 @@ from virnucpro_triton.models.esm2 import (
     Esm2Config,
     infer_esm2_heads,
 )
+from virnucpro_triton.models.mlp import MLPClassifier
 
 StateDict = dict[str, torch.Tensor]
 M = TypeVar("M", bound=nn.Module)
