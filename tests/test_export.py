@@ -23,7 +23,7 @@ from tritonclient.grpc import model_config_pb2
 
 from virnucpro_triton import repository as repo
 from virnucpro_triton.checkpoints import load_classifier, load_dnabert_s, load_esm2
-from virnucpro_triton.client.embed import embed, ids_path
+from virnucpro_triton.commands.embed import embed, ids_path
 from virnucpro_triton.export import VerificationError, export_repository
 from virnucpro_triton.export.repository_writer import export_esm2
 from virnucpro_triton.models.dnabert_s import DnabertConfig

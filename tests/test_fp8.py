@@ -17,7 +17,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from virnucpro_triton import repository as repo
-from virnucpro_triton.client.embed import embed
+from virnucpro_triton.commands.embed import embed
 from virnucpro_triton.export import export_repository
 from virnucpro_triton.export.fp8_choice import Fp8Refused, probe_frames
 from virnucpro_triton.export.repository_writer import export_esm2

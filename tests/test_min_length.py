@@ -17,7 +17,7 @@ from servers import served
 
 from virnucpro_triton.client.classify import Classifier
 from virnucpro_triton.client.connection import ClientError
-from virnucpro_triton.client.predict import predict
+from virnucpro_triton.commands.predict import predict
 from virnucpro_triton.results import journal as journals
 from virnucpro_triton.results import run_info
 from virnucpro_triton.results.outputs import PREDICTIONS, SUMMARY, VERDICTS, VIRUSES

@@ -23,8 +23,8 @@ from tritonclient.grpc import model_config_pb2
 
 from virnucpro_triton import repository as repo
 from virnucpro_triton.cli import main
-from virnucpro_triton.client.embed import embed
-from virnucpro_triton.client.predict import predict
+from virnucpro_triton.commands.embed import embed
+from virnucpro_triton.commands.predict import predict
 from virnucpro_triton.export import VerificationError, export_repository, onnx_export
 from virnucpro_triton.export.tiny import tiny_models
 from virnucpro_triton.models.esm2 import PAD_IDX, encode_protein, pad_batch

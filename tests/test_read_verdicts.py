@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import random
 
-from virnucpro_triton.client.predict import predict
+from virnucpro_triton.commands.predict import predict
 from virnucpro_triton.results.outputs import SUMMARY
 
 STOPS = {"TAA", "TAG", "TGA"}

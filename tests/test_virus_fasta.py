@@ -12,7 +12,7 @@ import pytest
 from Bio.SeqIO.FastaIO import SimpleFastaParser
 from inputs import write_fifo
 
-from virnucpro_triton.client.predict import predict
+from virnucpro_triton.commands.predict import predict
 from virnucpro_triton.fasta import FastaError
 from virnucpro_triton.results.evidence import Thresholds
 from virnucpro_triton.results.outputs import SUMMARY, VIRUSES

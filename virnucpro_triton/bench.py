@@ -37,7 +37,7 @@ from Bio import SeqIO
 from google.protobuf import text_format
 
 from virnucpro_triton import repository as repo
-from virnucpro_triton.client.predict import predict
+from virnucpro_triton.commands.predict import predict
 from virnucpro_triton.embedders import DnaEmbedder, ProteinEmbedder
 from virnucpro_triton.export.fp8_choice import choose_fp8
 from virnucpro_triton.export.repository_writer import export_pipeline
