@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from inputs import corrupt_gzip, write_fifo
 from reference import same_table
+from tqdm import tqdm
 
 from virnucpro_triton.results.outputs import PREDICTIONS, SUMMARY, VERDICTS, VIRUSES
 from virnucpro_triton.results.run_info import RUN_INFO
@@ -475,7 +476,9 @@ def test_embed_esm2_warns_once_of_dna_and_shows_progress_when_asked(server, tmp_
         "esm2 embeds them as protein, --model dnabert_s embeds DNA"
     )
     assert stderr.count("warning") == 1 and warning in stderr.splitlines(), stderr
-    assert re.search(r"embedding: 100%.* 4/4 ", stderr), stderr  # tqdm's bar, sized by the file
+    size = tqdm.format_sizeof((tmp_path / "mixed.faa").stat().st_size)
+    shown = re.escape(f" {size}/{size} [")  # tqdm's bar of the input's bytes, read once
+    assert re.search(f"embedding: 100%.*{shown}", stderr), stderr
     assert embedded(out)[1] == ["prot1", "dna1", "prot2", "rna2"]
 
 

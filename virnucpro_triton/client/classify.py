@@ -46,7 +46,7 @@ _EMPTY = (np.empty((0, 6, 2), np.float32), np.empty((0, 6), bool))
 BATCH_CHUNKS = 64  # chunks per request, by default
 
 
-class Answers(Protocol):
+class AnswerJournal(Protocol):
     """Where a run keeps the answers of its first chunks, in input order, so that a stopped run
     can go on (results/journal.py's Journal)."""
 
@@ -147,7 +147,7 @@ class Classifier:
         sequences: Iterable[tuple[str, str]] | AsyncIterable[tuple[str, str]],
         *,
         min_length: int = 0,
-        journal: Answers | None = None,
+        journal: AnswerJournal | None = None,
         on_batch: Callable[[int], None] | None = None,
     ) -> AsyncIterator[SequenceResult]:
         """One result per (id, sequence), in input order, each carrying its record.
@@ -169,7 +169,7 @@ class Classifier:
         sequences: Iterable[tuple[str, str]] | AsyncIterable[tuple[str, str]],
         *,
         min_length: int = 0,
-        journal: Answers | None = None,
+        journal: AnswerJournal | None = None,
         on_batch: Callable[[int], None] | None = None,
     ) -> AsyncIterator[ResultBatch]:
         """`classify`'s results, grouped by the request that completed them."""
