@@ -486,7 +486,7 @@ def predict(
     if not addresses:
         check_entries(repository, pipeline_entries(int(chunk_size)))  # before anything slow
     from virnucpro_triton.commands.predict import predict as run
-    from virnucpro_triton.commands.servers import servers as given_or_embedded
+    from virnucpro_triton.commands.servers import given_or_embedded
     from virnucpro_triton.fasta import check_input
     from virnucpro_triton.results import journal
     from virnucpro_triton.results.evidence import Thresholds
@@ -587,7 +587,7 @@ def embed(
         check_entries(repository, (model,))
     from virnucpro_triton.commands.embed import ALPHABET, ids_path
     from virnucpro_triton.commands.embed import embed as run
-    from virnucpro_triton.commands.servers import servers as given_or_embedded
+    from virnucpro_triton.commands.servers import given_or_embedded
     from virnucpro_triton.fasta import check_input
 
     _log_to_stderr()

@@ -41,7 +41,9 @@ def start(server) -> float:
 
 
 @contextmanager
-def servers(addresses: list[str], repository: Path) -> Iterator[tuple[list[str], float | None]]:
+def given_or_embedded(
+    addresses: list[str], repository: Path
+) -> Iterator[tuple[list[str], float | None]]:
     """(The given servers, None), or an embedded one on `repository` for the length of the run
     and the seconds it took to start."""
     if addresses:
