@@ -58,8 +58,8 @@ class Record:
 
 
 def is_stream(path: Path | str) -> bool:
-    """Whether the input can be read only once (stdin, a FIFO, a pipe): no counting pass, no
-    resumption, no second look when reporting an error."""
+    """Whether the input can be read only once (stdin, a FIFO, a pipe): no size to measure
+    progress against, no resumption, no look before the run (check_input)."""
     if str(path) == STDIN:
         return True
     try:
