@@ -482,6 +482,15 @@ def test_embed_esm2_warns_once_of_dna_and_shows_progress_when_asked(server, tmp_
     assert embedded(out)[1] == ["prot1", "dna1", "prot2", "rna2"]
 
 
+def test_predict_shows_the_share_of_the_input_read_when_asked(server, tmp_path):
+    (tmp_path / "in.fa").write_text(REFERENCE)
+    result = cli(*predict_args(server, str(tmp_path / "in.fa"), tmp_path / "out", "--progress"))
+    assert result.returncode == 0, result.stderr.decode()
+    size = tqdm.format_sizeof((tmp_path / "in.fa").stat().st_size)
+    shown = re.escape(f" {size}/{size} [")  # the input's bytes, read once
+    assert re.search(f"classifying: 100%.*{shown}", result.stderr.decode()), result.stderr
+
+
 def test_preprocess_reads_stdin_and_fastq_like_the_fasta_file(tmp_path):
     (tmp_path / "in.fa").write_text(REFERENCE)
     file = cli(
