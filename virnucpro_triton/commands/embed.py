@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -52,8 +51,6 @@ def embed(
 ) -> tuple[int, int]:
     """Write the embeddings; return (records, dimension). `access`: the token and TLS files
     the servers ask for."""
-    if progress is None:
-        progress = sys.stderr.isatty()
     dna_as_protein = _DnaAsProtein(model)
     embedder = Embedder(
         urls,

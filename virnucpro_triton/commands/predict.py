@@ -9,7 +9,6 @@ apart) grows, by one short string per record.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -122,8 +121,6 @@ def predict(
     """
     if frame_format not in frame_table.FORMATS:
         raise ClientError(f"format must be one of {frame_table.FORMATS}, not {frame_format}")
-    if progress is None:
-        progress = sys.stderr.isatty()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     started = time.monotonic()
     # A stream (stdin, a pipe) cannot be checked to be the same input as a stopped run's.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from tqdm import tqdm
@@ -15,7 +16,10 @@ class InputProgress:
     once, so its size is all that is known of it up front (a stream's not even that). The
     clients read only a few requests ahead of the answers."""
 
-    def __init__(self, path: Path, description: str, shown: bool) -> None:
+    def __init__(self, path: Path, description: str, shown: bool | None) -> None:
+        """`shown`: None shows the bar on a terminal only."""
+        if shown is None:
+            shown = sys.stderr.isatty()
         try:
             total = None if is_stream(path) else os.stat(path).st_size
         except OSError:
