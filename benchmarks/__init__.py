@@ -1,7 +1,7 @@
 """`make bench`: the served pipeline against in-process ways of running the same models.
 
-Not part of the wheel. It uses the package's public modules (repository, client.predict,
-client.embed, embedders, export, models, results.frame_table, sequence, server,
+Not part of the wheel. It uses the package's public modules (repository, commands.predict,
+commands.embed, backends, sequence_embedders, export, models, results.frame_table, sequence, server,
 serving.embedding_cache) and the tests' helpers for inputs and certificates (tests/inputs.py,
 tests/certificates.py, tests/repository_edits.py). By what they hold:
 - bench.py: the command (`python -m benchmarks.bench`) and the order of the measurements;

@@ -24,8 +24,8 @@ from benchmarks.workload import add_duplicates, make_workload
 from tests.repository_edits import set_embedding_cache
 from virnucpro_triton import repository as repo
 from virnucpro_triton.backends.torch_backend import fp8_layers
-from virnucpro_triton.client.embed import embed
-from virnucpro_triton.client.predict import predict
+from virnucpro_triton.commands.embed import embed
+from virnucpro_triton.commands.predict import predict
 from virnucpro_triton.export.fp8_choice import choose_fp8
 from virnucpro_triton.models.fp8 import linear_layers
 from virnucpro_triton.results import frame_table

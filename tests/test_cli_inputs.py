@@ -23,6 +23,7 @@ import pytest
 from inputs import STOP_FREE_CODONS as CODONS
 from inputs import corrupt_gzip, write_fifo
 from reference import same_table
+from tqdm import tqdm
 
 from virnucpro_triton.results.outputs import PREDICTIONS, SUMMARY, VERDICTS, VIRUSES
 from virnucpro_triton.results.run_info import RUN_INFO
@@ -474,8 +475,19 @@ def test_embed_esm2_warns_once_of_dna_and_shows_progress_when_asked(server, tmp_
         "esm2 embeds them as protein, --model dnabert_s embeds DNA"
     )
     assert stderr.count("warning") == 1 and warning in stderr.splitlines(), stderr
-    assert re.search(r"embedding: 100%.* 4/4 ", stderr), stderr  # tqdm's bar, sized by the file
+    size = tqdm.format_sizeof((tmp_path / "mixed.faa").stat().st_size)
+    shown = re.escape(f" {size}/{size} [")  # tqdm's bar of the input's bytes, read once
+    assert re.search(f"embedding: 100%.*{shown}", stderr), stderr
     assert embedded(out)[1] == ["prot1", "dna1", "prot2", "rna2"]
+
+
+def test_predict_shows_the_share_of_the_input_read_when_asked(server, tmp_path):
+    (tmp_path / "in.fa").write_text(REFERENCE)
+    result = cli(*predict_args(server, str(tmp_path / "in.fa"), tmp_path / "out", "--progress"))
+    assert result.returncode == 0, result.stderr.decode()
+    size = tqdm.format_sizeof((tmp_path / "in.fa").stat().st_size)
+    shown = re.escape(f" {size}/{size} [")  # the input's bytes, read once
+    assert re.search(f"classifying: 100%.*{shown}", result.stderr.decode()), result.stderr
 
 
 def test_preprocess_reads_stdin_and_fastq_like_the_fasta_file(tmp_path):

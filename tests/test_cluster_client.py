@@ -20,7 +20,7 @@ from tritonclient.utils import InferenceServerException
 
 from virnucpro_triton.client.classify import Classifier
 from virnucpro_triton.client.connection import ClientError
-from virnucpro_triton.client.predict import predict
+from virnucpro_triton.commands.predict import predict
 from virnucpro_triton.fasta import read_fasta
 from virnucpro_triton.results import journal as journals
 from virnucpro_triton.results.outputs import PREDICTIONS, SUMMARY, VERDICTS, VIRUSES

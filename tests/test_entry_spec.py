@@ -17,7 +17,7 @@ from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
 from virnucpro_triton import repository as repo
-from virnucpro_triton.client.predict import predict
+from virnucpro_triton.commands.predict import predict
 from virnucpro_triton.export import export_repository
 from virnucpro_triton.export.pipeline import export_pipeline
 from virnucpro_triton.server import EmbeddedServer, backend_directory
@@ -46,13 +46,6 @@ def test_no_tensor_name_is_spelled_outside_the_spec():
         if path.name != "spec.py" and (found := string_constants(path) & TENSOR_NAMES)
     }
     assert spelled == {}
-
-
-def test_models_import_nothing_above_them():
-    for path in (PACKAGE / "models").glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module.startswith("virnucpro_triton"):
-                assert node.module.startswith("virnucpro_triton.models"), (path, node.module)
 
 
 def test_every_entry_config_and_model_py_comes_from_its_spec():

@@ -22,7 +22,7 @@ from tokenizers import Tokenizer
 from tritonclient.grpc import model_config_pb2
 
 from virnucpro_triton import repository as repo
-from virnucpro_triton.client.embed import embed, ids_path
+from virnucpro_triton.commands.embed import embed, ids_path
 from virnucpro_triton.errors import VirnucproError
 from virnucpro_triton.export import ExportError, VerificationError, export_repository
 from virnucpro_triton.export.checkpoints import load_classifier, load_dnabert_s, load_esm2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import random
 import re
 import sys
 import threading
@@ -32,6 +33,22 @@ def test_plain_gzip_with_and_without_suffix_and_crlf_read_the_same(tmp_path):
     expected = [("a", "ACGTacgt", 1), ("b", "GGNN", 5)]
     for name in ["plain.fa", "crlf.fa", "zipped.fa.gz", "zipped_no_suffix.fa"]:
         assert records(tmp_path / name) == expected, name
+
+
+def test_every_byte_read_is_told_once_as_it_is_read(tmp_path):
+    """`on_read` (progress by the input's bytes) counts what is taken from the file, gzip's
+    before inflating: all of it by the end, no more."""
+    rng = random.Random(0)  # random letters: gzip leaves them large
+    text = "".join(f">r{i}\n{''.join(rng.choices('ACGT', k=2000))}\n" for i in range(1000))
+    (tmp_path / "plain.fa").write_text(text)
+    (tmp_path / "zipped.fa.gz").write_bytes(gzip.compress(text.encode()))
+    for name in ["plain.fa", "zipped.fa.gz"]:
+        told: list[int] = []
+        reader = read_fasta(tmp_path / name, on_read=told.append)
+        next(reader)
+        assert 0 < sum(told) < (tmp_path / name).stat().st_size  # read as the records go
+        assert len(list(reader)) == 999
+        assert sum(told) == (tmp_path / name).stat().st_size
 
 
 @pytest.mark.parametrize(

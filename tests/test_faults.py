@@ -20,7 +20,7 @@ from virnucpro_triton.client.connection import (
     is_transient,
     text_column,
 )
-from virnucpro_triton.client.predict import predict
+from virnucpro_triton.commands.predict import predict
 from virnucpro_triton.repository import PIPELINE
 from virnucpro_triton.results.journal import NAME as JOURNAL
 from virnucpro_triton.results.outputs import PREDICTIONS, SUMMARY, VERDICTS, VIRUSES

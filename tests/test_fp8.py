@@ -19,7 +19,7 @@ from tritonclient.grpc import model_config_pb2
 from virnucpro_triton import repository as repo
 from virnucpro_triton.backends.factory import embedding_backend
 from virnucpro_triton.backends.torch_backend import TorchBackend, apply_fp8, fp8_layers
-from virnucpro_triton.client.embed import embed
+from virnucpro_triton.commands.embed import embed
 from virnucpro_triton.export import export_repository
 from virnucpro_triton.export.formats.torch_format import TorchFormat
 from virnucpro_triton.export.fp8_choice import Fp8Refused, probe_frames

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from virnucpro_triton.client.predict import predict
+from virnucpro_triton.commands.predict import predict
 from virnucpro_triton.results import frame_table
 from virnucpro_triton.results.frame_table import FILES, FrameRow, Frames, FrameTable, read_frames
 from virnucpro_triton.results.outputs import atomic_files, prediction_rows

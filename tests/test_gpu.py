@@ -13,7 +13,7 @@ from reference import MIXED, in_process, read_rows
 
 from virnucpro_triton import repository as repo
 from virnucpro_triton.backends.torch_backend import TorchBackend, fp8_layers
-from virnucpro_triton.client.predict import predict
+from virnucpro_triton.commands.predict import predict
 from virnucpro_triton.export import export_repository
 from virnucpro_triton.export.fp8_choice import Fp8Refused
 from virnucpro_triton.export.tiny import TINY_ESM2

@@ -1,8 +1,10 @@
-"""Modules by job (no server): results/ works without a server client, every user-facing error
-shares one base that the CLI prints as one line, and the CLI's defaults are their owners'."""
+"""Modules by job (no server): the package's parts import only the layers below them, results/
+works without a server client, every user-facing error shares one base that the CLI prints as
+one line, and the CLI's defaults are their owners'."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +30,60 @@ from virnucpro_triton.results.journal import ResumeRefused
 from virnucpro_triton.results.report import ReportError
 from virnucpro_triton.sequence import chunk_id, chunks, split_chunk_id
 from virnucpro_triton.server import ServerError
+
+PACKAGE = Path(__file__).parents[1] / "virnucpro_triton"
+# The layers of the package, top first: a part (a top-level module or subpackage) imports only
+# parts of the layers below its own, so data flows one way, down. Parts of one layer do their
+# own jobs and never import each other: client/ talks to servers and results/ writes files,
+# and only a command (commands/) joins the two.
+LAYERS = (
+    ("cli",),  # the command line: options only
+    ("commands",),  # what a command does, joining servers and result files
+    ("client", "results", "server", "serving", "export"),
+    ("door", "records", "sequence_embedders", "health"),
+    ("backends", "sequence", "fasta", "interrupt", "processes"),
+    ("repository",),
+    ("alphabet", "credentials", "models"),
+    ("errors",),
+)
+
+
+def _part(module: str) -> str:
+    """The part of the package `module` (virnucpro_triton.x.y) belongs to: x."""
+    return module.split(".")[1]
+
+
+def _package_imports() -> list[tuple[str, str]]:
+    """(importing module, imported module) of every import of the package's own modules, at
+    the top or inside a function, relative ones resolved."""
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = name.split(".")[: -node.level] if node.level else []
+                module = ".".join([*base, *([node.module] if node.module else [])])
+                # `from virnucpro_triton import x` names the part x
+                targets = [f"{module}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            found += [(name, t) for t in targets if t.startswith("virnucpro_triton.")]
+    return found
+
+
+def test_every_part_imports_only_the_layers_below_it():
+    layer = {part: depth for depth, parts in enumerate(reversed(LAYERS)) for part in parts}
+    parts = {p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
+    parts |= {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
+    assert parts == set(layer), "every part of the package has its layer in LAYERS"
+    upward = [
+        (module, imported)
+        for module, imported in _package_imports()
+        if _part(module) != _part(imported) and layer[_part(imported)] >= layer[_part(module)]
+    ]
+    assert upward == []
 
 
 def _imported(code: str) -> list[str]:

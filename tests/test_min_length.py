@@ -18,7 +18,7 @@ from servers import served
 
 from virnucpro_triton.client.classify import Classifier
 from virnucpro_triton.client.connection import ClientError
-from virnucpro_triton.client.predict import predict
+from virnucpro_triton.commands.predict import predict
 from virnucpro_triton.results import journal as journals
 from virnucpro_triton.results import run_info
 from virnucpro_triton.results.outputs import PREDICTIONS, SUMMARY, VERDICTS, VIRUSES
@@ -103,13 +103,16 @@ def test_only_short_records_send_no_request(server, fasta, tmp_path):
 
 def test_resume_counts_chunks_as_the_stopped_run_did(server, fasta, runs, tmp_path):
     # A stopped run's journal: the answers of the first chunks of the records it sent.
-    pairs = [(name, "" if name in SHORT else letters) for name, letters in RECORDS]
-
     async def answers():
         async with Classifier(server.grpc_url, 300) as classifier:
-            return [r async for r in classifier.classify(pairs)]
+            return [r async for r in classifier.classify(RECORDS, min_length=MIN_LENGTH)]
 
     results = asyncio.run(answers())
+    # Each answer carries its record, letters and all; the short ones got no chunk.
+    assert [(r.index, r.id, r.record.sequence) for r in results] == [
+        (i, name, letters) for i, (name, letters) in enumerate(RECORDS)
+    ]
+    assert [r.id for r in results if len(r.kept) == 0] == SHORT
     probabilities = np.concatenate([r.probabilities for r in results])[:8]
     kept = np.concatenate([r.kept for r in results])[:8]
     stopped = journals.Journal(

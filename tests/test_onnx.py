@@ -26,8 +26,8 @@ from virnucpro_triton.backends.factory import embedding_backend
 from virnucpro_triton.backends.onnx_backend import OnnxBackend
 from virnucpro_triton.backends.torch_backend import TorchBackend
 from virnucpro_triton.cli import main
-from virnucpro_triton.client.embed import embed
-from virnucpro_triton.client.predict import predict
+from virnucpro_triton.commands.embed import embed
+from virnucpro_triton.commands.predict import predict
 from virnucpro_triton.export import VerificationError, export_repository
 from virnucpro_triton.export.formats import onnx_format
 from virnucpro_triton.export.tiny import tiny_models

@@ -8,7 +8,7 @@ import random
 
 from inputs import STOP_FREE_CODONS as CODONS
 
-from virnucpro_triton.client.predict import predict
+from virnucpro_triton.commands.predict import predict
 from virnucpro_triton.results.outputs import SUMMARY
 
 _rng = random.Random(9)

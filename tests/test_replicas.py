@@ -27,7 +27,7 @@ from virnucpro_triton.client import addresses
 from virnucpro_triton.client.addresses import Address, AddressError
 from virnucpro_triton.client.classify import Classifier
 from virnucpro_triton.client.connection import ClientError, Connection
-from virnucpro_triton.client.predict import predict
+from virnucpro_triton.commands.predict import predict
 from virnucpro_triton.fasta import read_fasta
 from virnucpro_triton.processes import free_port
 from virnucpro_triton.repository import PIPELINE

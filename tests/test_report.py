@@ -28,7 +28,7 @@ from inputs import STOP_FREE_CODONS as CODONS
 from PIL import Image
 from reference import MIXED, read_rows
 
-from virnucpro_triton.client.predict import predict
+from virnucpro_triton.commands.predict import predict
 from virnucpro_triton.results import frame_table, report
 from virnucpro_triton.results.evidence import DEFAULT_THRESHOLDS
 from virnucpro_triton.results.outputs import PREDICTIONS, SUMMARY, VERDICTS, VIRUSES

@@ -18,7 +18,7 @@ from reference import MIXED, in_process, read_rows
 from tritonclient.utils import InferenceServerException
 
 from virnucpro_triton import repository as repo
-from virnucpro_triton.client.predict import predict
+from virnucpro_triton.commands.predict import predict
 from virnucpro_triton.results.outputs import PREDICTIONS, SUMMARY, VERDICTS
 from virnucpro_triton.sequence import six_frames
 

@@ -23,7 +23,7 @@ from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from virnucpro_triton import repository as repo
-from virnucpro_triton.client.predict import predict
+from virnucpro_triton.commands.predict import predict
 from virnucpro_triton.results.outputs import PREDICTIONS, SUMMARY, VERDICTS
 from virnucpro_triton.server import EmbeddedServer
 

@@ -13,7 +13,7 @@ from Bio.SeqIO.FastaIO import SimpleFastaParser
 from inputs import STOP_FREE_CODONS as CODONS
 from inputs import write_fifo
 
-from virnucpro_triton.client.predict import predict
+from virnucpro_triton.commands.predict import predict
 from virnucpro_triton.fasta import FastaError
 from virnucpro_triton.results.evidence import Thresholds
 from virnucpro_triton.results.outputs import SUMMARY, VIRUSES

@@ -8,9 +8,6 @@ import os
 import signal
 import socket
 import sys
-import time
-from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -215,6 +212,7 @@ def serve(
         from virnucpro_triton.door.access import Guard
     except ModuleNotFoundError as error:  # a client-only install
         _fail(f"serve needs {error.name}: pip install 'virnucpro-triton[server]'")
+    from virnucpro_triton.commands.servers import start
     from virnucpro_triton.server import EmbeddedServer
 
     settings = AccessSettings.of(access)
@@ -234,7 +232,7 @@ def serve(
         address=address,
         access=settings,
     )
-    _start(server)
+    start(server)
     # A wildcard address is no address a client on another machine can use: the host's name is.
     advertised = server.grpc_url
     if address in ("0.0.0.0", "::"):
@@ -388,52 +386,6 @@ def _addresses(urls: tuple[str, ...], urls_file: Path | None) -> list[str]:
     return addresses
 
 
-def _start_feedback() -> Callable[[float, list[str]], None]:
-    """What a server start is doing, on stderr: a line redrawn on a terminal, else a line
-    whenever the models loading change and every 10 s."""
-    said = {"what": "", "at": 0.0}
-
-    def show(seconds: float, loading: list[str]) -> None:
-        what = f"loading {', '.join(loading)}" if loading else "starting tritonserver"
-        if sys.stderr.isatty():
-            click.echo(f"{_REDRAW}{what} ... {seconds:.0f} s", err=True, nl=False)
-        elif what != said["what"] or seconds - said["at"] >= 10:
-            click.echo(f"virnucpro-triton: {what} ... {seconds:.0f} s", err=True)
-            said.update(what=what, at=seconds)
-
-    return show
-
-
-_REDRAW = "\r\033[K"  # back to the start of the line, erased
-
-
-def _start(server) -> float:
-    """Start `server` with feedback on stderr; the seconds it took."""
-    started = time.monotonic()
-    server.start(progress=_start_feedback())
-    seconds = time.monotonic() - started
-    prefix = _REDRAW if sys.stderr.isatty() else "virnucpro-triton: "
-    click.echo(f"{prefix}server ready in {seconds:.1f} s", err=True)
-    return seconds
-
-
-@contextmanager
-def _servers(addresses: list[str], repository: Path):
-    """(The given servers, None), or an embedded one on `repository` for the length of the run
-    and the seconds it took to start."""
-    if addresses:
-        yield addresses, None
-        return
-    from virnucpro_triton.server import EmbeddedServer
-
-    server = EmbeddedServer(repository)
-    start_seconds = _start(server)
-    try:
-        yield [server.grpc_url], start_seconds
-    finally:
-        server.stop()
-
-
 @main.command()
 @_input
 @_chunk_size
@@ -533,7 +485,8 @@ def predict(
     access = _access(addresses, token_file, tls, tls_ca, tls_client_cert, tls_client_key)
     if not addresses:
         check_entries(repository, pipeline_entries(int(chunk_size)))  # before anything slow
-    from virnucpro_triton.client.predict import predict as run
+    from virnucpro_triton.commands.predict import predict as run
+    from virnucpro_triton.commands.servers import given_or_embedded
     from virnucpro_triton.fasta import check_input
     from virnucpro_triton.results import journal
     from virnucpro_triton.results.evidence import Thresholds
@@ -545,7 +498,7 @@ def predict(
         journal.resumable, out_dir / journal.NAME, fasta, int(chunk_size), min_length
     )
     check_input(fasta)  # refuse a missing or non-FASTA file before starting a server
-    with _servers(addresses, repository) as (servers, start_seconds):
+    with given_or_embedded(addresses, repository) as (servers, start_seconds):
         summary = run(
             fasta,
             int(chunk_size),
@@ -632,13 +585,14 @@ def embed(
     access = _access(addresses, token_file, tls, tls_ca, tls_client_cert, tls_client_key)
     if not addresses:
         check_entries(repository, (model,))
-    from virnucpro_triton.client.embed import ALPHABET, ids_path
-    from virnucpro_triton.client.embed import embed as run
+    from virnucpro_triton.commands.embed import ALPHABET, ids_path
+    from virnucpro_triton.commands.embed import embed as run
+    from virnucpro_triton.commands.servers import given_or_embedded
     from virnucpro_triton.fasta import check_input
 
     _log_to_stderr()
     check_input(fasta, ALPHABET[model])
-    with _servers(addresses, repository) as (servers, _):
+    with given_or_embedded(addresses, repository) as (servers, _):
         count, dim = run(
             fasta,
             model,
@@ -752,33 +706,11 @@ def export(
 @click.argument("fasta", nargs=-1, type=click.Path(path_type=Path))
 def demo(repository: Path, out_dir: Path, fasta: tuple[Path, ...]) -> None:
     """Tiny random models, one embedded server, every FASTA given (default examples/*.fasta)."""
-    from virnucpro_triton.client.predict import predict as run
-
     try:
-        from virnucpro_triton.export import export_repository
+        from virnucpro_triton.commands.demo import demo as run
     except ModuleNotFoundError as error:  # a client-only install
         _fail(f"demo needs {error.name}: pip install 'virnucpro-triton[server,export]'")
-    from virnucpro_triton.server import EmbeddedServer
-
-    warning = (
-        "DEMO: the models have RANDOM weights, so the verdicts are meaningless. "
-        "Export real checkpoints with `virnucpro-triton export` for real results."
-    )
-    click.secho(warning, fg="yellow", err=True)
-    inputs = fasta or tuple(sorted(Path("examples").glob("*.fasta")))
-    export_repository(repository, tiny=True, report=click.echo)
-    server = EmbeddedServer(repository)
-    _start(server)
-    try:
-        click.echo(f"embedded Triton server ready at {server.grpc_url}")
-        for path in inputs:
-            for size in CHUNK_SIZES:
-                target = out_dir / path.stem / f"chunk{size}"
-                s = run(path, size, target, server.grpc_url, progress=False)
-                click.echo(f"{path} @ {size} bp: {s.describe()} -> {target}/")
-    finally:
-        server.stop()
-    click.secho(warning, fg="yellow", err=True)
+    run(repository, out_dir, fasta or tuple(sorted(Path("examples").glob("*.fasta"))))
 
 
 if __name__ == "__main__":

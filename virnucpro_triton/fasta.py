@@ -19,7 +19,7 @@ import stat
 import sys
 import zlib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from itertools import chain
@@ -58,8 +58,8 @@ class Record:
 
 
 def is_stream(path: Path | str) -> bool:
-    """Whether the input can be read only once (stdin, a FIFO, a pipe): no counting pass, no
-    resumption, no second look when reporting an error."""
+    """Whether the input can be read only once (stdin, a FIFO, a pipe): no size to measure
+    progress against, no resumption, no look before the run (check_input)."""
     if str(path) == STDIN:
         return True
     try:
@@ -77,13 +77,17 @@ def check_input(path: Path | str, alphabet: str = DNA) -> None:
         next(iter(read_fasta(path, alphabet)))
 
 
-def read_fasta(path: Path | str, alphabet: str = DNA) -> Iterator[Record]:
+def read_fasta(
+    path: Path | str, alphabet: str = DNA, on_read: Callable[[int], None] | None = None
+) -> Iterator[Record]:
     """Yield the records of a FASTA or FASTQ input one at a time (memory stays flat).
 
     `alphabet` is alphabet.DNA (nucleotide sequences, the default) or alphabet.PROTEIN.
+    `on_read(n)` is told of every n bytes taken from the input (gzip's before inflating), for
+    progress shown as the share of the input read.
     """
     name = "<stdin>" if str(path) == STDIN else str(path)
-    with _open_binary(path) as binary:
+    with _open_binary(path, on_read) as binary:
         lines = _Lines(name, binary)
         first = next(iter(lines), None)
         if first is None:
@@ -114,7 +118,9 @@ def _check_path(path: Path | str) -> None:
 
 
 @contextmanager
-def _open_binary(path: Path | str) -> Iterator[BinaryIO]:
+def _open_binary(
+    path: Path | str, on_read: Callable[[int], None] | None = None
+) -> Iterator[BinaryIO]:
     """The input's bytes, gunzipped when they start with gzip's magic; read once, in order."""
     _check_path(path)
     try:
@@ -123,17 +129,22 @@ def _open_binary(path: Path | str) -> Iterator[BinaryIO]:
         raise FastaError(f"{path}: cannot be opened: {error.strerror}") from None
     with raw as handle:
         magic = handle.read(len(_GZIP_MAGIC))  # read, not peeked: a pipe may deliver one byte
-        stream = io.BufferedReader(_Prefixed(magic, handle))
+        stream = io.BufferedReader(_Prefixed(magic, handle, on_read or _ignored))
         yield gzip.GzipFile(fileobj=stream, mode="rb") if magic == _GZIP_MAGIC else stream
+
+
+def _ignored(_: int) -> None:
+    pass
 
 
 class _Prefixed(io.RawIOBase):
     """Bytes already taken from a stream, then the rest of it: lets a pipe's first bytes be
-    looked at without seeking back."""
+    looked at without seeking back. `on_read` is told how many bytes each read gives."""
 
-    def __init__(self, head: bytes, rest: BinaryIO):
+    def __init__(self, head: bytes, rest: BinaryIO, on_read: Callable[[int], None]):
         self._head = head
         self._rest = rest
+        self._on_read = on_read
 
     def readable(self) -> bool:
         return True
@@ -142,8 +153,10 @@ class _Prefixed(io.RawIOBase):
         if self._head:
             n = min(len(buffer), len(self._head))
             buffer[:n], self._head = self._head[:n], self._head[n:]
-            return n
-        return self._rest.readinto(buffer)
+        else:
+            n = self._rest.readinto(buffer)
+        self._on_read(n or 0)
+        return n
 
 
 class _Lines:

@@ -6,14 +6,15 @@
 
 Sequences are cut into chunks as VirNucPro does, chunks of consecutive sequences are sent in
 batches with a bounded number of requests in flight (spread over the endpoints, retried while a
-server is away), and one `SequenceResult` per input sequence comes back, in input order. The
-`predict` command is this plus the result files.
+server is away), and one `SequenceResult` per input sequence comes back, in input order,
+carrying the record it answers (records.py). The `predict` command is this plus the result files.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -31,6 +32,7 @@ from virnucpro_triton.client.connection import (
     in_order,
     text_column,
 )
+from virnucpro_triton.records import InputRecord, ResultBatch, SequenceResult
 from virnucpro_triton.repository.spec import (
     CHUNK_SIZE,
     DNA_CHUNKS,
@@ -38,65 +40,33 @@ from virnucpro_triton.repository.spec import (
     FRAME_PROBABILITIES,
     PIPELINE,
 )
-from virnucpro_triton.results.journal import Journal
-from virnucpro_triton.sequence import FRAME_NAMES, chunk_id, chunk_starts
-
-
-@dataclass(frozen=True)
-class SequenceResult:
-    """The pipeline's answer for one input sequence, chunk by chunk."""
-
-    index: int  # position in the input, from 0
-    id: str
-    length: int
-    probabilities: np.ndarray  # [chunks, 6, 2] float32: P(others), P(virus) per frame; NaN dropped
-    kept: np.ndarray  # [chunks, 6] bool: frame had no stop codon and was classified
-    maxima: np.ndarray  # [chunks, 2] float32: max P(others), max P(virus) over kept frames; NaN
-
-    @property
-    def chunk_ids(self) -> list[str]:
-        return [chunk_id(self.id, j) for j in range(1, len(self.kept) + 1)]
-
-    def frames(self) -> Iterable[tuple[str, str, float, float]]:
-        """(chunk id, frame name, P(others), P(virus)) of every kept frame, in VirNucPro's
-        order; the frame's id is chunk id + frame name."""
-        # Python lists: per-element numpy access costs more than the rest of the client.
-        rows = zip(self.chunk_ids, self.kept.tolist(), self.probabilities.tolist())
-        for chunk, kept, probabilities in rows:
-            for name, keep, (p_others, p_virus) in zip(FRAME_NAMES, kept, probabilities):
-                if keep:
-                    yield chunk, name, p_others, p_virus
-
-    def chunk_verdicts(self) -> list[bool | None]:
-        """VirNucPro's rule per chunk: viral when max P(virus) >= max P(others); None: no frame."""
-        return [None if o != o else v >= o for o, v in self.maxima.tolist()]  # NaN != NaN
-
-
-@dataclass(frozen=True)
-class ResultBatch:
-    """The sequences that one answered request completed, with the arrays of all their chunks
-    in one piece (each result's arrays are views of these), for work over many at once."""
-
-    results: list[SequenceResult]
-    probabilities: np.ndarray  # [chunks, 6, 2], the results' chunks in order
-    kept: np.ndarray  # [chunks, 6]
-    maxima: np.ndarray  # [chunks, 2]
-
+from virnucpro_triton.sequence import chunk_starts
 
 _EMPTY = (np.empty((0, 6, 2), np.float32), np.empty((0, 6), bool))
 BATCH_CHUNKS = 64  # chunks per request, by default
 
 
+class AnswerJournal(Protocol):
+    """Where a run keeps the answers of its first chunks, in input order, so that a stopped run
+    can go on (results/journal.py's Journal)."""
+
+    recorded: int  # chunks whose answers it holds
+
+    def take(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The next `n` recorded (probabilities, kept)."""
+
+    def append(self, probabilities: np.ndarray, kept: np.ndarray) -> None:
+        """Keep the answers of the next chunks."""
+
+
 def _result_batch(
-    closes: list[tuple[int, str, int, int]], probabilities: np.ndarray, kept: np.ndarray
+    closes: list[tuple[InputRecord, int]], probabilities: np.ndarray, kept: np.ndarray
 ) -> ResultBatch:
     maxima = _maxima(probabilities, kept)
     results, row = [], 0
-    for index, name, length, chunks in closes:
+    for record, chunks in closes:
         rows = slice(row, row + chunks)
-        results.append(
-            SequenceResult(index, name, length, probabilities[rows], kept[rows], maxima[rows])
-        )
+        results.append(SequenceResult(record, probabilities[rows], kept[rows], maxima[rows]))
         row += chunks
     return ResultBatch(results, probabilities, kept, maxima)
 
@@ -112,8 +82,8 @@ def _maxima(probabilities: np.ndarray, kept: np.ndarray) -> np.ndarray:
 @dataclass
 class _Batch:
     chunks: list[str] = field(default_factory=list)
-    # (index, id, length, chunks) of the sequences complete after this batch
-    closes: list[tuple[int, str, int, int]] = field(default_factory=list)
+    # (record, chunks) of the records complete after this batch
+    closes: list[tuple[InputRecord, int]] = field(default_factory=list)
     from_journal: bool = False
 
 
@@ -176,16 +146,21 @@ class Classifier:
         self,
         sequences: Iterable[tuple[str, str]] | AsyncIterable[tuple[str, str]],
         *,
-        journal: Journal | None = None,
+        min_length: int = 0,
+        journal: AnswerJournal | None = None,
         on_batch: Callable[[int], None] | None = None,
     ) -> AsyncIterator[SequenceResult]:
-        """One result per (id, sequence), in input order.
+        """One result per (id, sequence), in input order, each carrying its record.
 
-        With a `journal`, the chunks it already holds are answered from it and every new answer
-        is added to it, so that a run stopped at any point can go on where it stopped.
+        A sequence shorter than `min_length` is not sent: its result has no chunks. With a
+        `journal`, the chunks it already holds are answered from it and every new answer is
+        added to it, so that a run stopped at any point can go on where it stopped.
         `on_batch(chunks)` is called as each batch is answered, for progress bars.
         """
-        async for batch in self.classify_batches(sequences, journal=journal, on_batch=on_batch):
+        batches = self.classify_batches(
+            sequences, min_length=min_length, journal=journal, on_batch=on_batch
+        )
+        async for batch in batches:
             for result in batch.results:
                 yield result
 
@@ -193,11 +168,12 @@ class Classifier:
         self,
         sequences: Iterable[tuple[str, str]] | AsyncIterable[tuple[str, str]],
         *,
-        journal: Journal | None = None,
+        min_length: int = 0,
+        journal: AnswerJournal | None = None,
         on_batch: Callable[[int], None] | None = None,
     ) -> AsyncIterator[ResultBatch]:
         """`classify`'s results, grouped by the request that completed them."""
-        batches = self._batches(sequences, journal.recorded if journal else 0)
+        batches = self._batches(sequences, min_length, journal.recorded if journal else 0)
         jobs = ((batch, self._request(batch)) async for batch in batches)
         waiting = [_EMPTY]  # answers of the chunks of sequences not complete yet
         async for batch, answer in in_order(jobs, lambda: self.max_in_flight):
@@ -210,21 +186,22 @@ class Classifier:
             if batch.closes:
                 # One copy per batch, or one per long sequence: never one per chunk or record.
                 probabilities, kept = (np.concatenate(a) for a in zip(*waiting))
-                done = sum(chunks for *_, chunks in batch.closes)
+                done = sum(chunks for _, chunks in batch.closes)
                 waiting = [_EMPTY, (probabilities[done:], kept[done:])]
                 yield _result_batch(batch.closes, probabilities[:done], kept[:done])
             if on_batch:
                 on_batch(len(batch.chunks))
 
-    async def _batches(self, sequences, journaled: int) -> AsyncIterator[_Batch]:
+    async def _batches(self, sequences, min_length: int, journaled: int) -> AsyncIterator[_Batch]:
         """Batches of consecutive chunks; a batch never straddles the end of the journal."""
         batch, position, size = _Batch(), 0, self.chunk_size
         async for index, (name, sequence) in _enumerate(sequences):
-            bad = first_invalid(sequence)
+            sent = len(sequence) >= min_length
+            bad = sent and first_invalid(sequence)
             if bad:
                 message = f"sequence {index} ({name!r}): {bad[0]!r} is not a nucleotide code"
                 raise ClientError(message)
-            starts = chunk_starts(len(sequence), size)
+            starts = chunk_starts(len(sequence), size) if sent else []
             for start in starts:
                 batch.chunks.append(sequence[start : start + size])
                 position += 1
@@ -232,7 +209,7 @@ class Classifier:
                     batch.from_journal = position <= journaled
                     yield batch
                     batch = _Batch()
-            batch.closes.append((index, name, len(sequence), len(starts)))
+            batch.closes.append((InputRecord(index, name, sequence), len(starts)))
         if batch.chunks or batch.closes:
             yield batch
 

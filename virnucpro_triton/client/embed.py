@@ -1,24 +1,20 @@
-"""`virnucpro-triton embed`: pooled DNABERT-S or ESM-2 embeddings of every FASTA/FASTQ record.
+"""Pooled DNABERT-S or ESM-2 embeddings of records, from one or more Triton servers.
 
-Rows of the .npy follow the input order; the record ids go beside it (`OUT.ids.txt`, one per
-line, duplicates renamed as in `predict`). Both files appear only when the run succeeds. Rows
-are spooled as they come and the .npy is assembled at the end, so that a stream (stdin, a pipe)
-whose length is unknown is read once.
+    embedder = Embedder(["gpu1:8001"], "dnabert_s")
+    async for ids, vectors in embedder.embed(records):  # records: .id, .sequence
+        ...  # vectors [len(ids), dim] float32, in input order
+
+Records go in requests of `batch_size`, with a bounded number in flight (spread over the
+endpoints, retried while a server is away); the answers come back in input order. The `embed`
+command (commands/embed.py) is this plus the .npy and its ids.
 """
 
 from __future__ import annotations
 
-import logging
-import shutil
-import sys
-import tempfile
-from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import AsyncIterator, Iterable, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
-from virnucpro_triton.alphabet import DNA, PROTEIN, nucleotides_only
 from virnucpro_triton.client.access import PLAIN, Access
 from virnucpro_triton.client.connection import (
     MAX_MESSAGE_MB,
@@ -28,125 +24,61 @@ from virnucpro_triton.client.connection import (
     in_order,
     text_column,
 )
-from virnucpro_triton.fasta import Record, is_stream, read_fasta
-from virnucpro_triton.interrupt import run_interruptible
-from virnucpro_triton.records import unique_ids
-from virnucpro_triton.repository.spec import DNABERT_S, EMBEDDING, ESM2, SEQUENCE
-from virnucpro_triton.results.outputs import atomic_files
-
-ALPHABET = {DNABERT_S: DNA, ESM2: PROTEIN}
-log = logging.getLogger("virnucpro_triton.client")
+from virnucpro_triton.records import InputRecord
+from virnucpro_triton.repository.spec import EMBEDDING, SEQUENCE
 
 
-def ids_path(out: Path) -> Path:
-    return out.with_suffix(".ids.txt")
+class Embedder:
+    """Async client of an embedding entry (`dnabert_s`, `esm2`) on one or more Triton servers."""
 
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        model: str,
+        *,
+        batch_size: int = 32,
+        max_in_flight: int | None = None,
+        retry_seconds: float = RETRY_SECONDS,
+        resolve_seconds: float = RESOLVE_SECONDS,
+        max_message_mb: int = MAX_MESSAGE_MB,
+        access: Access = PLAIN,
+    ):
+        """`max_in_flight`: default 4 per server, following the servers as they come and go;
+        `access`: the token and TLS files the servers ask for."""
+        self.batch_size = batch_size
+        self.connection = Connection(
+            urls,
+            model,
+            retry_seconds=retry_seconds,
+            resolve_seconds=resolve_seconds,
+            max_message_mb=max_message_mb,
+            access=access,
+        )
+        self._max_in_flight = max_in_flight
 
-def embed(
-    fasta: Path,
-    model: str,
-    out: Path,
-    urls: str | Sequence[str],
-    *,
-    batch_size: int = 32,
-    max_in_flight: int | None = None,
-    retry_seconds: float = RETRY_SECONDS,
-    resolve_seconds: float = RESOLVE_SECONDS,
-    max_message_mb: int = MAX_MESSAGE_MB,
-    progress: bool | None = None,
-    access: Access = PLAIN,
-) -> tuple[int, int]:
-    """Write the embeddings; return (records, dimension). `access`: the token and TLS files
-    the servers ask for."""
-    alphabet = ALPHABET[model]
-    if progress is None:
-        progress = sys.stderr.isatty()
-    dna_as_protein = _DnaAsProtein(model)
-    total = None
-    if not is_stream(fasta):  # a file is checked whole before any server work; sizes the bar
-        total = sum(1 for _ in dna_as_protein.watch(read_fasta(fasta, alphabet)))
-        dna_as_protein.warn()
-    connection = Connection(
-        urls,
-        model,
-        retry_seconds=retry_seconds,
-        resolve_seconds=resolve_seconds,
-        max_message_mb=max_message_mb,
-        access=access,
-    )
-    count, dim = 0, 0
+    def close(self) -> None:
+        self.connection.close()
 
-    async def write_all(rows, id_file, bar) -> None:
-        nonlocal count, dim
-        records = read_fasta(fasta, alphabet)
-        records = records if total is not None else dna_as_protein.watch(records)
-        jobs = _jobs(unique_ids(records), batch_size, connection)
-        in_flight = max_in_flight or (lambda: connection.default_in_flight)  # 4 per server
-        async for ids, result in in_order(jobs, in_flight):
-            vectors = np.ascontiguousarray(result[EMBEDDING.name], "<f4")
-            rows.write(vectors.tobytes())
-            count, dim = count + len(ids), vectors.shape[1]
-            id_file.writelines(f"{i}\n" for i in ids)
-            bar.update(len(ids))
+    async def embed(
+        self, records: Iterable[InputRecord]
+    ) -> AsyncIterator[tuple[list[str], np.ndarray]]:
+        """(ids, [len(ids), dim] little-endian float32 vectors) of each request, in input order."""
+        in_flight = self._max_in_flight or (lambda: self.connection.default_in_flight)
+        async for ids, result in in_order(self._jobs(records), in_flight):
+            yield ids, np.ascontiguousarray(result[EMBEDDING.name], "<f4")
 
-    try:
-        with (
-            atomic_files(out.parent, (out.name, ids_path(out).name), binary={out.name}) as files,
-            tempfile.TemporaryFile(dir=out.parent) as rows,
-            tqdm(total=total, unit="record", disable=not progress, desc="embedding") as bar,
-        ):
-            run_interruptible(write_all(rows, files[ids_path(out).name], bar))
-            matrix = files[out.name]
-            header = {"descr": "<f4", "fortran_order": False, "shape": (count, dim)}
-            np.lib.format.write_array_header_1_0(matrix, header)
-            rows.seek(0)
-            shutil.copyfileobj(rows, matrix)
-            if total is None:
-                dna_as_protein.warn()
-    finally:
-        connection.close()
-    return count, dim
-
-
-class _DnaAsProtein:
-    """Records given to esm2 that hold nucleotide letters only: DNA embedded as protein by
-    mistake, most likely; counted over one pass, told once."""
-
-    def __init__(self, model: str):
-        self.model = model
-        self.count = 0
-        self.first = ""
-
-    def watch(self, records: Iterable[Record]) -> Iterator[Record]:
+    def _jobs(self, records: Iterable[InputRecord]):
+        ids: list[str] = []
+        sequences: list[str] = []
         for record in records:
-            if self.model == ESM2 and nucleotides_only(record.sequence):
-                self.count += 1
-                self.first = self.first or record.id
-            yield record
+            ids.append(record.id)
+            sequences.append(record.sequence.upper())
+            if len(ids) == self.batch_size:
+                yield ids, self._request(sequences)
+                ids, sequences = [], []
+        if ids:
+            yield ids, self._request(sequences)
 
-    def warn(self) -> None:
-        if self.count:
-            log.warning(
-                "warning: %d records hold only nucleotide letters (the first: %r); esm2 embeds "
-                "them as protein, --model dnabert_s embeds DNA",
-                self.count,
-                self.first,
-            )
-
-
-def _jobs(records, batch_size: int, connection: Connection):
-    ids: list[str] = []
-    sequences: list[str] = []
-    for record in records:
-        ids.append(record.id)
-        sequences.append(record.sequence.upper())
-        if len(ids) == batch_size:
-            yield ids, _request(connection, sequences)
-            ids, sequences = [], []
-    if ids:
-        yield ids, _request(connection, sequences)
-
-
-def _request(connection: Connection, sequences: list[str]):
-    inputs = {SEQUENCE.name: text_column(sequences)}
-    return lambda: connection.submit(inputs, [EMBEDDING.name])
+    def _request(self, sequences: list[str]):
+        inputs = {SEQUENCE.name: text_column(sequences)}
+        return lambda: self.connection.submit(inputs, [EMBEDDING.name])

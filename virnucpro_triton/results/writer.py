@@ -1,18 +1,15 @@
 """A predict run's result files, written from the classifier's answers as they arrive.
 
-The per-frame table, the chunk verdicts, the per-sequence summary and virus.fna of one run; the
-server talk that produces the answers is `client/predict.py`'s.
+The per-frame table, the chunk verdicts, the per-sequence summary and virus.fna of one run,
+from answers that carry their records (records.py); `commands/predict.py` joins this to the
+classifier.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-from virnucpro_triton.records import InputRecord
+from virnucpro_triton.records import ResultBatch
 from virnucpro_triton.results import frame_table, run_info
 from virnucpro_triton.results import journal as journals
 from virnucpro_triton.results.evidence import VERDICT_NAMES, Evidence, Thresholds
@@ -28,9 +25,6 @@ from virnucpro_triton.results.outputs import (
     scores,
 )
 from virnucpro_triton.sequence import FRAME_NAMES, chunk_id
-
-if TYPE_CHECKING:
-    from virnucpro_triton.client.classify import ResultBatch
 
 # Every file a run of `predict` may leave in its OUT_DIR (report.html comes from --report).
 RUN_FILES = (
@@ -58,24 +52,11 @@ class ResultWriter:
         self.verdicts = ChunkVerdicts()
         self.counts = dict(records=0, chunks=0, frames=0, chunks_virus=0, chunks_without_frame=0)
         self.sequence_verdicts = dict.fromkeys(VERDICT_NAMES, 0)
-        # Records sent but not answered yet, in input order (answers come in that order): their
-        # letters as read, for virus.fna. Only what the classifier has read ahead of its answers.
-        self._sent: deque[InputRecord] = deque()
         out[SUMMARY].write("\t".join(SUMMARY_COLUMNS) + "\n")
-
-    def sent(self, records: Iterator[InputRecord]) -> Iterator[tuple[str, str]]:
-        """The (id, sequence) pairs of `records` for the classifier, each kept until answered.
-
-        A record shorter than the minimum length goes as an empty sequence: no chunk, no
-        request, and its answer keeps its place in input order."""
-        for record in records:
-            self._sent.append(record)
-            short = len(record.sequence) < self._min_length
-            yield record.id, "" if short else record.sequence
 
     def write(self, batch: ResultBatch) -> None:
         results = batch.results
-        records = [self._sent.popleft() for _ in results]
+        records = [r.record for r in results]
         lengths = [len(r.sequence) for r in records]
         names = [r.id for r in results]
         chunks = np.array([len(r.kept) for r in results])

@@ -1,22 +1,20 @@
 """`virnucpro-triton predict`: stream a FASTA file through the served pipeline into result files.
 
-Built on the library API (`classify.Classifier`): records are read one at a time and answered in
-input order; results are written as they arrive. Memory does not grow with the sequence data:
-the per-chunk verdicts, which VirNucPro's format sorts, spill to sorted temporary runs; only the
-set of record ids (to keep duplicates apart) grows, by one short string per record.
+The input is read once, front to back: its records go to the classifier (client/classify.py),
+whose answers carry them to the result writer (results/writer.py) as they arrive, in input
+order. Memory does not grow with the sequence data: the per-chunk verdicts, which VirNucPro's
+format sorts, spill to sorted temporary runs; only the set of record ids (to keep duplicates
+apart) grows, by one short string per record.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-
-from tqdm import tqdm
 
 from virnucpro_triton.client import provenance
 from virnucpro_triton.client.access import PLAIN, Access
@@ -25,9 +23,10 @@ from virnucpro_triton.client.connection import (
     MAX_MESSAGE_MB,
     RESOLVE_SECONDS,
     RETRY_SECONDS,
-    ClientError,
     EndpointStats,
 )
+from virnucpro_triton.commands.progress import InputProgress
+from virnucpro_triton.errors import ClientError
 from virnucpro_triton.fasta import is_stream, read_fasta
 from virnucpro_triton.interrupt import run_interruptible
 from virnucpro_triton.records import unique_ids
@@ -38,7 +37,6 @@ from virnucpro_triton.results.evidence import DEFAULT_THRESHOLDS, Thresholds
 from virnucpro_triton.results.frame_table import FrameTable
 from virnucpro_triton.results.outputs import SUMMARY, VERDICTS, VIRUSES, atomic_files, remove_stale
 from virnucpro_triton.results.writer import RUN_FILES, ResultWriter
-from virnucpro_triton.sequence import chunk_starts
 
 
 @dataclass(frozen=True)
@@ -91,11 +89,6 @@ class RunSummary:
         return "\n".join(lines)
 
 
-def _count_chunks(fasta: Path, chunk_size: int, min_length: int) -> int:
-    lengths = (len(r.sequence) for r in read_fasta(fasta))
-    return sum(len(chunk_starts(n, chunk_size)) for n in lengths if n >= min_length)
-
-
 def predict(
     fasta: Path,
     chunk_size: int,
@@ -121,19 +114,16 @@ def predict(
     the weighted verdicts in sequence_summary.tsv. Records shorter than `min_length` are not
     sent: their summary row says `too_short`. Answers are journaled in `out_dir` as they
     come; `resume` continues a stopped run of the same input from its journal. The journal goes
-    when the result files are complete. `start_seconds` (that of an embedded server started for
-    the run) goes into run.json beside the run's own seconds. `access`: the token and TLS
-    files the servers ask for; run.json records whether they were used, not what they hold.
+    when the result files are complete, or when the input turns out unusable. `start_seconds`
+    (that of an embedded server started for the run) goes into run.json beside the run's own
+    seconds. `access`: the token and TLS files the servers ask for; run.json records whether
+    they were used, not what they hold.
     """
     if frame_format not in frame_table.FORMATS:
         raise ClientError(f"format must be one of {frame_table.FORMATS}, not {frame_format}")
-    if progress is None:
-        progress = sys.stderr.isatty()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     started = time.monotonic()
-    # Reading a whole input file first reports bad input before any server work or output file
-    # (a bad record at the end of a large file would waste the run), and sizes the progress bar.
-    # A stream (stdin, a pipe) is read once: checked as it goes, and not resumable.
+    # A stream (stdin, a pipe) cannot be checked to be the same input as a stopped run's.
     stream = is_stream(fasta)
     if stream and resume:
         raise journals.ResumeRefused(
@@ -142,7 +132,6 @@ def predict(
         )
     if min_length < 0:
         raise ClientError(f"the minimum length must be >= 0, not {min_length}")
-    total = None if stream else _count_chunks(fasta, chunk_size, min_length)
     classifier = Classifier(
         urls,
         chunk_size,
@@ -153,18 +142,6 @@ def predict(
         max_message_mb=max_message_mb,
         access=access,
     )
-    journal = None
-    if not stream:
-        run = journals.fingerprint(fasta, chunk_size, min_length)
-        journal = journals.Journal(out_dir / journals.NAME, run, resume=resume)
-    resumed = journal.recorded if journal else 0
-
-    async def run_all(results: ResultWriter, bar) -> None:
-        pairs = results.sent(unique_ids(read_fasta(fasta)))
-        batches = classifier.classify_batches(pairs, journal=journal, on_batch=bar.update)
-        async for batch in batches:
-            results.write(batch)
-
     settings = dict(
         input=str(fasta),
         chunk_size=chunk_size,
@@ -182,14 +159,27 @@ def predict(
     )
     frames_file = frame_table.FILES[frame_format]
     names = (frames_file, VERDICTS, SUMMARY, VIRUSES, run_info.RUN_INFO)
-    with tqdm(total=total, unit="chunk", disable=not progress, desc="classifying") as bar:
-        try:
-            with (
-                atomic_files(out_dir, names, binary=frame_table.BINARY) as out,
-                FrameTable(frame_format, out[frames_file]) as table,
-            ):
+    journal = None
+    try:
+        with (
+            InputProgress(fasta, "classifying", progress) as bar,
+            atomic_files(out_dir, names, binary=frame_table.BINARY) as out,
+            FrameTable(frame_format, out[frames_file]) as table,
+        ):
+            if not stream:
+                run = journals.fingerprint(fasta, chunk_size, min_length)
+                journal = journals.Journal(out_dir / journals.NAME, run, resume=resume)
+            resumed = journal.recorded if journal else 0
+            try:
                 results = ResultWriter(out, table, thresholds, min_length)
-                run_interruptible(run_all(results, bar))
+                records = unique_ids(read_fasta(fasta, on_read=bar.read))
+                batches = classifier.classify_batches(
+                    ((r.id, r.sequence) for r in records),
+                    min_length=min_length,
+                    journal=journal,
+                    on_batch=bar.answered,
+                )
+                run_interruptible(_write_all(batches, results))
                 results.verdicts.write(out[VERDICTS])
                 counts, sequence_verdicts = results.counts, results.sequence_verdicts
                 connection = classifier.connection
@@ -206,12 +196,17 @@ def predict(
                     seconds=time.monotonic() - started,
                     start_seconds=start_seconds,
                 )
-        except BaseException:
-            if journal:
-                journal.close()  # kept: --resume goes on from it
-            raise
-        finally:
-            classifier.close()
+            except BaseException as error:
+                # Before the directory is taken back: a run refused (bad input) leaves nothing.
+                if journal and not getattr(error, "resumable", True):
+                    journal.remove()
+                raise
+    except BaseException:
+        if journal:
+            journal.close()  # kept: --resume goes on from it
+        raise
+    finally:
+        classifier.close()
     if journal:
         journal.remove()
     # The directory now holds this run's results only: an earlier run's files of another
@@ -227,3 +222,8 @@ def predict(
         start_seconds=start_seconds,
         **counts,
     )
+
+
+async def _write_all(batches, results: ResultWriter) -> None:
+    async for batch in batches:
+        results.write(batch)
