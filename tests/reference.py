@@ -14,6 +14,10 @@ from virnucpro_triton.models.esm2 import encode_protein
 from virnucpro_triton.results.outputs import PREDICTIONS
 from virnucpro_triton.sequence import chunks, six_frames
 
+# Reference outputs of broadinstitute/virnucpro-broad (MIT, see its LICENSE), made with the
+# real weights: shared/peer-data/virnucpro-broad copied in so a bare clone can test.
+PEER = Path(__file__).parent / "data" / "virnucpro-broad"
+
 # Mixed lengths: longer than a chunk, shorter than a codon, lowercase, N, empty.
 MIXED = (
     ">long_contig spans several chunks\n" + "ATGGCTAGCAAAGGTAAACGTATTGCA" * 45 + "\n"

@@ -15,11 +15,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from servers import wait_for
+from servers import port_free, processes_mentioning, wait_for
 from slurm_cluster import KILL_WAIT, Cluster, poll
-from test_server import processes_mentioning
-from test_signals import port_free
-from test_workflow import (
+from workflow_runs import (
     CLI,
     COMPARED,
     OUTPUTS,
@@ -37,7 +35,7 @@ from virnucpro_triton.server import SHM_DIR, free_port
 
 pytestmark = pytest.mark.cluster
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 SERVE_JOB = ROOT / "slurm" / "serve.sbatch"
 PROFILE = ROOT / "workflow" / "profiles" / "slurm"
 sys.path.insert(0, str(ROOT / "workflow" / "scripts"))

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_request_limits import OVERSIZE, http_exchange, oversize_http_head, pipeline_request
+from door_requests import OVERSIZE, http_exchange, oversize_http_head, pipeline_request
 from tritonclient.grpc import InferenceServerClient
 from tritonclient.utils import InferenceServerException
 
@@ -46,7 +46,7 @@ from virnucpro_triton.server import free_port
 
 pytestmark = pytest.mark.container
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker" / "compose.yaml"
 COMPOSE_TLS = ROOT / "docker" / "compose.tls.yaml"
 STANDIN = os.environ.get("VIRNUCPRO_STANDIN", "virnucpro-ngc-standin:24.10-py3")

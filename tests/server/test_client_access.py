@@ -33,7 +33,7 @@ from virnucpro_triton.server import EmbeddedServer
 
 pytestmark = pytest.mark.server
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 CLI = str(Path(sys.executable).parent / "virnucpro-triton")
 INPUT = ROOT / "examples" / "contigs.fasta"
 # One request at a time: each batch is computed alone, so the bytes match across servers.

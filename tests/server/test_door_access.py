@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from servers import wait_for
-from test_request_limits import http_exchange
-from test_server import ECHO_MODEL, listening_addresses, make_repository
+from door_requests import http_exchange
+from echo_repository import ECHO_MODEL, make_repository
+from servers import listening_addresses, wait_for
 from tritonclient.utils import InferenceServerException
 
 from virnucpro_triton import repository as repo

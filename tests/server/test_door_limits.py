@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from servers import wait_for
-from test_request_limits import pipeline_request, shm_bytes, triton_pid
-from test_server import ECHO_MODEL, infer, make_repository, processes_mentioning
+from door_requests import pipeline_request, shm_bytes, triton_pid
+from echo_repository import ECHO_MODEL, infer, make_repository
+from servers import processes_mentioning, wait_for
 from tritonclient.utils import InferenceServerException
 
 from virnucpro_triton import door_limits

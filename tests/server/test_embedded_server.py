@@ -2,66 +2,21 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import signal
 import socket
 import sys
-import textwrap
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import tritonclient.grpc as grpcclient
+from echo_repository import ECHO_MODEL, infer, make_repository
+from servers import listening_addresses, processes_mentioning
 
 from virnucpro_triton.server import EmbeddedServer, ServerError, free_port
-
-CONFIG = """
-backend: "python"
-max_batch_size: 0
-input [{ name: "x", data_type: TYPE_FP32, dims: [-1] }]
-output [
-  { name: "y", data_type: TYPE_FP32, dims: [-1] },
-  { name: "pid", data_type: TYPE_INT64, dims: [1] },
-  { name: "inits", data_type: TYPE_INT64, dims: [1] },
-  { name: "version", data_type: TYPE_STRING, dims: [1] }
-]
-instance_group [{ kind: KIND_CPU, count: 1 }]
-"""
-
-ECHO_MODEL = """
-import os
-import sys
-
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-import virnucpro_triton  # noqa: F401  (fails the load unless the stub sees the project's env)
-
-INITS = 0
-
-
-class TritonPythonModel:
-    def initialize(self, args):
-        global INITS
-        INITS += 1
-
-    def execute(self, requests):
-        responses = []
-        for request in requests:
-            x = pb_utils.get_input_tensor_by_name(request, "x").as_numpy()
-            outputs = [
-                pb_utils.Tensor("y", x + 1),
-                pb_utils.Tensor("pid", np.array([os.getpid()], dtype=np.int64)),
-                pb_utils.Tensor("inits", np.array([INITS], dtype=np.int64)),
-                pb_utils.Tensor("version", np.array([sys.version.encode()], dtype=np.object_)),
-            ]
-            responses.append(pb_utils.InferenceResponse(outputs))
-        return responses
-"""
 
 BROKEN_MODEL = """
 class TritonPythonModel:
@@ -76,50 +31,6 @@ import no_such_package_7f3a  # noqa: F401
 class TritonPythonModel:
     pass
 """
-
-
-def make_repository(root: Path, **models: str) -> Path:
-    for name, code in models.items():
-        (root / name / "1").mkdir(parents=True)
-        (root / name / "config.pbtxt").write_text(CONFIG)
-        (root / name / "1" / "model.py").write_text(textwrap.dedent(code))
-    return root
-
-
-def processes_mentioning(text: str) -> set[int]:
-    """PIDs whose command line contains ``text`` (server and stubs carry the repository path)."""
-    pids = set()
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and text.encode() in (proc / "cmdline").read_bytes():
-                pids.add(int(proc.name))
-        except OSError:  # exited while we looked
-            pass
-    return pids
-
-
-def listening_addresses(port: int) -> set[str]:
-    """Local addresses of the TCP sockets listening on ``port``, read from /proc/net."""
-    found = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            local, state = line.split()[1], line.split()[3]
-            hex_address, hex_port = local.split(":")
-            if state == "0A" and int(hex_port, 16) == port:  # 0A = TCP_LISTEN
-                raw = bytes.fromhex(hex_address)  # 32-bit words in host (little-endian) order
-                ip = ipaddress.ip_address(
-                    b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-                )
-                # gRPC listens on an IPv6 socket with the IPv4-mapped address ::ffff:127.0.0.1
-                found.add(str(getattr(ip, "ipv4_mapped", None) or ip))
-    return found
-
-
-def infer(url: str, x: np.ndarray) -> grpcclient.InferResult:
-    with grpcclient.InferenceServerClient(url) as client:
-        inp = grpcclient.InferInput("x", list(x.shape), "FP32")
-        inp.set_data_from_numpy(x)
-        return client.infer("echo", [inp])
 
 
 @pytest.fixture(scope="module")

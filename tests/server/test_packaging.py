@@ -20,7 +20,7 @@ from virnucpro_triton.server import free_port
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 EDITABLE = Path(sys.executable).parent
 READS = ROOT / "examples" / "reads.fasta"
 

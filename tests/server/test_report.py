@@ -8,12 +8,10 @@ a real headless Chromium in test_report_browser.py.
 from __future__ import annotations
 
 import base64
-import csv
 import io
 import json
 import math
 import os
-import random
 import re
 import shutil
 import subprocess
@@ -25,56 +23,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from reference import MIXED, read_rows
+from reference import read_rows
+from report_runs import TOP, run_and_report, summary_rows
 
-from virnucpro_triton.client.predict import predict
 from virnucpro_triton.results import frame_table, report
 from virnucpro_triton.results.evidence import DEFAULT_THRESHOLDS
 from virnucpro_triton.results.outputs import PREDICTIONS, SUMMARY, VERDICTS, VIRUSES
 from virnucpro_triton.results.report import REPORT, write_report
 
 CLI = str(Path(sys.executable).parent / "virnucpro-triton")
-TOP = 3
-STOPS = {"TAA", "TAG", "TGA"}
-CODONS = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in STOPS]
-
-
-@pytest.fixture(scope="module")
-def fasta(tmp_path_factory) -> Path:
-    rng = random.Random(5)
-    contigs = "".join(
-        f">contig_{i}\n{''.join(rng.choices(CODONS, k=rng.randint(50, 900)))}\n" for i in range(12)
-    )
-    path = tmp_path_factory.mktemp("report_input") / "in.fa"
-    path.write_text(MIXED + contigs)
-    return path
-
-
-def run_and_report(server, fasta: Path, out: Path, format: str) -> Path:
-    # One request per run (all chunks in one batch, nothing else in flight): identical numbers
-    # run after run, so reports from the three formats can be compared exactly.
-    predict(
-        fasta,
-        300,
-        out,
-        server.grpc_url,
-        batch_chunks=256,
-        max_in_flight=1,
-        progress=False,
-        frame_format=format,
-    )
-    write_report(out, top=TOP)
-    return out
-
-
-@pytest.fixture(scope="module")
-def run(server, fasta, tmp_path_factory) -> Path:
-    return run_and_report(server, fasta, tmp_path_factory.mktemp("report_run"), "tsv")
-
-
-def summary_rows(out: Path) -> list[dict[str, str]]:
-    with open(out / SUMMARY, newline="") as handle:
-        return list(csv.DictReader(handle, delimiter="\t"))
 
 
 class Page(HTMLParser):

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from report_runs import summary_rows
 from servers import wait_for
-from test_report import fasta, run, summary_rows  # noqa: F401  (module fixtures)
 
 from virnucpro_triton.results.report import COLORS, REPORT
 from virnucpro_triton.server import free_port

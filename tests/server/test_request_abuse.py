@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from fake_checkpoints import classifier_dim
 from google.protobuf import text_format
 from reference import same_table
 from servers import Hold
@@ -125,13 +126,6 @@ def pipeline_counts(url: str) -> tuple[int, int]:
         repo.PIPELINE, as_json=True
     )["model_stats"][0]["inference_stats"]
     return int(stats["success"].get("count", 0)), int(stats["fail"].get("count", 0))
-
-
-def classifier_dim(repository: Path) -> int:
-    config = text_format.Parse(
-        (repository / "classifier_300" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
-    )
-    return config.input[0].dims[0]
 
 
 def good_jobs(dim: int) -> list[tuple[str, Inputs]]:

@@ -23,7 +23,7 @@ from virnucpro_triton.results.run_info import RUN_INFO
 from virnucpro_triton.server import EmbeddedServer, backend_directory
 
 CLI = str(Path(sys.executable).parent / "virnucpro-triton")
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 
 
 def cli(*args: str, tmp: Path | None = None) -> subprocess.CompletedProcess:

@@ -24,17 +24,16 @@ import torch
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 import yaml
-from fake_checkpoints import _class_in_main
+from echo_repository import ECHO_MODEL, make_repository
+from fake_checkpoints import _class_in_main, classifier_dim
 from servers import wait_for
-from test_server import ECHO_MODEL, make_repository
-from test_server_robustness import classifier_dim
 from tritonclient.utils import InferenceServerException
 
 from virnucpro_triton import repository as repo
 from virnucpro_triton.checkpoints import CheckpointError, load_classifier
 from virnucpro_triton.server import EmbeddedServer, remove_stale_regions
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def http_post(url: str, path: str, body: dict) -> tuple[int, str]:

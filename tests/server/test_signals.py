@@ -11,15 +11,14 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import tritonclient.grpc as grpcclient
-from servers import wait_for
-from test_server import ECHO_MODEL, make_repository, processes_mentioning
+from echo_repository import ECHO_MODEL, make_repository
+from servers import port_free, processes_mentioning, wait_for
 
 from virnucpro_triton.interrupt import (
     Interrupted,
@@ -73,16 +72,6 @@ def stop(process: subprocess.Popen[str], signum: int) -> tuple[int, str]:
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
     return process.returncode, stderr
-
-
-def port_free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def ready(url: str) -> bool:

@@ -30,7 +30,7 @@ from virnucpro_triton.credentials import (
     TOKEN_FILE_ENV,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 K8S = DOCKER / "k8s"
 KSERVE = DOCKER / "kserve" / "inferenceservice.yaml"

@@ -92,7 +92,7 @@ def test_the_request_size_limit_has_one_home():
     """`predict --batch-chunks` and the workflow's config take repository.MAX_BATCH_CHUNKS."""
     option = next(p for p in main.commands["predict"].params if p.name == "batch_chunks")
     assert (option.type.min, option.type.max) == (1, MAX_BATCH_CHUNKS)
-    schema = Path(__file__).parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+    schema = Path(__file__).parents[2] / "workflow" / "schemas" / "config.schema.yaml"
     found = yaml.safe_load(schema.read_text())
     batch_chunks = found["properties"]["predict"]["properties"]["batch_chunks"]
     assert (batch_chunks["maximum"], batch_chunks["default"]) == (MAX_BATCH_CHUNKS, BATCH_CHUNKS)

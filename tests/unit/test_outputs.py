@@ -6,7 +6,7 @@ import csv
 
 import numpy as np
 import pytest
-from conftest import PEER
+from reference import PEER
 
 from virnucpro_triton.results.outputs import (
     ChunkVerdicts,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import PEER
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reference import PEER
 
 from virnucpro_triton.results.preprocess import CHUNKED, NUCLEOTIDE, PROTEIN, preprocess
 from virnucpro_triton.sequence import (
