@@ -29,6 +29,7 @@ from servers import Hold  # noqa: E402
 from virnucpro_triton.export import export_repository  # noqa: E402
 from virnucpro_triton.server import EmbeddedServer  # noqa: E402
 
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         item.add_marker(item.path.relative_to(TESTS).parts[0])  # the tier: the test's folder

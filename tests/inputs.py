@@ -1,10 +1,11 @@
-"""Inputs that are awkward to make: damaged gzip, FIFOs fed by a thread; and the peak memory of
-a command fed one."""
+"""Inputs that are awkward to make: damaged gzip, FIFOs fed by a thread, stop-free reads; and the
+peak memory of a command fed one."""
 
 from __future__ import annotations
 
 import gzip
 import os
+import random
 import subprocess
 import sys
 import threading
@@ -47,3 +48,14 @@ def peak_rss_mib(command: list[str]) -> tuple[subprocess.CompletedProcess, float
         [sys.executable, "-c", probe, *command], capture_output=True, text=True, timeout=300
     )
     return result, int(result.stdout) / 1024
+
+
+STOPS = {"TAA", "TAG", "TGA"}
+CODONS = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in STOPS]
+
+
+def reads(seed: int, count: int) -> list[str]:
+    """Stop-free in several frames, of one chunk each (the reverse complement's chunk is the
+    read's reverse complement)."""
+    rng = random.Random(seed)
+    return ["".join(rng.choices(CODONS, k=rng.randrange(40, 100))) for _ in range(count)]

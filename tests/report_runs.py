@@ -11,8 +11,6 @@ from virnucpro_triton.results.outputs import SUMMARY
 from virnucpro_triton.results.report import write_report
 
 TOP = 3
-STOPS = {"TAA", "TAG", "TGA"}
-CODONS = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in STOPS]
 
 
 def run_and_report(server, fasta: Path, out: Path, format: str) -> Path:

@@ -45,6 +45,8 @@ def wait_for(condition: Callable[[], bool], timeout: float = 60) -> None:
 
 # Triton's log line once it got SIGINT: from then on it refuses new requests.
 STOPPING = "Waiting for in-flight requests to complete."
+# The tritonserver inside docker/Dockerfile's base image (NGC support matrix), the wheel's too.
+TRITON_OF_BASE = "2.51.0"
 
 HELD_CLASSIFIER = """
 import time

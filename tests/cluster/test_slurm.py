@@ -33,8 +33,6 @@ from workflow_runs import (
 from virnucpro_triton.credentials import AUTH_HEADER, TOKEN_FILE_ENV, bearer, read_tokens
 from virnucpro_triton.server import SHM_DIR, free_port
 
-pytestmark = pytest.mark.cluster
-
 ROOT = Path(__file__).parents[2]
 SERVE_JOB = ROOT / "slurm" / "serve.sbatch"
 PROFILE = ROOT / "workflow" / "profiles" / "slurm"

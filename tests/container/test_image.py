@@ -44,8 +44,6 @@ from virnucpro_triton.repository import PIPELINE
 from virnucpro_triton.results.outputs import PREDICTIONS, SUMMARY, VERDICTS
 from virnucpro_triton.server import free_port
 
-pytestmark = pytest.mark.container
-
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker" / "compose.yaml"
 COMPOSE_TLS = ROOT / "docker" / "compose.tls.yaml"

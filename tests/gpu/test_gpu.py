@@ -22,10 +22,7 @@ from virnucpro_triton.repository import FP8_FEED_FORWARD as FEED_FORWARD
 from virnucpro_triton.repository import FP8_NONE as NONE
 from virnucpro_triton.server import EmbeddedServer
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
-]
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 MODELS = [repo.DNABERT_S, repo.ESM2, repo.PIPELINE, "classifier_300", "classifier_500"]
 
 

@@ -6,8 +6,9 @@ import random
 from pathlib import Path
 
 import pytest
+from inputs import CODONS
 from reference import MIXED
-from report_runs import CODONS, run_and_report
+from report_runs import run_and_report
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,6 @@ from click.testing import CliRunner
 
 from virnucpro_triton.bench import main
 
-pytestmark = pytest.mark.server  # the bench starts its own server
-
 
 def test_bench_smoke_run_reports_both_paths(tmp_path):
     out = tmp_path / "bench.json"

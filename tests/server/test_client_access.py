@@ -31,8 +31,6 @@ from virnucpro_triton.credentials import (
 from virnucpro_triton.door_settings import AccessSettings
 from virnucpro_triton.server import EmbeddedServer
 
-pytestmark = pytest.mark.server
-
 ROOT = Path(__file__).parents[2]
 CLI = str(Path(sys.executable).parent / "virnucpro-triton")
 INPUT = ROOT / "examples" / "contigs.fasta"

@@ -4,7 +4,6 @@ that come and go, runs resumed after the client was killed, and the async librar
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -202,17 +201,3 @@ def test_library_api_names_a_bad_sequence(server):
 
     with pytest.raises(ClientError, match=r"sequence 1 \('bad'\): '1' is not a nucleotide code"):
         asyncio.run(classify())
-
-
-def test_no_reachable_server_is_one_clear_error(tmp_path, mixed_fasta):
-    env = {**os.environ, "NO_PROXY": "*"}
-    result = subprocess.run(
-        [str(CLI), "predict", str(mixed_fasta), "--chunk-size", "300", "-o", str(tmp_path)]
-        + ["--url", "127.0.0.1:1", "--url", "127.0.0.1:2", "--retry-seconds", "0"],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    assert result.returncode == 1
-    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
-    assert "127.0.0.1:1" in result.stderr and "127.0.0.1:2" in result.stderr

@@ -530,7 +530,6 @@ def test_bad_access_settings_are_one_line_before_tritonserver_starts(
     assert "bad line 2" in door(capsys, tritonserver)
 
 
-@pytest.mark.server  # `serve --no-auth` starts one
 def test_serve_beyond_loopback_needs_a_token_or_no_auth(tmp_path, monkeypatch):
     repository = make_repository(tmp_path / "echo", echo=ECHO_MODEL)
     monkeypatch.delenv(TOKEN_FILE_ENV, raising=False)

@@ -16,7 +16,7 @@ import pytest
 from echo_repository import ECHO_MODEL, infer, make_repository
 from servers import listening_addresses, processes_mentioning
 
-from virnucpro_triton.server import EmbeddedServer, ServerError, free_port
+from virnucpro_triton.server import EmbeddedServer, ServerError
 
 BROKEN_MODEL = """
 class TritonPythonModel:
@@ -54,24 +54,6 @@ def test_listens_on_loopback_only(server: EmbeddedServer) -> None:
         assert listening_addresses(port) == {"127.0.0.1"}, port
 
 
-def test_free_port_is_bindable() -> None:
-    port = free_port()
-    with socket.create_server(("127.0.0.1", port)):
-        pass
-
-
-def test_busy_port_is_reported_before_starting(tmp_path: Path) -> None:
-    repo = make_repository(tmp_path / "repo", echo=ECHO_MODEL)
-    log = tmp_path / "server.log"
-    with socket.create_server(("127.0.0.1", 0)) as held:
-        port = held.getsockname()[1]
-        srv = EmbeddedServer(repo, grpc_port=port, log_path=log)
-        with pytest.raises(ServerError, match=rf"gRPC port {port} on 127\.0\.0\.1 .*in use"):
-            srv.start()
-    assert not log.exists() or log.read_text() == ""  # tritonserver never ran
-
-
-@pytest.mark.server  # starts servers of its own
 def test_busy_port_is_detected_from_the_server_log(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -92,20 +74,6 @@ def test_busy_port_is_detected_from_the_server_log(
     assert processes_mentioning(str(repo)) == set()
 
 
-@pytest.mark.parametrize("kind", ["missing", "file", "empty"])
-def test_unusable_repository_is_rejected(tmp_path: Path, kind: str) -> None:
-    repo = tmp_path / "repo"
-    if kind == "file":
-        repo.write_text("not a directory")
-    elif kind == "empty":
-        repo.mkdir()
-        (repo / "README").write_text("no models here")
-    expected = {"missing": "does not exist", "file": "is not a directory", "empty": "no model"}
-    with pytest.raises(ServerError, match=rf"{re.escape(str(repo))} .*{expected[kind]}"):
-        EmbeddedServer(repo).start()
-
-
-@pytest.mark.server  # starts servers of its own
 def test_model_failing_to_initialize_is_named_with_its_error(tmp_path: Path) -> None:
     repo = make_repository(
         tmp_path / "repo", echo=ECHO_MODEL, broken=BROKEN_MODEL, needs_dep=MISSING_DEPENDENCY_MODEL
@@ -129,7 +97,6 @@ def test_model_failing_to_initialize_is_named_with_its_error(tmp_path: Path) -> 
 
 
 # timeout 0: the server gets no time to exit, so stop() must kill it and its stub itself.
-@pytest.mark.server  # starts servers of its own
 @pytest.mark.parametrize("timeout", [30.0, 0.0])
 def test_stop_ends_server_and_stubs(tmp_path: Path, timeout: float) -> None:
     repo = make_repository(tmp_path / "repo", echo=ECHO_MODEL)
@@ -149,7 +116,6 @@ def test_stop_ends_server_and_stubs(tmp_path: Path, timeout: float) -> None:
         srv.wait()
 
 
-@pytest.mark.server  # starts servers of its own
 def test_a_log_made_by_the_server_goes_on_a_clean_stop_and_stays_after_a_failure(
     tmp_path: Path,
 ) -> None:

@@ -117,7 +117,6 @@ def test_the_client_install_names_the_extras_it_lacks(
         assert line.startswith("virnucpro-triton: error: ") and extra in line
 
 
-@pytest.mark.server  # starts servers of its own
 def test_the_server_install_exports_and_serves(server_install, mixed_fasta, tmp_path):
     repository = tmp_path / "repository"
     exported = run(server_install, "export", "--tiny", "--out", repository)

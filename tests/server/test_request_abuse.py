@@ -224,15 +224,6 @@ def test_malformed_requests_get_errors_of_their_own(server, tiny_repository):
     assert_no_restart(server)
 
 
-def test_python_entries_have_bounded_queues(tiny_repository):
-    for config_path in tiny_repository.glob("*/config.pbtxt"):
-        config = text_format.Parse(config_path.read_text(), model_config_pb2.ModelConfig())
-        policy = config.dynamic_batching.default_queue_policy
-        assert policy.max_queue_size == repo.MAX_QUEUE_SIZE, config.name
-        assert policy.timeout_action == model_config_pb2.ModelQueuePolicy.REJECT
-        assert policy.default_timeout_microseconds == repo.QUEUE_TIMEOUT_US
-
-
 def test_sixteen_clients_at_once(server, mixed_fasta, tmp_path):
     """16 clients classify the same FASTA at once, each with every chunk size: no request
     fails, every output is byte-identical to a lone client's and the server's memory stays

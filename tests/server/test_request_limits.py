@@ -30,9 +30,7 @@ from echo_repository import ECHO_MODEL, infer, make_repository
 from servers import listening_addresses, processes_mentioning, wait_for
 from tritonclient.utils import InferenceServerException
 
-from virnucpro_triton import door_limits
 from virnucpro_triton import repository as repo
-from virnucpro_triton.front_door import DoorError, split_command, upstream_command
 from virnucpro_triton.server import (
     EmbeddedServer,
     _server_env,
@@ -61,15 +59,6 @@ def pipeline_requests(server: EmbeddedServer) -> tuple[int, int]:
         stats = client.get_inference_statistics(repo.PIPELINE, as_json=True)
     counts = stats["model_stats"][0]["inference_stats"]
     return int(counts["success"].get("count", 0)), int(counts["fail"].get("count", 0))
-
-
-def test_largest_legal_requests_fit_under_the_limit():
-    """The limit refuses nothing the entries take: a full batch of the longest sequences."""
-    assert repo.EMBEDDER_MAX_BATCH * (repo.MAX_DNA_LENGTH + 4) < repo.MAX_REQUEST_BYTES
-    assert repo.EMBEDDER_MAX_BATCH * (repo.MAX_PROTEIN_LENGTH + 4) < repo.MAX_REQUEST_BYTES
-    longest_chunk = max(repo.CHUNK_SIZES)
-    assert repo.PIPELINE_MAX_BATCH * (longest_chunk + 4 + 4) < repo.MAX_REQUEST_BYTES
-    assert OVERSIZE > repo.MAX_REQUEST_BYTES
 
 
 def test_oversize_requests_are_refused_and_memory_returns(server):
@@ -164,49 +153,6 @@ def test_only_the_door_listens_and_tritonserver_is_private(echo_server):
     assert stat.S_IMODE(sockets.stat().st_mode) == 0o700
 
 
-def test_command_line_endpoints():
-    rest, endpoints = split_command(
-        ["tritonserver", "--model-repository=/m", "--grpc-port", "9000", "--http-port=8080"]
-    )
-    assert rest == ["tritonserver", "--model-repository=/m"]
-    assert {n: e.public for n, e in endpoints.items()} == {
-        "grpc": "0.0.0.0:9000",
-        "http": "0.0.0.0:8080",
-        "metrics": "0.0.0.0:8002",
-    }
-    _, endpoints = split_command(["t", "--http-address=::1", "--allow-metrics=false"])
-    assert endpoints["metrics"].address == "::1" and not endpoints["metrics"].enabled
-    assert endpoints["http"].public == "[::1]:8000"
-    command = upstream_command(["t", "--allow-metrics=false"], endpoints, Path("/s"))
-    assert command == [
-        "t",
-        "--allow-metrics=false",
-        "--grpc-address=unix:/s/grpc",
-        "--grpc-port=8001",
-        "--http-address=unix:/s/http",
-        "--http-port=8000",
-        "--grpc-infer-allocation-pool-size=0",
-    ]
-    given = ["t", "--grpc-infer-allocation-pool-size", "8"]  # the command's own value stays
-    assert upstream_command(given, {}, Path("/s")) == given
-    env = door_limits.triton_env({"MALLOC_TRIM_THRESHOLD_": "1", "PATH": "/bin"})
-    assert env == {
-        "MALLOC_MMAP_THRESHOLD_": "131072",
-        "MALLOC_TRIM_THRESHOLD_": "1",
-        "PATH": "/bin",
-    }
-    for bad, message in [
-        (["t", "--grpc-port=x"], "not a port number"),
-        (["t", "--http-port=70000"], "1-65535"),
-        (["t", "--grpc-use-ssl=true"], "TLS"),
-        (["t", "--grpc-port"], "needs a value"),
-        ([], "no tritonserver command"),
-    ]:
-        with pytest.raises(DoorError, match=message):
-            split_command(bad)
-
-
-@pytest.mark.server  # starts the door command, which starts tritonserver
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_the_door_command_stops_on_a_signal_and_leaves_nothing(tmp_path, sig):
     """What the image runs (its ENTRYPOINT): a signal stops tritonserver gracefully, also after

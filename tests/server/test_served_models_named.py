@@ -124,7 +124,6 @@ def test_a_complete_repository_passes_the_check_with_only_what_the_run_needs(
     repo.check_entries(only(tiny_repository, tmp_path / "b", repo.ESM2), [repo.ESM2])
 
 
-@pytest.mark.server  # starts servers of its own
 def test_embedded_run_says_what_loads_and_records_the_start(tiny_repository, mixed_fasta, tmp_path):
     """A 300-bp run on a repository without classifier_500, through an embedded server (the
     CLI's run with an embedded server, tested once)."""
@@ -149,7 +148,6 @@ def test_embedded_run_says_what_loads_and_records_the_start(tiny_repository, mix
     assert "6 records, " in result.stdout and (out / PREDICTIONS).exists()
 
 
-@pytest.mark.server  # starts servers of its own
 def test_a_python_stub_is_started_once_per_instance_only(tiny_repository, tmp_path):
     """Triton's auto-completion of the configs would start one more stub per entry first."""
     repository = only(tiny_repository, tmp_path / "r", repo.ESM2)

@@ -5,8 +5,6 @@ journal holds the answers so far. A SIGKILLed parent takes its server with it.""
 
 from __future__ import annotations
 
-import asyncio
-import os
 import random
 import re
 import shutil
@@ -20,12 +18,6 @@ import tritonclient.grpc as grpcclient
 from echo_repository import ECHO_MODEL, make_repository
 from servers import port_free, processes_mentioning, wait_for
 
-from virnucpro_triton.interrupt import (
-    Interrupted,
-    run_interruptible,
-    signals_deferred,
-    stop_signals_interrupt,
-)
 from virnucpro_triton.results.journal import NAME as JOURNAL
 from virnucpro_triton.results.outputs import PREDICTIONS
 from virnucpro_triton.server import EmbeddedServer, free_port
@@ -102,44 +94,6 @@ def serve(
     wait_for(lambda: ready(f"127.0.0.1:{ports[0]}") or process.poll() is not None, timeout=300)
     assert process.poll() is None, process.communicate()
     return process, ports
-
-
-def test_a_stop_signal_cancels_a_client_run_at_an_await_never_inside_its_code():
-    """A signal that lands in the middle of code (as in grpc's call set-up: the channel then
-    never closed and `embed --url` hung on SIGTERM) lets that code finish; the run is
-    cancelled at its next await and the signal raised once it has unwound."""
-    steps = []
-
-    async def run() -> None:
-        os.kill(os.getpid(), signal.SIGTERM)  # delivered here, between two lines of code
-        steps.append("the code went on")
-        try:
-            await asyncio.Event().wait()  # never set: only the signal ends the run
-        except asyncio.CancelledError:
-            steps.append("cancelled at the await")
-            raise
-
-    before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(Interrupted) as stopped, stop_signals_interrupt():
-        try:
-            run_interruptible(run())
-        finally:  # cleanup runs with repeats ignored
-            assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
-    assert stopped.value.signum == signal.SIGTERM
-    assert steps == ["the code went on", "cancelled at the await"]
-    assert signal.getsignal(signal.SIGTERM) is before
-
-
-def test_a_stop_signal_inside_a_deferring_block_is_raised_where_it_ends():
-    """Outside an event loop (the embedded server's readiness checks over grpc) a signal that
-    arrives inside `signals_deferred` lets the block finish, then stops the command."""
-    steps = []
-    with pytest.raises(Interrupted) as stopped, stop_signals_interrupt():
-        with signals_deferred():
-            os.kill(os.getpid(), signal.SIGTERM)
-            steps.append("the block went on")
-        steps.append("never reached")
-    assert stopped.value.signum == signal.SIGTERM and steps == ["the block went on"]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])

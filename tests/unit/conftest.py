@@ -5,11 +5,14 @@ import pytest
 from virnucpro_triton.server import EmbeddedServer
 
 
-@pytest.fixture(autouse=True)
-def unit_tests_start_no_server(monkeypatch):
-    """A test that starts a tritonserver belongs in tests/server, and fails here saying so."""
+def refuse(self):
+    raise AssertionError("this test starts a tritonserver: it belongs in tests/server")
 
-    def refuse(self):
-        raise AssertionError("this test starts a tritonserver: it belongs in tests/server")
 
-    monkeypatch.setattr(EmbeddedServer, "_command", refuse)
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """A unit test that starts a tritonserver fails saying so, whether the test itself or a
+    fixture it sets up (the session's `server` too) starts it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(EmbeddedServer, "_command", refuse)
+        return (yield)

@@ -3,19 +3,11 @@ only by the server they name, read again when they change, waited for while miss
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-from servers import wait_for
 
 from virnucpro_triton.client import addresses, provenance
 from virnucpro_triton.client.access import Access
 from virnucpro_triton.client.addresses import Address, AddressError, AddressFile
-from virnucpro_triton.results.outputs import SUMMARY
-
-CLI = Path(sys.executable).with_name("virnucpro-triton")
 
 
 def test_an_address_file_is_read_again_when_it_changes(tmp_path):
@@ -45,23 +37,6 @@ def test_a_server_removes_the_address_file_only_while_it_names_it(tmp_path):
     addresses.remove_file(path, "gpu2:8001")
     assert not path.exists()
     addresses.remove_file(path, "gpu2:8001")  # gone already: nothing to do
-
-
-def test_predict_waits_for_its_address_file(server, mixed_fasta, tmp_path):
-    path, out, stderr = tmp_path / "server.address", tmp_path / "out", tmp_path / "stderr"
-    command = [CLI, "predict", mixed_fasta, "--chunk-size", "300", "-o", out, "--no-progress"]
-    command += ["--url", f"@{path}", "--retry-seconds", "600", "--resolve-seconds", "1"]
-    with open(stderr, "w") as err:
-        client = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err)
-    try:
-        wait_for(lambda: "does not exist (yet)" in stderr.read_text() or client.poll() is not None)
-        assert client.poll() is None, stderr.read_text()  # missing: waited for
-        addresses.write_file(path, server.grpc_url)  # a server job ready at last
-        assert client.wait(timeout=300) == 0, stderr.read_text()
-    finally:
-        if client.poll() is None:
-            client.kill()
-    assert (out / SUMMARY).exists()
 
 
 def test_no_provenance_while_the_address_file_names_no_server():

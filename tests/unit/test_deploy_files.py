@@ -14,12 +14,12 @@ import re
 import shutil
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
 import tomllib
 import yaml
+from servers import TRITON_OF_BASE
 
 from virnucpro_triton.credentials import (
     TLS_CERT_ENV,
@@ -37,7 +37,6 @@ KSERVE = DOCKER / "kserve" / "inferenceservice.yaml"
 ADAPTER = DOCKER / "monitoring" / "prometheus-adapter-values.yaml"
 TOOLS = ROOT / ".venv-tools" / "bin"
 BASE_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
-TRITON_OF_BASE = "2.51.0"  # the server inside BASE_IMAGE (NGC support matrix)
 # Oldest and newest Kubernetes whose schemas kubernetes-validate ships.
 KUBERNETES_VERSIONS = ("1.25.0", "1.37.0")
 STARTUP_SECONDS = 600  # ESM-2 3B needs minutes to load
@@ -646,24 +645,6 @@ def test_every_grace_period_covers_a_clean_stop():
 
 
 # --- against a real server -----------------------------------------------------------------
-
-
-def test_health_paths_and_metrics_exist_on_triton(server):
-    """The probe paths answer, the base image's Triton is the embedded one, and the metrics the
-    autoscaler and the README name are exported per model."""
-    for path in ("/v2/health/live", "/v2/health/ready"):
-        with urllib.request.urlopen(f"http://{server.http_url}{path}", timeout=10) as response:
-            assert response.status == 200
-    with urllib.request.urlopen(f"http://{server.http_url}/v2", timeout=10) as response:
-        assert json.load(response)["version"] == TRITON_OF_BASE
-    url = f"http://127.0.0.1:{server.ports['metrics']}/metrics"
-    with urllib.request.urlopen(url, timeout=10) as response:
-        metrics = response.read().decode()
-    readme = (ROOT / "README.md").read_text()
-    named = set(re.findall(r"\bnv_inference_\w+", readme))
-    assert {"nv_inference_queue_duration_us", "nv_inference_request_success"} <= named
-    for name in named | {"nv_inference_queue_duration_us", "nv_inference_request_success"}:
-        assert re.search(rf'^{name}{{[^}}]*\bmodel="esm2"', metrics, re.M), name
 
 
 # --- make serve ----------------------------------------------------------------------------

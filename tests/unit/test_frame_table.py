@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from reference import jsonl_cells, parquet_cells, score, tsv_cells
 
-from virnucpro_triton.client.predict import predict
 from virnucpro_triton.results import frame_table
 from virnucpro_triton.results.frame_table import FILES, FrameRow, Frames, FrameTable, read_frames
 from virnucpro_triton.results.outputs import atomic_files, prediction_rows
@@ -27,11 +26,6 @@ def frames(rows: list[FrameRow]) -> Frames:
     return Frames(ids, chunk_ids, names, np.float32(p_others), np.float32(p_virus))
 
 
-def score(value: float) -> str:
-    """A probability as the TSV prints it."""
-    return str(np.float32(value))
-
-
 def write(tmp_path: Path, format: str, rows=ROWS, per_write: int = 2) -> Path:
     name = FILES[format]
     with (
@@ -41,26 +35,6 @@ def write(tmp_path: Path, format: str, rows=ROWS, per_write: int = 2) -> Path:
         for start in range(0, len(rows), per_write):
             table.write(frames(rows[start : start + per_write]))
     return tmp_path / name
-
-
-def tsv_cells(path: Path) -> list[list[str]]:
-    return [line.split("\t") for line in path.read_text().splitlines()[1:]]
-
-
-def parquet_cells(path: Path) -> list[list[str]]:
-    """Rows as the TSV prints them, from the Parquet file read by pyarrow alone."""
-    return [
-        [r["chunk_id"] + r["frame"], r["prediction"], score(r["p_others"]), score(r["p_virus"])]
-        for r in pq.read_table(path).to_pylist()
-    ]
-
-
-def jsonl_cells(path: Path) -> list[list[str]]:
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    return [
-        [r["chunk_id"] + r["frame"], r["prediction"], score(r["p_others"]), score(r["p_virus"])]
-        for r in rows
-    ]
 
 
 def test_tsv_is_virnucpros_text(tmp_path):
@@ -116,39 +90,3 @@ def test_failed_write_leaves_no_table(tmp_path, format):
             table.write(frames(ROWS[:1]))
             raise RuntimeError("server went away")
     assert list(tmp_path.iterdir()) == []
-
-
-def test_served_run_writes_the_same_numbers_in_every_format(server, mixed_fasta, tmp_path):
-    # One request (every chunk in one batch, nothing else in flight) gives the same numbers run
-    # after run, so the three runs must agree exactly.
-    tables = {}
-    for format in frame_table.FORMATS:
-        out = tmp_path / format
-        predict(
-            mixed_fasta,
-            300,
-            out,
-            server.grpc_url,
-            batch_chunks=256,
-            max_in_flight=1,
-            progress=False,
-            frame_format=format,
-        )
-        assert sorted(p.name for p in out.iterdir()) == sorted(
-            [
-                FILES[format],
-                "prediction_results_highestscore.csv",
-                "sequence_summary.tsv",
-                "virus.fna",
-                "run.json",
-            ]
-        )
-        tables[format] = out / FILES[format]
-    tsv = tsv_cells(tables["tsv"])
-    assert len(tsv) > 10
-    assert parquet_cells(tables["parquet"]) == tsv
-    assert jsonl_cells(tables["jsonl"]) == tsv
-    ids = {r["id"] for r in pq.read_table(tables["parquet"]).to_pylist()}
-    assert ids == {"long_contig", "lower", "with_N", "orfs"}
-    for name in ["prediction_results_highestscore.csv", "sequence_summary.tsv"]:
-        assert (tmp_path / "parquet" / name).read_bytes() == (tmp_path / "tsv" / name).read_bytes()

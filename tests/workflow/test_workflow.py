@@ -36,8 +36,6 @@ from virnucpro_triton.bench_door import make_certificates
 from virnucpro_triton.door_settings import AccessSettings
 from virnucpro_triton.server import EmbeddedServer
 
-pytestmark = pytest.mark.workflow
-
 ERROR = "virnucpro-triton workflow: error: "
 
 
@@ -216,7 +214,6 @@ def answers(url: str) -> bool:
         return s.connect_ex((host, int(port))) == 0
 
 
-@pytest.mark.server  # the CLI starts tritonserver
 @pytest.mark.slow
 def test_embedded_shared_server_serves_every_job_and_stops_with_the_run(tiny_repository, tmp_path):
     """With `token_file`, the shared server asks for it and the jobs send it."""
@@ -245,7 +242,6 @@ def test_embedded_shared_server_serves_every_job_and_stops_with_the_run(tiny_rep
         assert (tmp_path / "results" / name / "report.html").exists()  # predict.report: default
 
 
-@pytest.mark.server  # the CLI starts tritonserver
 @pytest.mark.slow
 def test_embedded_per_job_each_job_starts_its_own_server(tiny_repository, tmp_path):
     samples = {"reads": [ROOT / "examples" / "reads.fasta"]}
@@ -280,7 +276,6 @@ def guarded_server(tiny_repository, tmp_path_factory):
         yield running, folder / "ca.pem", token
 
 
-@pytest.mark.server  # guarded_server
 def test_token_and_tls_of_the_config_reach_the_jobs_but_no_command_line(
     guarded_server, two_samples, direct, tmp_path
 ):
@@ -422,7 +417,6 @@ def test_a_sample_predict_refuses_fails_its_job_naming_sample_and_reason(server,
     assert [name for name in OUTPUTS if (out / name).exists()] == []
 
 
-@pytest.mark.server  # the CLI starts tritonserver
 def test_shared_server_that_cannot_start_stops_the_run_in_one_line(tmp_path):
     samples = {"reads": [ROOT / "examples" / "reads.fasta"]}
     write_project(tmp_path, samples, repository=str(tmp_path / "no-repository"))

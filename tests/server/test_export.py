@@ -114,7 +114,6 @@ def test_export_records_each_entrys_checkpoint_and_weights(exported, checkpoints
         assert json.loads(about["weights_sha256"])[repo.WEIGHTS] == repo.sha256_of(weights)
 
 
-@pytest.mark.server  # starts servers of its own
 def test_served_embeddings_equal_the_source_checkpoints(exported, checkpoints, tmp_path):
     dna = ["ATGGCTAGCAAAGGTAAACGTATTGCA" * 12, "acgtn", "GATTACA"]
     proteins = ["MKTAYIAKQRQISFVKSHFSRQLEERLG", "W", "MKV" * 50]

@@ -150,7 +150,6 @@ def test_fp8_settings_name_layers_or_are_refused():
     assert isinstance(model.layers[1].fc2, Fp8Linear) and list(originals) == ["layers.1.fc2"]
 
 
-@pytest.mark.server  # starts servers of its own
 def test_a_verified_fp8_entry_is_served_as_bf16_where_no_gpu_has_fp8(auto_export, tmp_path):
     """The same weights exported with and without FP8: on this CPU both serve bf16, the FP8
     entry's log says so, and the embeddings are the same bytes."""
