@@ -1,8 +1,9 @@
-"""The cluster tier: the project on a real one-node SLURM cluster (tests/slurm_cluster.py; make
-test-cluster, root on Debian). A server job (slurm/serve.sbatch) writes its address file; the
-workflow runs with `--executor slurm` (workflow/profiles/slurm) against it and matches a direct
-`predict`; a cancelled sample job goes on from its journal; a cancelled server job ends the sample
-jobs in one line each and leaves nothing on the node; per-job embedded servers get a GPU each."""
+"""The cluster tier: the project on a real one-node SLURM cluster (slurm_cluster.py beside this
+file; make test-cluster, root on Debian). A server job (slurm/serve.sbatch) writes its address
+file; the workflow runs with `--executor slurm` (workflow/profiles/slurm) against it and matches a
+direct `predict`; a cancelled sample job goes on from its journal; a cancelled server job ends the
+sample jobs in one line each and leaves nothing on the node; per-job embedded servers get a GPU
+each."""
 
 from __future__ import annotations
 

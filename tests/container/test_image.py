@@ -3,7 +3,7 @@ and served the way compose serves it (read-only root, tmpfs /tmp, uid 1000) on a
 that root exported with the default umask.
 
 `make test-container` runs it after tests/container/setup.sh (engine, Compose v2, the
-stand-in); `make test` deselects it (marker `container`). Containers and compose projects get
+stand-in); `make test` and a plain `pytest` leave it out. Containers and compose projects get
 unique names and random host ports, and are removed whatever the outcome. Times go to
 build/container-timings.json.
 """

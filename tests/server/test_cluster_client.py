@@ -28,7 +28,7 @@ from virnucpro_triton.server import EmbeddedServer
 
 RESULTS = (PREDICTIONS, VERDICTS, SUMMARY, VIRUSES)
 # One request at a time per server: each batch is then computed alone and results are
-# byte-identical between runs (see test_faults.py).
+# byte-identical between runs (see test_server_faults.py).
 SETTINGS = dict(batch_chunks=4, progress=False)
 CLI = Path(sys.executable).with_name("virnucpro-triton")
 

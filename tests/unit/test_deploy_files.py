@@ -368,7 +368,7 @@ def test_resources_select_the_deployment():
 def test_grpc_clients_are_pointed_at_a_headless_service():
     """One HTTP/2 connection per gRPC client, balanced per connection by kube-proxy: through a
     ClusterIP every request of a run lands on one pod. Headless, the name lists every ready pod,
-    and the client sends to all of them (tests/test_replicas.py)."""
+    and the client sends to all of them (tests/server/test_replicas.py)."""
     headless = services()["virnucpro-triton-grpc"]["spec"]
     assert headless["clusterIP"] == "None"
     assert not headless.get("publishNotReadyAddresses")  # only pods whose models are loaded
