@@ -10,9 +10,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 
 from virnucpro_triton import repository as repo
-from virnucpro_triton.server import (
-    EmbeddedServer,
-)
+from virnucpro_triton.server import EmbeddedServer
 
 MB = 2**20
 

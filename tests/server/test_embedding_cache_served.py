@@ -15,9 +15,7 @@ from virnucpro_triton import repository as repo
 from virnucpro_triton.bench import set_embedding_cache
 from virnucpro_triton.sequence import reverse_complement, six_frames
 from virnucpro_triton.server import EmbeddedServer
-from virnucpro_triton.serving.embedding_cache import (
-    read_cache_metrics,
-)
+from virnucpro_triton.serving.embedding_cache import read_cache_metrics
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from door_requests import (
-    OVERSIZE,
-)
+from door_requests import OVERSIZE
 
 from virnucpro_triton import door_limits
 from virnucpro_triton import repository as repo

@@ -5,9 +5,7 @@ from __future__ import annotations
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from virnucpro_triton.client.connection import (
-    is_transient,
-)
+from virnucpro_triton.client.connection import is_transient
 
 
 @pytest.mark.parametrize(
