@@ -1,5 +1,5 @@
-"""Inputs that are awkward to make: damaged gzip, FIFOs fed by a thread, stop-free reads; and the
-peak memory of a command fed one."""
+"""Inputs that are awkward to make: damaged gzip, FIFOs fed by a thread, DNA whose frames have no
+stop codon; and the peak memory of a command fed one."""
 
 from __future__ import annotations
 
@@ -10,6 +10,12 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+
+_STOPS = {"TAA", "TAG", "TGA"}
+# Codons of DNA read in frame without a stop: joined, they make chunks whose first frame is kept.
+STOP_FREE_CODONS = [
+    a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in _STOPS
+]
 
 
 def corrupt_gzip() -> bytes:
@@ -50,12 +56,8 @@ def peak_rss_mib(command: list[str]) -> tuple[subprocess.CompletedProcess, float
     return result, int(result.stdout) / 1024
 
 
-STOPS = {"TAA", "TAG", "TGA"}
-CODONS = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in STOPS]
-
-
 def reads(seed: int, count: int) -> list[str]:
     """Stop-free in several frames, of one chunk each (the reverse complement's chunk is the
     read's reverse complement)."""
     rng = random.Random(seed)
-    return ["".join(rng.choices(CODONS, k=rng.randrange(40, 100))) for _ in range(count)]
+    return ["".join(rng.choices(STOP_FREE_CODONS, k=rng.randrange(40, 100))) for _ in range(count)]

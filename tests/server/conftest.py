@@ -6,7 +6,7 @@ import random
 from pathlib import Path
 
 import pytest
-from inputs import CODONS
+from inputs import STOP_FREE_CODONS as CODONS
 from reference import MIXED
 from report_runs import run_and_report
 
