@@ -31,6 +31,9 @@ from virnucpro_triton.results.outputs import PREDICTIONS, SUMMARY, VERDICTS
 from virnucpro_triton.sequence import chunk_starts
 from virnucpro_triton.server import EmbeddedServer, free_port
 
+# Three servers started and stopped, a run fed until replicas come and go: make test-slow.
+pytestmark = pytest.mark.slow
+
 CLI = Path(sys.executable).with_name("virnucpro-triton")
 NAME = "replicas.test"  # the name every test resolves, as a cluster's DNS would
 BATCH = 4  # chunks per request
