@@ -18,7 +18,7 @@ DTYPE ?= fp32
 IMAGE ?= virnucpro-triton:0.1.0
 
 .DEFAULT_GOAL := help
-.PHONY: help venv tools workflow-venv demo test test-unit test-server test-workflow test-container test-cluster test-gpu lint serve serve-local image export bench clean
+.PHONY: help venv tools workflow-venv demo test test-slow test-unit test-server test-workflow test-container test-cluster test-gpu lint serve serve-local image export bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -56,40 +56,45 @@ workflow-venv: $(WORKFLOW_STAMP)  ## create .venv-workflow with snakemake, for w
 demo: $(STAMP)  ## tiny random models + embedded Triton server + client on examples/*.fasta
 	$(BIN)/virnucpro-triton demo
 
-# The test tiers (README, Tests); tests/conftest.py puts each test in one. pytest-xdist workers
-# take one test file each, so a file's module-scoped servers start once, in the order
-# tests/conftest.py puts them (longest first; xdist would reorder by number of tests).
+# The test tiers are the folders of tests/ (README, Tests). pytest-xdist workers take one test
+# file each (--dist loadfile), so a file's module-scoped servers start once. Files go out in the
+# order named (--no-loadscope-reorder; xdist would reorder by number of tests): the server
+# tier's first, as each of them starts servers, then the unit tier's many short files, which
+# fill the workers' ends.
 TEST_WORKERS ?= 2
 PYTEST_PARALLEL = $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
-test: $(STAMP) $(TOOLS_STAMP)  ## the unit and server tiers (what CI runs; starts real tritonservers)
-	$(PYTEST_PARALLEL) -m '(unit or server) and not workflow and not cluster'
+test: $(STAMP) $(TOOLS_STAMP)  ## the unit and server tiers less their slow tests (after every change; CI runs it)
+	$(PYTEST_PARALLEL) -m 'not slow' tests/server tests/unit
 
-test-unit: $(STAMP) $(TOOLS_STAMP)  ## unit tier: no tritonserver at all
-	$(PYTEST_PARALLEL) -m 'unit and not workflow'
+test-slow: $(STAMP) $(TOOLS_STAMP)  ## the slow tests of the unit and server tiers (marker slow: wheel installs, replicas, image locks; CI runs it)
+	$(PYTEST_PARALLEL) -m slow tests/server tests/unit
 
-test-server: $(STAMP)  ## server tier: tests against real tritonserver processes
-	$(PYTEST_PARALLEL) -m 'server and not workflow'
+test-unit: $(STAMP) $(TOOLS_STAMP)  ## unit tier (tests/unit): no tritonserver at all
+	$(PYTEST_PARALLEL) tests/unit
 
-# Snakemake runs its jobs as processes of their own: the tier of tests/test_workflow.py.
-test-workflow: $(STAMP) $(WORKFLOW_STAMP)  ## workflow tier: the Snakemake workflow run by snakemake (CI runs it)
-	$(PYTEST_PARALLEL) -m workflow
+test-server: $(STAMP)  ## server tier (tests/server): tests against real tritonserver processes
+	$(PYTEST_PARALLEL) tests/server
+
+# Snakemake runs its jobs as processes of their own: the tier of tests/workflow.
+test-workflow: $(STAMP) $(WORKFLOW_STAMP)  ## workflow tier (tests/workflow): the Snakemake workflow run by snakemake (CI runs it)
+	$(PYTEST_PARALLEL) tests/workflow
 
 # Root on Debian: installs the engine and Compose v2 when missing, builds a stand-in of the
-# NGC base (cached), then the image, and serves it as compose does (tests/test_container.py).
-test-container: $(STAMP)  ## container tests: the image built and served by Docker (root; slow until the base is cached)
+# NGC base (cached), then the image, and serves it as compose does (tests/container).
+test-container: $(STAMP)  ## container tier (tests/container): the image built and served by Docker (root; slow until the base is cached)
 	tests/container/setup.sh
-	$(BIN)/pytest -m container tests/test_container.py
+	$(BIN)/pytest -m container tests/container
 	@cat build/container-timings.json
 
 # Root on Debian: installs SLURM, munge and MariaDB when missing; the tests start a one-node
-# cluster with accounting in a temp directory and stop it (tests/test_slurm.py).
-test-cluster: $(STAMP) $(WORKFLOW_STAMP)  ## cluster tier: server job and workflow on a real SLURM cluster (root; CI runs it)
+# cluster with accounting in a temp directory and stop it (tests/cluster).
+test-cluster: $(STAMP) $(WORKFLOW_STAMP)  ## cluster tier (tests/cluster): server job and workflow on a real SLURM cluster (root; CI runs it)
 	tests/cluster/setup.sh
-	$(BIN)/pytest -m cluster tests/test_slurm.py
+	$(BIN)/pytest -m cluster tests/cluster
 
-test-gpu: $(STAMP)  ## gpu tier: every entry on a CUDA GPU (run on a GPU machine)
-	$(BIN)/pytest -m gpu tests/test_gpu.py
+test-gpu: $(STAMP)  ## gpu tier (tests/gpu): every entry on a CUDA GPU (run on a GPU machine)
+	$(BIN)/pytest -m gpu tests/gpu
 
 lint: $(STAMP)  ## ruff lint and format check
 	$(BIN)/ruff check .

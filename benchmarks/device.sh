@@ -21,7 +21,7 @@ for step in "$@"; do
             python3 -m benchmarks.bench --chunk-size 300 --frames "${FRAMES:-15000}" \
                 --duplicate-fraction "${DUP:-0.3}" ${BENCH_ARGS:-} --work-dir /tmp/bench --json-out "$OUT/bench.json" \
                 2>&1 | tee "$OUT/bench.log" | grep -v "^W\|^I" ;;
-        gpu) timeout "${GPU_S:-330}" python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -15 ;;
+        gpu) timeout "${GPU_S:-330}" python3 -m pytest -m gpu -q -p no:cacheprovider tests/gpu/test_gpu.py 2>&1 | tail -15 ;;
         *) echo "unknown step $step (bench, gpu)"; exit 2 ;;
     esac
 done

@@ -1,6 +1,7 @@
-"""Shared fixtures: a tiny exported repository and one real tritonserver serving it; the test
-tiers (README, Tests): a test is `server` when it uses a fixture that starts a tritonserver or is
-marked so, else `unit`, and a `unit` test that starts one fails."""
+"""Shared fixtures: a tiny exported repository and one real tritonserver serving it. The tiers
+(README, Tests) are the folders beside this file: each test is marked with its folder's name
+(unit, server, workflow, container, cluster, gpu), and tests/unit/conftest.py keeps the unit
+tier free of tritonservers."""
 
 from __future__ import annotations
 
@@ -11,12 +12,16 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # tests import fake_checkpoints as a module
-# A shell without job control starts background commands with SIGINT ignored, and exec keeps
-# an ignored signal ignored: the CLI processes the signal tests interrupt would never see
-# their Ctrl-C. A handler here (pytest's own process and each xdist worker) gives children
-# the default disposition.
-signal.signal(signal.SIGINT, signal.default_int_handler)
+TESTS = Path(__file__).parent
+sys.path.insert(0, str(TESTS))  # the tiers import the helper modules beside this file
+# A signal ignored when the suite starts stays ignored across exec: SIGHUP under nohup, SIGINT
+# in a background job of a shell without job control. The CLI processes that the signal tests
+# stop would never see it. A handler that does nothing keeps this process (pytest's own and
+# each xdist worker) as it was started, and exec gives children the default disposition.
+SENT = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # the signals the tests send
+for _signum in SENT:
+    if signal.getsignal(_signum) is signal.SIG_IGN:
+        signal.signal(_signum, lambda _signum, _frame: None)
 
 from reference import MIXED  # noqa: E402
 from servers import Hold  # noqa: E402
@@ -24,63 +29,10 @@ from servers import Hold  # noqa: E402
 from virnucpro_triton.export import export_repository  # noqa: E402
 from virnucpro_triton.server import EmbeddedServer  # noqa: E402
 
-# Reference outputs of broadinstitute/virnucpro-broad (MIT, see its LICENSE), made with the
-# real weights: shared/peer-data/virnucpro-broad copied in so a bare clone can test.
-PEER = Path(__file__).parent / "data" / "virnucpro-broad"
-
-
-# Fixtures that start a tritonserver (here and in the test modules): their tests are `server`.
-SERVER_FIXTURES = {
-    "server",
-    "fixed_server",
-    "second_server",
-    "held_server",
-    "small_queue_server",
-    "replica_a",
-    "replica_b",
-    "replica_c",
-    "echo_server",
-    "token_server",
-    "tls_server",
-    "echo_repository",  # a one-model repository only the server tests start servers on
-}
-
-
-# The files that take longest (each starts servers of its own), longest first: pytest-xdist
-# hands whole files to its workers in collection order, so these start first and no worker is
-# left with one of them while the others idle. Only the order changes, never a verdict.
-LONGEST_FIRST = (
-    "test_replicas.py",
-    "test_packaging.py",
-    "test_deploy.py",
-    "test_cluster_client.py",
-    "test_signals.py",
-    "test_hardening.py",
-    "test_faults.py",
-)
-
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
     for item in items:
-        if any(item.get_closest_marker(tier) for tier in ("container", "gpu", "cluster")):
-            continue  # tiers of their own, whatever they start
-        if SERVER_FIXTURES.intersection(item.fixturenames):
-            item.add_marker(pytest.mark.server)
-        if not item.get_closest_marker("server"):
-            item.add_marker(pytest.mark.unit)
-
-
-@pytest.fixture(autouse=True)
-def unit_tests_start_no_server(request, monkeypatch):
-    """A new test that starts a server lands in the `server` tier, or fails saying so."""
-    if request.node.get_closest_marker("unit"):
-
-        def refuse(self):
-            raise AssertionError("this test starts a tritonserver: mark it @pytest.mark.server")
-
-        monkeypatch.setattr(EmbeddedServer, "_command", refuse)
+        item.add_marker(item.path.relative_to(TESTS).parts[0])  # the tier: the test's folder
 
 
 @pytest.fixture(scope="session")

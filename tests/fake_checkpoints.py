@@ -15,8 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from google.protobuf import text_format
 from safetensors.torch import load_file, save_file
 from torch import nn
+from tritonclient.grpc import model_config_pb2
 
 from virnucpro_triton.models.dnabert_s import DnabertConfig, DnabertS, build_dna_bpe_tokenizer
 
@@ -270,3 +272,10 @@ def write_malicious_pth(
     marker = Path(marker) if marker is not None else path.with_name(path.name + ".pwned")
     torch.save({"hidden_layer.weight": torch.zeros(2, 2), "trap": _Payload(marker, via)}, path)
     return marker
+
+
+def classifier_dim(repository: Path) -> int:
+    config = text_format.Parse(
+        (repository / "classifier_300" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
+    )
+    return config.input[0].dims[0]

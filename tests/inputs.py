@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import random
 import subprocess
 import sys
 import threading
@@ -53,3 +54,10 @@ def peak_rss_mib(command: list[str]) -> tuple[subprocess.CompletedProcess, float
         [sys.executable, "-c", probe, *command], capture_output=True, text=True, timeout=300
     )
     return result, int(result.stdout) / 1024
+
+
+def reads(seed: int, count: int) -> list[str]:
+    """Stop-free in several frames, of one chunk each (the reverse complement's chunk is the
+    read's reverse complement)."""
+    rng = random.Random(seed)
+    return ["".join(rng.choices(STOP_FREE_CODONS, k=rng.randrange(40, 100))) for _ in range(count)]

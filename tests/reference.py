@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 from tokenizers import Tokenizer
 
@@ -13,6 +15,10 @@ from virnucpro_triton import repository as repo
 from virnucpro_triton.models.esm2 import encode_protein
 from virnucpro_triton.results.outputs import PREDICTIONS
 from virnucpro_triton.sequence import chunks, six_frames
+
+# Reference outputs of broadinstitute/virnucpro-broad (MIT, see its LICENSE), made with the
+# real weights: shared/peer-data/virnucpro-broad copied in so a bare clone can test.
+PEER = Path(__file__).parent / "data" / "virnucpro-broad"
 
 # Mixed lengths: longer than a chunk, shorter than a codon, lowercase, N, empty.
 MIXED = (
@@ -70,3 +76,28 @@ def same_table(a: bytes, b: bytes) -> bool:
             if x != y:
                 return False
     return True
+
+
+def score(value: float) -> str:
+    """A probability as the TSV prints it."""
+    return str(np.float32(value))
+
+
+def tsv_cells(path: Path) -> list[list[str]]:
+    return [line.split("\t") for line in path.read_text().splitlines()[1:]]
+
+
+def parquet_cells(path: Path) -> list[list[str]]:
+    """Rows as the TSV prints them, from the Parquet file read by pyarrow alone."""
+    return [
+        [r["chunk_id"] + r["frame"], r["prediction"], score(r["p_others"]), score(r["p_virus"])]
+        for r in pq.read_table(path).to_pylist()
+    ]
+
+
+def jsonl_cells(path: Path) -> list[list[str]]:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return [
+        [r["chunk_id"] + r["frame"], r["prediction"], score(r["p_others"]), score(r["p_virus"])]
+        for r in rows
+    ]

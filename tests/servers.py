@@ -4,9 +4,11 @@ holds its requests, so that a fault is injected while the server has a request o
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import itertools
 import os
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -43,6 +45,8 @@ def wait_for(condition: Callable[[], bool], timeout: float = 60) -> None:
 
 # Triton's log line once it got SIGINT: from then on it refuses new requests.
 STOPPING = "Waiting for in-flight requests to complete."
+# The tritonserver inside docker/Dockerfile's base image (NGC support matrix), the wheel's too.
+TRITON_OF_BASE = "2.51.0"
 
 HELD_CLASSIFIER = """
 import time
@@ -133,3 +137,42 @@ class Feeder:
     def join(self) -> None:
         self._thread.join(timeout=60)
         assert not self._thread.is_alive(), "the run stopped reading its input"
+
+
+def processes_mentioning(text: str) -> set[int]:
+    """PIDs whose command line contains ``text`` (server and stubs carry the repository path)."""
+    pids = set()
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and text.encode() in (proc / "cmdline").read_bytes():
+                pids.add(int(proc.name))
+        except OSError:  # exited while we looked
+            pass
+    return pids
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Local addresses of the TCP sockets listening on ``port``, read from /proc/net."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            hex_address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A = TCP_LISTEN
+                raw = bytes.fromhex(hex_address)  # 32-bit words in host (little-endian) order
+                ip = ipaddress.ip_address(
+                    b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+                )
+                # gRPC listens on an IPv6 socket with the IPv4-mapped address ::ffff:127.0.0.1
+                found.add(str(getattr(ip, "ipv4_mapped", None) or ip))
+    return found
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

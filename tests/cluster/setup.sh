@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Prepares what the cluster tier (tests/test_slurm.py) needs, on a Debian host as root: the
-# packages of a one-node SLURM cluster with accounting, installed when a command is missing.
+# Prepares what the cluster tier (test_slurm.py beside this file) needs, on a Debian host as
+# root: the packages of a one-node SLURM cluster with accounting, installed when a command is
+# missing.
 #   slurmctld, slurmd, slurm-client (sbatch, squeue, scancel, sacct, sacctmgr): Debian's slurm-wlm
 #   slurmdbd (sacct's records, which snakemake's SLURM executor reads), munge (authentication),
 #   mariadb-server (slurmdbd's database).

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prepares what the container tier (tests/test_container.py) needs, on a Debian host as root:
+# Prepares what the container tier (test_image.py beside this file) needs, on a Debian host as root:
 #   1. a Docker engine: Debian's docker.io when dockerd is missing, dockerd started by hand
 #      (default flags) when nothing answers;
 #   2. Compose v2: Debian trixie's docker-compose package (bookworm's is v1);

@@ -1,4 +1,5 @@
-"""Write the JSON Schema of KServe's v1beta1 InferenceService that tests/test_deploy.py uses.
+"""Write the JSON Schema of KServe's v1beta1 InferenceService that
+tests/unit/test_deploy_files.py uses.
 
 KServe's CRD is over 1 MB because every embedded Pod and Container type is spelt out in full.
 This keeps KServe's own types only, read from the OpenAPI model classes of KServe's Python

@@ -93,7 +93,7 @@ EMBEDDING_CACHE_PARAMETER = "embedding_cache_bytes"
 EMBEDDING_CACHE_BYTES = 1 << 30
 
 # Flags every server of this project runs with: the embedded one (server.py), docker/Dockerfile,
-# docker/k8s and docker/kserve (tests/test_hardening.py checks they agree).
+# docker/k8s and docker/kserve (tests/unit/test_server_flags.py checks they agree).
 # - Model control "none": every model loads at start, none can be loaded or unloaded over the API.
 # - The shared-memory, trace and logging APIs are closed; no client of this project uses them.
 #   Registering one of the Python backend's own regions (their names are visible in /dev/shm)
