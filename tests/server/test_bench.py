@@ -15,7 +15,7 @@ import pytest
 from Bio import SeqIO
 from click.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/ is not installed
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks/ is not installed
 from benchmarks.bench import main  # noqa: E402
 from benchmarks.workload import add_duplicates, make_workload  # noqa: E402
 from virnucpro_triton import repository as repo  # noqa: E402
