@@ -31,7 +31,7 @@ from virnucpro_triton.results.report import ReportError
 from virnucpro_triton.sequence import chunk_id, chunks, split_chunk_id
 from virnucpro_triton.server import ServerError
 
-PACKAGE = Path(__file__).parents[1] / "virnucpro_triton"
+PACKAGE = Path(__file__).parents[2] / "virnucpro_triton"
 # The layers of the package, top first: a part (a top-level module or subpackage) imports only
 # parts of the layers below its own, so data flows one way, down. Parts of one layer do their
 # own jobs and never import each other: client/ talks to servers and results/ writes files,

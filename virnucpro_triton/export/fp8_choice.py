@@ -1,8 +1,8 @@
 """Which of ESM-2's linear layers may run in FP8: decided at export, on the weights exported.
 
 The rule: against the same entry in bf16, on the probe frames that ship with the package
-(fp8_probe.fasta.gz: viral and non-viral RefSeq/GenBank sequences, docs/experiments/
-make_fp8_probe.py), the pooled ESM-2 embeddings keep cosine >= 0.999 on every frame, and the
+(fp8_probe.fasta.gz: viral and non-viral RefSeq/GenBank sequences, rebuilt by
+scripts/make_fp8_probe.py), the pooled ESM-2 embeddings keep cosine >= 0.999 on every frame, and the
 frames' verdicts (through the repository's own DNABERT-S and classifiers) agree on >= 99.5%.
 
 `auto` puts each layer alone in FP8, orders the layers by how far that moves the embeddings per
