@@ -465,7 +465,7 @@ def _page(info: dict, summary: _Summary, p_virus: np.ndarray, files: list[str]) 
         "Low confidence: fewer chunks with a stop-free frame than "
         f"min({settings['min_chunks']}, the chunks the sequence has)."
     )
-    models = info.get("models", {})  # run.json of older versions has none
+    models = info.get("models", {})
     random = run_info.random_weights(models)
     banner = (
         f'<p class="random">RANDOM WEIGHTS: {html.escape(", ".join(random))} hold random weights '

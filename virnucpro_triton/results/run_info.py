@@ -38,7 +38,7 @@ def describe(about: dict[str, Any]) -> str:
     if not about.get("source"):
         if "virnucpro_triton_version" in about:  # the pipeline: it holds no weights
             return f"no weights, virnucpro-triton {about['virnucpro_triton_version']}"
-        return "no provenance recorded (exported by an older version)"
+        return "no provenance recorded in its config.pbtxt"
     parts = [about["source"]]
     if about.get("source_sha256"):
         parts.append(f"sha256 {about['source_sha256'][:12]}")
