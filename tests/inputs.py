@@ -11,11 +11,11 @@ import sys
 import threading
 from pathlib import Path
 
-_STOPS = {"TAA", "TAG", "TGA"}
-# Codons of DNA read in frame without a stop: joined, they make chunks whose first frame is kept.
-STOP_FREE_CODONS = [
-    a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in _STOPS
-]
+from virnucpro_triton.sequence import CODON_TABLE
+
+# Codons of DNA read in frame without a stop: joined, they make chunks whose first frame is
+# kept. Sorted (ACGT order), so seeded choices from it stay the same inputs.
+STOP_FREE_CODONS = sorted(codon for codon, amino in CODON_TABLE.items() if amino != "*")
 
 
 def corrupt_gzip() -> bytes:
