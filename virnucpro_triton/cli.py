@@ -661,6 +661,13 @@ def _classifier_options(command):
     help="torch: weights served by the Python backend (runs here and in any Triton). "
     "onnx: fp32 ONNX graphs for the onnxruntime backend of the NGC Triton container.",
 )
+@click.option(
+    "--batch-invariant",
+    is_flag=True,
+    help="Entries whose every result is the same bytes whatever else shares its batch: runs, "
+    "--batch-chunks, concurrent clients and servers all agree. Costs throughput (README, What "
+    "is identical between runs). Needs --format torch; export all entries with it.",
+)
 @click.option("--tiny", is_flag=True, help="Tiny random-weight models for demos and tests.")
 def export(
     out: Path,
@@ -669,6 +676,7 @@ def export(
     dtype: str,
     fp8: str,
     format_: str,
+    batch_invariant: bool,
     tiny: bool,
     **classifier_paths: Path | None,
 ) -> None:
@@ -688,6 +696,7 @@ def export(
         dtype=dtype,
         fp8=fp8,
         format=format_,
+        batch_invariant=batch_invariant,
         tiny=tiny,
         report=click.echo,
     )

@@ -2,9 +2,14 @@
 
 Used by the served `dnabert_s` and `esm2` models and by export's verification. Sequences are
 sorted by length and grouped into batches under a token budget, so padding stays small; the
-models mask padding out of attention and pooling, so the result of a sequence does not depend
-on the batch it lands in. A backend that takes packed batches (ESM-2 in half precision on a GPU:
-models/esm2.py `Packed`) gets them without padding; the budget then counts real tokens.
+models mask padding out of attention and pooling. A backend that takes packed batches (ESM-2 in
+half precision on a GPU: models/esm2.py `Packed`) gets them without padding; the budget then
+counts real tokens.
+
+Masking keeps a row's result equal to its result alone only up to its last bits: kernels pick
+their tiling and reduction order by the batch's shape. Batch-invariant embedders
+(repository/spec.py BATCH_INVARIANT) therefore run every batch in a shape that its rows alone
+decide (`_invariant_batches`), padded even where the backend could pack.
 
 Where the model runs (torch, or an ONNX graph elsewhere) is the backend's business
 (backends/); tokenization and batching are the same for all.
@@ -23,6 +28,7 @@ from virnucpro_triton.alphabet import DNA, EXPECTED, PROTEIN, as_dna, first_inva
 from virnucpro_triton.backends.base import Backend
 from virnucpro_triton.models.esm2 import PAD_IDX, Packed, encode_protein, pad_batch
 from virnucpro_triton.repository.spec import (
+    INVARIANT_WIDTH_STEP,
     MAX_DNA_LENGTH,
     MAX_PROTEIN_LENGTH,
     MAX_ROWS,
@@ -52,6 +58,23 @@ def _batches(
     return batches
 
 
+def _invariant_batches(
+    lengths: Sequence[int], token_budget: int, max_rows: int
+) -> list[tuple[list[int], tuple[int, int]]]:
+    """Batches (indices, (rows, width)) in which a sequence's batch shape depends on that sequence
+    alone: its width is its own length rounded up to INVARIANT_WIDTH_STEP, and every batch of a
+    width has as many rows as the budget allows at that width (filled up by the caller)."""
+    by_width: dict[int, list[int]] = {}
+    for index in sorted(range(len(lengths)), key=lengths.__getitem__):
+        width = -(-lengths[index] // INVARIANT_WIDTH_STEP) * INVARIANT_WIDTH_STEP
+        by_width.setdefault(width, []).append(index)
+    batches = []
+    for width, indices in by_width.items():
+        rows = max(1, min(max_rows, token_budget // width))
+        batches += [(indices[i : i + rows], (rows, width)) for i in range(0, len(indices), rows)]
+    return batches
+
+
 class _Embedder:
     """Shared batching loop; subclasses turn text into token ids."""
 
@@ -59,12 +82,17 @@ class _Embedder:
     warm_up_letters: str  # what synthetic sequences for warm_up() are made of
 
     def __init__(
-        self, backend: Backend, token_budget: int = TOKEN_BUDGET, max_rows: int = MAX_ROWS
+        self,
+        backend: Backend,
+        token_budget: int = TOKEN_BUDGET,
+        max_rows: int = MAX_ROWS,
+        batch_invariant: bool = False,
     ):
         self.backend = backend
         self.dim = backend.dim
         self.token_budget = token_budget
         self.max_rows = max_rows
+        self.batch_invariant = batch_invariant
 
     def warm_up(self) -> None:
         """Compile, on batches of assorted shapes, before requests wait for it."""
@@ -74,9 +102,17 @@ class _Embedder:
     def tokenize(self, sequences: Sequence[str]) -> list[list[int]]:
         raise NotImplementedError
 
-    def _embed_batch(self, tokens: list[list[int]], pinned: bool) -> torch.Tensor:
-        """One batch's vectors [B, dim] (fp32), queued on the backend's device."""
+    def _embed_batch(
+        self, tokens: list[list[int]], pinned: bool, shape: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """One batch's vectors [B, dim] (fp32), queued on the backend's device. `shape` (rows,
+        width): run padded in exactly that shape, the rows filled up with copies of the first."""
         device = self.backend.device
+        if shape:
+            rows, width = shape
+            ids = pad_batch(tokens + tokens[:1] * (rows - len(tokens)), self.pad_id, width)
+            ids = (ids.pin_memory() if pinned else ids).to(device, non_blocking=pinned)
+            return self.backend.embed(ids, ids != self.pad_id)[: len(tokens)]
         if self.backend.packed:
             ids = torch.tensor([token for row in tokens for token in row])
             ids = (ids.pin_memory() if pinned else ids).to(device, non_blocking=pinned)
@@ -93,13 +129,19 @@ class _Embedder:
             return out
         tokens = self.tokenize(sequences)
         lengths = [len(t) for t in tokens]
-        padded = not self.backend.packed
-        batches = _batches(lengths, self.token_budget, self.max_rows, padded)
+        if self.batch_invariant:
+            shaped = _invariant_batches(lengths, self.token_budget, self.max_rows)
+        else:
+            padded = not self.backend.packed
+            batches = _batches(lengths, self.token_budget, self.max_rows, padded)
+            shaped = [(batch, None) for batch in batches]
         # Every batch is queued on the device before any result comes back, so the CPU pads
         # the next batch while the GPU computes this one; one copy back at the end.
         pinned = self.backend.device.type == "cuda"
-        vectors = [self._embed_batch([tokens[i] for i in batch], pinned) for batch in batches]
-        out[np.concatenate(batches)] = torch.cat(vectors).cpu().numpy()
+        vectors = [
+            self._embed_batch([tokens[i] for i in batch], pinned, shape) for batch, shape in shaped
+        ]
+        out[np.concatenate([batch for batch, _ in shaped])] = torch.cat(vectors).cpu().numpy()
         return out
 
 
@@ -114,8 +156,9 @@ class DnaEmbedder(_Embedder):
         tokenizer_path: Path,
         token_budget: int = TOKEN_BUDGET,
         max_rows: int = MAX_ROWS,
+        batch_invariant: bool = False,
     ):
-        super().__init__(backend, token_budget, max_rows)
+        super().__init__(backend, token_budget, max_rows, batch_invariant)
         self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()

@@ -11,7 +11,12 @@ from tritonclient.utils import InferenceServerException
 
 from virnucpro_triton.client import addresses
 from virnucpro_triton.client.access import Channels
-from virnucpro_triton.repository import FP8_VERIFIED, PROVENANCE, provenance_values
+from virnucpro_triton.repository import (
+    BATCH_INVARIANT,
+    FP8_VERIFIED,
+    PROVENANCE,
+    provenance_values,
+)
 
 _log = logging.getLogger(__name__)
 _CHANNEL = [("grpc.max_receive_message_length", 16 << 20)]  # a model config is a few kB
@@ -19,8 +24,8 @@ _CHANNEL = [("grpc.max_receive_message_length", 16 << 20)]  # a model config is 
 
 def provenance(url: str, names: Iterable[str], channels: Channels) -> dict[str, dict[str, Any]]:
     """Where each entry's weights came from, as its config parameters say (export writes
-    repository.PROVENANCE, esm2's fp8 and fp8_verified), each in its JSON type; {} for an
-    entry exported before they existed."""
+    repository.PROVENANCE, esm2's fp8 and fp8_verified, and whether it is batch-invariant),
+    each in its JSON type."""
     found = {}
     with channels.client(url, addresses.parse(url).host, _CHANNEL) as client:
         for name in names:
@@ -29,7 +34,7 @@ def provenance(url: str, names: Iterable[str], channels: Channels) -> dict[str, 
             found[name] = provenance_values(
                 {
                     key: parameters[key].get("string_value", "")
-                    for key in (*PROVENANCE, "fp8", FP8_VERIFIED)
+                    for key in (*PROVENANCE, "fp8", FP8_VERIFIED, BATCH_INVARIANT)
                     if key in parameters
                 }
             )

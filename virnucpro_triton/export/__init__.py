@@ -31,6 +31,7 @@ def export_repository(
     dtype: str = "fp32",
     fp8: str = repo.FP8_NONE,
     format: str = "torch",
+    batch_invariant: bool = False,
     tiny: bool = False,
     chunk_sizes: tuple[int, ...] = repo.CHUNK_SIZES,
     report: Callable[[str], None] = print,
@@ -42,8 +43,10 @@ def export_repository(
     (formats/onnx_format.py); it is fp32 only. `fp8` (bf16 only; models/fp8.py) runs ESM-2's
     linear layers in FP8 on GPUs that have it: "auto" those that keep the accuracy rule on
     these weights, "feed_forward", "all" or a list of layers as given, refused when they miss
-    it (fp8_choice.py). `chunk_sizes`: the tiny classifiers to make (one entry each); the
-    pipeline serves every classifier the repository then holds. Settings that do not go
+    it (fp8_choice.py). `batch_invariant` writes entries whose results do not depend on the
+    batch a row lands in (repository/spec.py BATCH_INVARIANT). `chunk_sizes`: the tiny
+    classifiers to make (one entry each); the pipeline serves every classifier the repository
+    then holds. Settings that do not go
     together, or nothing to export, raise ExportError before anything is written.
     """
     if not tiny and not (dnabert_s or esm2 or classifiers):
@@ -51,7 +54,7 @@ def export_repository(
         raise ExportError(
             f"nothing to export: give --dnabert-s, --esm2, --classifier-{sizes} or --tiny"
         )
-    writer = format_of(format, dtype, fp8)
+    writer = format_of(format, dtype, fp8, batch_invariant)
     checks: list[Check] = []
     with tempfile.TemporaryDirectory() as scratch:
         if tiny:

@@ -57,9 +57,10 @@ def encode_protein(seq: str) -> list[int]:
     return [CLS_IDX, *(TOKEN_TO_ID.get(c, UNK_IDX) for c in seq), EOS_IDX]
 
 
-def pad_batch(token_lists: list[list[int]], pad_id: int) -> torch.Tensor:
-    """Right-pad token id lists into a LongTensor [B, max_len] (right padding keeps positions)."""
-    width = max(len(t) for t in token_lists)
+def pad_batch(token_lists: list[list[int]], pad_id: int, width: int = 0) -> torch.Tensor:
+    """Right-pad token id lists into a LongTensor [B, width] (at least the longest list's
+    length; right padding keeps positions)."""
+    width = max(width, *(len(t) for t in token_lists))
     out = torch.full((len(token_lists), width), pad_id, dtype=torch.long)
     for row, tokens in zip(out, token_lists, strict=True):
         row[: len(tokens)] = torch.tensor(tokens, dtype=torch.long)

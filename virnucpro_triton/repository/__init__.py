@@ -21,6 +21,7 @@ from virnucpro_triton.repository.config import (  # noqa: F401
 from virnucpro_triton.repository.spec import (  # noqa: F401
     ARCHITECTURE,
     ATTENTION_MASK,
+    BATCH_INVARIANT,
     CALLS,
     CHUNK_SIZE,
     CHUNK_SIZES,
@@ -47,6 +48,8 @@ from virnucpro_triton.repository.spec import (  # noqa: F401
     FRAME_KEPT,
     FRAME_PROBABILITIES,
     INPUT_IDS,
+    INVARIANT_CLASSIFIER_ROWS,
+    INVARIANT_WIDTH_STEP,
     MAX_BATCH_CHUNKS,
     MAX_DNA_LENGTH,
     MAX_LENGTH,

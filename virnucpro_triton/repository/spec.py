@@ -91,6 +91,19 @@ MAX_REQUEST_BYTES = 32 * 2**20
 # 2,560 float32 and its key (frames per GiB: docs/performance.md).
 EMBEDDING_CACHE_PARAMETER = "embedding_cache_bytes"
 EMBEDDING_CACHE_BYTES = 1 << 30
+# Batch-invariant mode, the embedders' and classifiers' parameter BATCH_INVARIANT ("true" or
+# "false", export --batch-invariant): every frame's embeddings and probabilities are the same
+# bytes whatever else shares its batch. Dynamic batching puts a row into other batches on every
+# run, and kernels choose their reduction order by the batch's shape; in this mode every batch
+# a row can land in has one shape, which that row alone decides (sequence_embedders.py), and
+# every kernel does the same arithmetic for each row of a shape. Off by default: it costs
+# throughput (README, What is identical between runs).
+BATCH_INVARIANT = "batch_invariant"
+# ... a sequence's batch is its own token count rounded up to a multiple of this, and holds
+# as many rows as the embedder's budget allows at that width;
+INVARIANT_WIDTH_STEP = 16
+# ... a classifier's batches hold exactly this many rows.
+INVARIANT_CLASSIFIER_ROWS = 256
 
 # Flags every server of this project runs with: the embedded one (server.py), docker/Dockerfile,
 # docker/k8s and docker/kserve (tests/unit/test_server_flags.py checks they agree).
@@ -221,6 +234,9 @@ _EMBEDDER_LIMITS = {
     EMBEDDING_CACHE_PARAMETER: str(EMBEDDING_CACHE_BYTES),
 }
 
+# Settings of the embedders and classifiers, as export writes them unless told otherwise.
+_SETTINGS = {BATCH_INVARIANT: "false"}
+
 
 def _graph(name: str, inputs: tuple[Tensor, ...], outputs: tuple[Tensor, ...]) -> EntrySpec:
     """The ONNX compute entry behind Python entry `name` (its callers' queues bound its work)."""
@@ -240,7 +256,12 @@ def entry_specs(chunk_sizes: tuple[int, ...] = CHUNK_SIZES) -> dict[str, EntrySp
             (EMBEDDING,),
             EMBEDDER_MAX_BATCH,
             _EMBEDDING_MODEL,
-            parameters={"fp8": FP8_NONE, MAX_LENGTH: str(MAX_DNA_LENGTH), **_EMBEDDER_LIMITS},
+            parameters={
+                "fp8": FP8_NONE,
+                MAX_LENGTH: str(MAX_DNA_LENGTH),
+                **_EMBEDDER_LIMITS,
+                **_SETTINGS,
+            },
         ),
         EntrySpec(
             ESM2,
@@ -248,7 +269,12 @@ def entry_specs(chunk_sizes: tuple[int, ...] = CHUNK_SIZES) -> dict[str, EntrySp
             (EMBEDDING,),
             EMBEDDER_MAX_BATCH,
             _EMBEDDING_MODEL,
-            parameters={"fp8": FP8_NONE, MAX_LENGTH: str(MAX_PROTEIN_LENGTH), **_EMBEDDER_LIMITS},
+            parameters={
+                "fp8": FP8_NONE,
+                MAX_LENGTH: str(MAX_PROTEIN_LENGTH),
+                **_EMBEDDER_LIMITS,
+                **_SETTINGS,
+            },
         ),
         *(
             EntrySpec(
@@ -257,6 +283,7 @@ def entry_specs(chunk_sizes: tuple[int, ...] = CHUNK_SIZES) -> dict[str, EntrySp
                 (CLASS_PROBABILITIES,),
                 EMBEDDER_MAX_BATCH,
                 "virnucpro_triton.serving.classifier.ClassifierModel",
+                parameters=_SETTINGS,
             )
             for name in classifiers
         ),

@@ -74,12 +74,14 @@ def sha256_of(path: Path) -> str:
 _TYPED_PROVENANCE = {
     "weights_sha256": json.loads,
     "random_weights": {"true": True, "false": False}.__getitem__,
+    "batch_invariant": {"true": True, "false": False}.__getitem__,
 }
 
 
 def provenance_values(parameters: dict[str, str]) -> dict[str, Any]:
-    """An entry's provenance parameters in their JSON types: `random_weights` a boolean,
-    `weights_sha256` an object; a value that does not decode is left as its text."""
+    """An entry's provenance parameters in their JSON types: `random_weights` and
+    `batch_invariant` booleans, `weights_sha256` an object; a value that does not decode is left
+    as its text."""
     values: dict[str, Any] = dict(parameters)
     for key, decode in _TYPED_PROVENANCE.items():
         if key in values:

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from virnucpro_triton.backends.factory import classifier_backend
-from virnucpro_triton.repository import read_architecture
+from virnucpro_triton.repository import BATCH_INVARIANT, read_architecture
 from virnucpro_triton.serving.common import (
     BadRequest,
     EntryConfig,
@@ -34,8 +34,10 @@ class ClassifierModel:
         (self.output,) = config.names("output", 1)
         directory = version_dir(args)
         architecture = read_architecture(directory)
-        self.classify = classifier_backend(directory, device_of(args), bls_run)
-        log_loaded(args, f"classifier {architecture['dtype']} {architecture['runtime']}")
+        batch_invariant = config.flag(BATCH_INVARIANT)
+        self.classify = classifier_backend(directory, device_of(args), bls_run, batch_invariant)
+        notes = ["classifier", architecture["dtype"], architecture["runtime"]]
+        log_loaded(args, " ".join(notes + ["batch-invariant"] * batch_invariant))
 
     def _classify(self, request: Any) -> dict[str, np.ndarray]:
         features = input_array(request, self.input)

@@ -88,6 +88,13 @@ class EntryConfig:
     def limit(self, key: str) -> int:
         return int(self.parameter(key))
 
+    def flag(self, key: str) -> bool:
+        """A "true" or "false" parameter (a setting someone may have edited by hand)."""
+        value = self.parameter(key)
+        if value not in ("true", "false"):
+            raise ValueError(f"{self.name}: parameter {key} is {value!r}, not true or false")
+        return value == "true"
+
 
 def input_array(request: Any, name: str) -> np.ndarray:
     tensor = pb_utils.get_input_tensor_by_name(request, name)

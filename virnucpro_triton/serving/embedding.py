@@ -12,6 +12,7 @@ from typing import Any
 from virnucpro_triton.alphabet import DNA, PROTEIN
 from virnucpro_triton.backends.factory import embedding_backend
 from virnucpro_triton.repository import (
+    BATCH_INVARIANT,
     DNABERT_S,
     EMBEDDING_CACHE_PARAMETER,
     MAX_LENGTH,
@@ -44,6 +45,7 @@ class EmbeddingModel:
         (self.input,) = config.names("input", 1)
         (self.output,) = config.names("output", 1)
         architecture = read_architecture(directory)
+        batch_invariant = config.flag(BATCH_INVARIANT)
         # Compiled on a GPU, where fusion pays; warmed up here so that cold start, not the
         # first requests, pays for compilation.
         backend = embedding_backend(
@@ -53,10 +55,12 @@ class EmbeddingModel:
             bls_run,
             fp8=config.parameter("fp8"),
             compiled_on_gpu=True,
+            batch_invariant=batch_invariant,
         )
         limits = {
             "token_budget": config.limit(TOKEN_BUDGET_KEY),
             "max_rows": config.limit(MAX_ROWS_KEY),
+            "batch_invariant": batch_invariant,
         }
         kind = architecture["kind"]
         if kind == DNABERT_S:
@@ -72,6 +76,7 @@ class EmbeddingModel:
         self.metrics = CacheMetrics(args["model_name"]) if self.cache.max_bytes else None
         notes = [kind, architecture["dtype"], architecture["runtime"]]
         notes += ["compiled"] * backend.compiled + [backend.fp8]
+        notes += ["batch-invariant"] * batch_invariant
         log_loaded(args, " ".join(filter(None, notes)))
 
     def _sequences(self, request: Any) -> list[str]:
@@ -84,7 +89,8 @@ class EmbeddingModel:
 
     def execute(self, requests: list[Any]) -> list[Any]:
         # Rows of all valid requests are embedded together (length-bucketed across requests);
-        # padding is masked, so a row's result moves at most in its last float32 bits.
+        # padding is masked, so a row's result moves at most in its last float32 bits, and not
+        # at all where the entry is batch-invariant.
         parsed = try_each(requests, self._sequences)
         valid = [batch for batch in parsed if not isinstance(batch, Exception)]
         try:

@@ -42,15 +42,21 @@ class Format(Protocol):
     ) -> Check: ...
 
 
-def format_of(name: str, dtype: str = "fp32", fp8: str = repo.FP8_NONE) -> Format:
-    """The format `name` writing `dtype` weights with ESM-2's `fp8` setting (models/fp8.py), or
-    ExportError when they do not go together. The settings are named as the CLI spells them."""
+def format_of(
+    name: str, dtype: str = "fp32", fp8: str = repo.FP8_NONE, batch_invariant: bool = False
+) -> Format:
+    """The format `name` writing `dtype` weights with ESM-2's `fp8` setting (models/fp8.py) and
+    the entries' `batch_invariant` setting, or ExportError when they do not go together. The
+    settings are named as the CLI spells them."""
     if name not in FORMATS:
         raise ExportError(f"unknown export format {name!r}; choose from {', '.join(FORMATS)}")
     if name == "onnx" and dtype != "fp32":
         raise ExportError("--format onnx writes fp32 graphs only: leave --dtype at fp32")
     if fp8 != repo.FP8_NONE and (name != "torch" or dtype != "bf16"):
         raise ExportError(f"--fp8 {fp8} needs --dtype bf16 and --format torch")
+    if batch_invariant and name != "torch":
+        # Triton's onnxruntime backend joins the fixed-shape batches sent to it into larger ones.
+        raise ExportError("--batch-invariant needs --format torch")
     if name == "onnx":
         # Imported here: onnx and onnxruntime are needed only for this format.
         from virnucpro_triton.export.formats.onnx_format import OnnxFormat
@@ -58,4 +64,4 @@ def format_of(name: str, dtype: str = "fp32", fp8: str = repo.FP8_NONE) -> Forma
         return OnnxFormat()
     from virnucpro_triton.export.formats.torch_format import TorchFormat
 
-    return TorchFormat(dtype, fp8)
+    return TorchFormat(dtype, fp8, batch_invariant)

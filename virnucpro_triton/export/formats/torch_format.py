@@ -33,10 +33,16 @@ from virnucpro_triton.sequence_embedders import DnaEmbedder, ProteinEmbedder
 class TorchFormat:
     """Embedders in `dtype`, ESM-2 with the `fp8` setting (bf16 only: fp8_choice.py decides
     `auto`); the classifiers stay fp32 whatever `dtype` says: they are tiny and sit at the
-    verdict."""
+    verdict. `batch_invariant`: the entries' setting (repository/spec.py BATCH_INVARIANT), which
+    verification then runs with."""
 
     dtype: str = "fp32"
     fp8: str = repo.FP8_NONE
+    batch_invariant: bool = False
+
+    def _config(self, name: str, widths: dict[str, int]):
+        setting = {repo.BATCH_INVARIANT: str(self.batch_invariant).lower()}
+        return repo.entry_config(repo.spec_of(name), widths, setting)
 
     def dnabert_s(
         self, repository: Path, model: DnabertS, tokenizer_json: Path, source: repo.Source
@@ -47,13 +53,14 @@ class TorchFormat:
         def verify(version: Path) -> Check:
             device = verify_device()
             model.to(device)
-            backend = embedding_backend(version, device, width)
-            served = DnaEmbedder(backend, version / repo.TOKENIZER)
+            invariant = self.batch_invariant
+            backend = embedding_backend(version, device, width, batch_invariant=invariant)
+            served = DnaEmbedder(backend, version / repo.TOKENIZER, batch_invariant=invariant)
             dna, _ = probe_frames()
             reference = reference_dna(model, served, dna)
             return compare(repo.DNABERT_S, self.dtype, reference, served(dna))
 
-        config = _config(repo.DNABERT_S, {repo.WIDTH: width})
+        config = self._config(repo.DNABERT_S, {repo.WIDTH: width})
         return _export(
             repository, config, model, repo.DNABERT_S, self.dtype, verify, source, (tokenizer_json,)
         )
@@ -63,7 +70,7 @@ class TorchFormat:
         DNABERT-S and classifiers already in `repository`, and written into its config with the
         numbers; the entry is then checked against fp32 as served on this machine."""
         model = model.float().eval()
-        config = _config(repo.ESM2, {repo.WIDTH: model.config.embed_dim})
+        config = self._config(repo.ESM2, {repo.WIDTH: model.config.embed_dim})
 
         def verify(version: Path) -> Check:
             device = verify_device()
@@ -77,7 +84,7 @@ class TorchFormat:
                 repo.write_config(version.parent, config)
             # The model already loaded (ESM-2 3B is large), with the setting chosen on it.
             backend = TorchBackend(loaded, device, fp8=apply_fp8(loaded, setting, device))
-            served = ProteinEmbedder(backend)
+            served = ProteinEmbedder(backend, batch_invariant=self.batch_invariant)
             _, protein = probe_frames()
             reference = reference_protein(model, served, protein)
             check = compare(repo.ESM2, self.dtype, reference, served(protein))
@@ -94,17 +101,15 @@ class TorchFormat:
         probe = probe_features(input_dim)
 
         def verify(version: Path) -> Check:
-            served = classifier_backend(version, torch.device("cpu"))
+            served = classifier_backend(
+                version, torch.device("cpu"), batch_invariant=self.batch_invariant
+            )
             with torch.inference_mode():
                 reference = model(torch.from_numpy(probe)).numpy()
             return compare(name, "fp32", reference, served(probe))
 
-        config = _config(name, {repo.FEATURE_WIDTH: input_dim})
+        config = self._config(name, {repo.FEATURE_WIDTH: input_dim})
         return _export(repository, config, model, "classifier", "fp32", verify, source)
-
-
-def _config(name: str, widths: dict[str, int]):
-    return repo.entry_config(repo.spec_of(name), widths)
 
 
 def _export(
