@@ -12,6 +12,8 @@ tests/certificates.py, tests/repository_edits.py). By what they hold:
   embedders alone);
 - served.py: FASTA -> client -> embedded tritonserver -> result files, and its variants
   (one GPU, copies of reads with the embedding cache off and on, FP8);
+- invariance.py: batch invariance (rows that move between runs, the first module that
+  computes a row differently in a batch) in the default and the batch-invariant mode;
 - report.py: the lines and the table printed;
 - door.py: what access tokens and TLS cost at the front door (`python -m benchmarks.door`);
 - device.sh: the steps run on a lent GPU machine.

@@ -10,6 +10,10 @@ writes them into a model repository, and on the same frames measures
   (d) models alone: the entries' embedders without the server (`models_alone`);
 and reports frames/s, the ratios c/a, c/b and c/d, GPU memory peak, GPU busy % and an MFU
 estimate, and how far the served embeddings of the first frames are from VirNucPro's own.
+`--invariance` (on by default; invariance.py) also measures batch invariance: rows that move
+between two identical served runs and between one chunk per request and --batch-chunks, the
+first module that computes a row differently in a batch than alone, and the same with every
+entry batch-invariant, served on the same frames: its frames/s over (c)'s.
 On a GPU with FP8 it lets `export --fp8 auto`'s check choose ESM-2's FP8 layers for these
 weights, serves again with them and reports how far verdicts and embeddings move. `--tiny` runs
 the same on the demo-size models in fp32 (the CPU smoke run in the tests).
@@ -32,6 +36,7 @@ import torch
 
 from benchmarks import report
 from benchmarks.in_process import in_process, models_alone
+from benchmarks.invariance import batch_invariance, repeat_runs
 from benchmarks.random_models import balance_classifier, build_repository
 from benchmarks.served import ServedRun, agreement, duplicate_runs, served, served_fp8, verdicts
 from benchmarks.virnucpro_own import embedding_difference, virnucpro_own
@@ -87,6 +92,22 @@ PROBE_FRAMES = 64
     help="Also serve reads of which this share are copies (half reverse complements), "
     "embedding cache off and on, against the same reads without copies.",
 )
+@click.option(
+    "--invariance/--no-invariance",
+    default=True,
+    show_default=True,
+    help="Also measure batch invariance (issue 28): rows that move between identical served runs "
+    "and between one chunk per request and --batch-chunks, the first module that computes a row "
+    "differently in a batch than alone, and the batch-invariant mode served on the same frames.",
+)
+@click.option(
+    "--one-chunk-frames",
+    type=click.IntRange(1),
+    default=1_000,
+    show_default=True,
+    help="Sent one chunk per request (slow) for --invariance: the records holding this many of "
+    "the first frames.",
+)
 @click.option("--work-dir", type=click.Path(path_type=Path), default=Path("build/bench"))
 @click.option(
     "--json-out",
@@ -105,6 +126,8 @@ def main(
     gpu_scaling: bool,
     fp8: bool | None,
     duplicate_fraction: float,
+    invariance: bool,
+    one_chunk_frames: int,
     work_dir: Path,
     json_out: Path,
 ) -> None:
@@ -141,7 +164,10 @@ def main(
         run_settings = ServedRun(
             repository, fasta, len(workload), size, out, batch_chunks, in_flight
         )
-        serve = served(run_settings, probes)
+        # The default mode's repeated runs go to the measured run's server.
+        then = repeat_runs(run_settings, one_chunk_frames) if invariance else None
+        serve = served(run_settings, probes, then)
+        repeats = serve.pop("then", None)
         own["served_embeddings"] = {
             entry: embedding_difference(own_embeddings[entry], found)
             for entry, found in serve.pop("embeddings").items()
@@ -169,6 +195,12 @@ def main(
             "served_mfu_h100_bf16": tflops / H100_BF16_DENSE_TFLOPS if not tiny else None,
         }
         report.measured(size, run)
+        if invariance:
+            args = (models, workload, run_settings, repeats, device, one_chunk_frames)
+            run["batch_invariance"] = batch_invariance(*args)
+            invariant_served = run["batch_invariance"]["batch_invariant"]["served"]
+            run["invariant_over_default"] = invariant_served["frames_per_s"] / serve["frames_per_s"]
+            report.invariance(size, run)
         if gpu_scaling:
             one = served(dataclasses.replace(run_settings, gpus="0"))
             run["served_one_gpu"] = one

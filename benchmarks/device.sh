@@ -3,9 +3,12 @@
 # the nvidia-pytriton wheel without the stubs of other Pythons, numpy 1.26, biopython,
 # tritonclient, fair-esm for VirNucPro's own way) and this checkout into the machine's Python,
 # then run the steps named:
-#   bench:  make bench's 300-bp run (VirNucPro's own way, in-process, served; FP8 as export
+#   bench:  make bench's 300-bp run (VirNucPro's own way, in-process, served; batch invariance:
+#           rows moved between identical served runs and by one chunk per request, the first
+#           differing module, the batch-invariant mode served and its cost; FP8 as export
 #           --fp8 auto verifies it for these weights), --duplicate-fraction ${DUP:-0.3}
-#           -> $OUT/bench.json (kept in docs/measurements/ when docs/performance.md quotes it)
+#           -> $OUT/bench.json (kept in docs/measurements/ when docs/performance.md quotes it).
+#           BENCH_ARGS adds options: --no-invariance, --no-fp8 leave those parts out.
 #   gpu:    pytest -m gpu (the gpu tier)
 set -uo pipefail
 export PYTHONUNBUFFERED=1

@@ -53,8 +53,73 @@ def fp8(size: int, run: dict) -> None:
     )
 
 
+def _moved(found: dict) -> str:
+    return f"{found['moved']}/{found['rows']}"
+
+
+def _modes(run: dict) -> list[tuple[str, dict, dict]]:
+    """(mode, its served measurement, its invariance findings) of both modes."""
+    found = run["batch_invariance"]
+    return [
+        ("default", run["served"], found["default"]),
+        ("batch-invariant", found["batch_invariant"]["served"], found["batch_invariant"]),
+    ]
+
+
+def invariance(size: int, run: dict) -> None:
+    parts = []
+    for mode, serve, found in _modes(run):
+        first = found["first_difference"]
+        parts.append(
+            f"{mode} {serve['frames_per_s']:.0f}/s, rows moved between runs "
+            f"{_moved(found['between_runs'])}, one chunk per request "
+            f"{_moved(found['one_chunk_vs_batch_chunks'])}, first differing module: DNABERT-S "
+            f"{first['dnabert_s']['first_module']}, ESM-2 {first['esm2']['first_module']}"
+        )
+    click.echo(f"{size} bp: " + " | ".join(parts) + f" | ratio {run['invariant_over_default']:.2f}")
+
+
+def _invariance_table(results: dict) -> list[tuple[str, ...]]:
+    chunks = results["batch_chunks"]
+    head = (
+        "chunk",
+        "mode",
+        "served",
+        "/ default",
+        "moved between runs",
+        f"moved 1 vs {chunks} chunks",
+        "first differing: DNABERT-S",
+        "ESM-2",
+    )
+    rows = [head]
+    for size, run in results["runs"].items():
+        if "batch_invariance" not in run:
+            continue
+        for mode, serve, found in _modes(run):
+            first = found["first_difference"]
+            rows.append(
+                (
+                    f"{size} bp",
+                    mode,
+                    f"{serve['frames_per_s']:.0f}/s",
+                    f"{serve['frames_per_s'] / run['served']['frames_per_s']:.2f}x",
+                    _moved(found["between_runs"]),
+                    _moved(found["one_chunk_vs_batch_chunks"]),
+                    str(first["dnabert_s"]["first_module"] or "none"),
+                    str(first["esm2"]["first_module"] or "none"),
+                )
+            )
+    return rows if len(rows) > 1 else []
+
+
+def _aligned(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
+
+
 def table(results: dict) -> str:
-    """Frames/s of each way per chunk size and served's ratios over the two in-process ones."""
+    """Frames/s of each way per chunk size and served's ratios over the two in-process ones;
+    then, where measured, both modes' served frames/s and rows moved (invariance.py)."""
     head = ("chunk", "frames", "VirNucPro's own", "in-process", "served", "/ own", "/ in-process")
     rows = [head]
     for size, run in results["runs"].items():
@@ -69,5 +134,5 @@ def table(results: dict) -> str:
                 f"{run['served_over_in_process']:.2f}x",
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows)
+    invariance = _invariance_table(results)
+    return "\n".join(_aligned(rows) + ([""] + _aligned(invariance) if invariance else []))

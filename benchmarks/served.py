@@ -10,7 +10,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import click
@@ -92,12 +92,23 @@ class GpuSampler:
         }
 
 
-def served(run: ServedRun, probes: Mapping[str, Path] | None = None) -> dict:
+def client_settings(run: ServedRun) -> dict:
+    """`predict`'s settings for `run`'s client."""
+    return {"batch_chunks": run.batch_chunks, "max_in_flight": run.in_flight, "progress": False}
+
+
+def served(
+    run: ServedRun,
+    probes: Mapping[str, Path] | None = None,
+    then: Callable[[str], dict] | None = None,
+) -> dict:
     """The served path's measurements. `probes`: entry name -> FASTA that the entry embeds
-    once the measurement is over (not timed), under "embeddings" (one row per record)."""
+    once the measurement is over (not timed), under "embeddings" (one row per record). `then`:
+    more work against the same server after that (not timed), given the server's URL; what it
+    returns goes under "then"."""
     warmup = run.out / "warmup.fasta"  # a smaller workload of its own: first calls, memory pools
     make_workload(warmup, min(run.frames, 2_000), run.chunk_size, seed=1)
-    client = {"batch_chunks": run.batch_chunks, "max_in_flight": run.in_flight, "progress": False}
+    client = client_settings(run)
     start = time.perf_counter()
     server = EmbeddedServer(run.repository, gpus=run.gpus).start()
     try:
@@ -120,6 +131,7 @@ def served(run: ServedRun, probes: Mapping[str, Path] | None = None) -> dict:
             vectors = run.out / f"probe_{entry}.npy"
             embed(fasta, entry, vectors, server.grpc_url, progress=False)
             embeddings[entry] = np.load(vectors)
+        more = then(server.grpc_url) if then else None
     finally:
         server.stop()
     assert summary.frames == run.frames, (summary.frames, run.frames)
@@ -139,6 +151,7 @@ def served(run: ServedRun, probes: Mapping[str, Path] | None = None) -> dict:
             for model in after
         },
         **({"embeddings": embeddings} if probes else {}),
+        **({"then": more} if then else {}),
     }
 
 

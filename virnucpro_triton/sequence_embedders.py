@@ -102,6 +102,14 @@ class _Embedder:
     def tokenize(self, sequences: Sequence[str]) -> list[list[int]]:
         raise NotImplementedError
 
+    def batches(self, lengths: Sequence[int]) -> list[tuple[list[int], tuple[int, int] | None]]:
+        """The batches (indices, shape for `_embed_batch`) that sequences of `lengths` tokens
+        are embedded in."""
+        if self.batch_invariant:
+            return _invariant_batches(lengths, self.token_budget, self.max_rows)
+        padded = not self.backend.packed
+        return [(b, None) for b in _batches(lengths, self.token_budget, self.max_rows, padded)]
+
     def _embed_batch(
         self, tokens: list[list[int]], pinned: bool, shape: tuple[int, int] | None = None
     ) -> torch.Tensor:
@@ -128,13 +136,7 @@ class _Embedder:
         if not sequences:
             return out
         tokens = self.tokenize(sequences)
-        lengths = [len(t) for t in tokens]
-        if self.batch_invariant:
-            shaped = _invariant_batches(lengths, self.token_budget, self.max_rows)
-        else:
-            padded = not self.backend.packed
-            batches = _batches(lengths, self.token_budget, self.max_rows, padded)
-            shaped = [(batch, None) for batch in batches]
+        shaped = self.batches([len(t) for t in tokens])
         # Every batch is queued on the device before any result comes back, so the CPU pads
         # the next batch while the GPU computes this one; one copy back at the end.
         pinned = self.backend.device.type == "cuda"

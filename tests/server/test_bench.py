@@ -28,7 +28,7 @@ def test_bench_smoke_run_reports_every_way(tmp_path):
     result = CliRunner().invoke(
         main,
         ["--tiny", "--chunk-size", "300", "--frames", "40", "--virnucpro-frames", "30"]
-        + ["--work-dir", str(tmp_path), "--json-out", str(out)],
+        + ["--one-chunk-frames", "12", "--work-dir", str(tmp_path), "--json-out", str(out)],
     )
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
@@ -53,7 +53,8 @@ def test_bench_smoke_run_reports_every_way(tmp_path):
         assert found["frames"] == 30
         assert found["max_abs_diff"] < 1e-4 and found["min_cosine"] > 0.9999
     table = result.output.splitlines()
-    assert "VirNucPro's own" in table[-3] and table[-2].split()[0] == "300"
+    head = next(i for i, line in enumerate(table) if "VirNucPro's own" in line and "/ own" in line)
+    assert table[head + 1].split()[:2] == ["300", "bp"]
     # The models alone, as the entries embed, on sets of one execute's frames.
     alone = run["models_alone"]
     assert alone["frames_per_s"] < alone["esm2_frames_per_s"]  # DNABERT-S's time added
@@ -70,6 +71,42 @@ def test_bench_smoke_run_reports_every_way(tmp_path):
     # fp32 on both paths: frames line up and get the in-process verdicts.
     assert run["served"]["verdict_agreement_with_in_process"] >= 0.95
     assert "served_fp8" not in run  # no GPU with FP8 here
+    assert_invariance_reported(run, table[head + 2 :])
+
+
+def assert_invariance_reported(run: dict, table: list[str]) -> None:
+    """Both modes' moved rows and first differing modules, and the batch-invariant mode's
+    served frames/s over the default's, in the JSON and in the printed table."""
+    found = run["batch_invariance"]
+    invariant = found["batch_invariant"]
+    assert invariant["served"]["frames_per_s"] > 0
+    assert run["invariant_over_default"] == (
+        invariant["served"]["frames_per_s"] / run["served"]["frames_per_s"]
+    )
+    for mode in ("default", "batch_invariant"):
+        between, one_chunk = (found[mode][k] for k in ("between_runs", "one_chunk_vs_batch_chunks"))
+        assert between["rows"] == run["frames"]
+        # --one-chunk-frames: the first records holding at least 12 frames, not all of them.
+        assert 12 <= one_chunk["rows"] < run["frames"]
+        for moved in (between, one_chunk):
+            assert isinstance(moved["moved"], int) and 0 <= moved["moved"] <= moved["rows"]
+        for entry in (repo.DNABERT_S, repo.ESM2):
+            first = found[mode]["first_difference"][entry]
+            assert first["rows"] == len(first["per_row"]) == 4
+            assert 0 <= first["rows_differing"] <= first["rows"]
+            assert all(row["modules_compared"] > 0 for row in first["per_row"])
+    # The mode's proof, on the CPU too: nothing moves, no module computes a row differently.
+    assert found["batch_invariant"]["between_runs"]["moved"] == 0
+    assert found["batch_invariant"]["one_chunk_vs_batch_chunks"]["moved"] == 0
+    for entry in (repo.DNABERT_S, repo.ESM2):
+        first = found["batch_invariant"]["first_difference"][entry]
+        assert first["rows_differing"] == 0 and first["first_module"] is None
+    # The printed table: a row per mode with the same numbers.
+    rows = {line.split()[2]: line.split() for line in table if line.startswith("300 bp")}
+    assert set(rows) == {"default", "batch-invariant"}
+    assert rows["batch-invariant"][4] == f"{run['invariant_over_default']:.2f}x"
+    assert rows["batch-invariant"][5:7] == ["0/" + str(run["frames"]), f"0/{one_chunk['rows']}"]
+    assert rows["batch-invariant"][7:] == ["none", "none"]
 
 
 def test_the_bench_adds_the_share_of_copies_asked_half_of_them_reverse_complements(tmp_path):
