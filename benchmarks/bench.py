@@ -13,7 +13,9 @@ estimate, and how far the served embeddings of the first frames are from VirNucP
 `--invariance` (on by default; invariance.py) also measures batch invariance: rows that move
 between two identical served runs and between one chunk per request and --batch-chunks, the
 first module that computes a row differently in a batch than alone, and the same with every
-entry batch-invariant, served on the same frames: its frames/s over (c)'s.
+entry batch-invariant, served on the same frames: its frames/s over (c)'s. Both modes are then
+served with the embedders' cache off (a repeated run would take every embedding from it), (c)
+too: its runs are the default mode's.
 On a GPU with FP8 it lets `export --fp8 auto`'s check choose ESM-2's FP8 layers for these
 weights, serves again with them and reports how far verdicts and embeddings move. `--tiny` runs
 the same on the demo-size models in fp32 (the CPU smoke run in the tests).
@@ -41,6 +43,7 @@ from benchmarks.random_models import balance_classifier, build_repository
 from benchmarks.served import ServedRun, agreement, duplicate_runs, served, served_fp8, verdicts
 from benchmarks.virnucpro_own import embedding_difference, virnucpro_own
 from benchmarks.workload import make_workload, write_frames
+from tests.repository_edits import set_embedding_cache
 from virnucpro_triton import repository as repo
 from virnucpro_triton.models.fp8 import fp8_unavailable
 
@@ -164,9 +167,15 @@ def main(
         run_settings = ServedRun(
             repository, fasta, len(workload), size, out, batch_chunks, in_flight
         )
-        # The default mode's repeated runs go to the measured run's server.
+        # The default mode's repeated runs go to the measured run's server, which then serves
+        # without the embedders' cache: a repeat would take every embedding from it.
         then = repeat_runs(run_settings, one_chunk_frames) if invariance else None
-        serve = served(run_settings, probes, then)
+        set_embedding_cache(repository, 0 if invariance else repo.EMBEDDING_CACHE_BYTES)
+        try:
+            serve = served(run_settings, probes, then)
+        finally:
+            set_embedding_cache(repository, repo.EMBEDDING_CACHE_BYTES)
+        serve["embedding_cache_bytes"] = 0 if invariance else repo.EMBEDDING_CACHE_BYTES
         repeats = serve.pop("then", None)
         own["served_embeddings"] = {
             entry: embedding_difference(own_embeddings[entry], found)

@@ -5,7 +5,9 @@ alone, and what the batch-invariant mode (repository/spec.py BATCH_INVARIANT) co
 A row "moves" when its probabilities differ in any bit. Served runs compared: the same input
 twice against one server, and the input's first frames sent one chunk per request against the
 bench's --batch-chunks. Both in the default mode and in the batch-invariant mode, each on a
-server of its own that serves all its runs (a full-size server start compiles ESM-2 3B).
+server of its own that serves all its runs (a full-size server start compiles ESM-2 3B), with
+the embedders' cache off: with it, a repeated run would take every embedding from the cache and
+compute none in a batch.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 from Bio import SeqIO
 
 from benchmarks.served import ServedRun, client_settings, served
-from tests.repository_edits import set_parameter
+from tests.repository_edits import set_embedding_cache, set_parameter
 from virnucpro_triton import repository as repo
 from virnucpro_triton.backends.torch_backend import TorchBackend
 from virnucpro_triton.commands.predict import predict
@@ -125,11 +127,13 @@ def batch_invariance(
     one_chunk_frames: int,
 ) -> dict:
     """Both modes' moved rows and first differing modules, and the batch-invariant mode served
-    as `run` was. `default_repeats`: what repeat_runs found on the default mode's server."""
+    as `run` was (the embedders' cache off). `default_repeats`: what repeat_runs found on the
+    default mode's server."""
     default = first_differences(models, frames, device, False)
     found = {"default": {**default_repeats, "first_difference": default}}
     hooked = first_differences(models, frames, device, True)
     repository = invariant_copy(run.repository, run.out.with_name("repository_invariant"))
+    set_embedding_cache(repository, 0)  # as the default mode's runs were served
     invariant = dataclasses.replace(
         run, repository=repository, out=run.out.with_name(run.out.name + "_invariant")
     )
@@ -182,7 +186,12 @@ def _first_differences(embedder: DnaEmbedder | ProteinEmbedder, sequences: list[
         ((_, alone_shape),) = embedder.batches([len(tokens[index])])
         alone = _traced(embedder, [tokens[index]], alone_shape, 0)
         rows.append(
-            {"tokens": len(tokens[index]), "batch_rows": len(batch), **_compare(*in_batch, *alone)}
+            {
+                "tokens": len(tokens[index]),
+                "batch_rows": len(batch),
+                "batch_shape": list(shape) if shape else None,  # None: as the backend lays out
+                **_compare(*in_batch, *alone),
+            }
         )
     firsts = Counter(row["first_module"] for row in rows if row["first_module"])
     return {

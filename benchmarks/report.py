@@ -57,6 +57,10 @@ def _moved(found: dict) -> str:
     return f"{found['moved']}/{found['rows']}"
 
 
+def _first(first_difference: dict, entry: str) -> str:
+    return first_difference[entry]["first_module"] or "none"
+
+
 def _modes(run: dict) -> list[tuple[str, dict, dict]]:
     """(mode, its served measurement, its invariance findings) of both modes."""
     found = run["batch_invariance"]
@@ -74,7 +78,7 @@ def invariance(size: int, run: dict) -> None:
             f"{mode} {serve['frames_per_s']:.0f}/s, rows moved between runs "
             f"{_moved(found['between_runs'])}, one chunk per request "
             f"{_moved(found['one_chunk_vs_batch_chunks'])}, first differing module: DNABERT-S "
-            f"{first['dnabert_s']['first_module']}, ESM-2 {first['esm2']['first_module']}"
+            f"{_first(first, 'dnabert_s')}, ESM-2 {_first(first, 'esm2')}"
         )
     click.echo(f"{size} bp: " + " | ".join(parts) + f" | ratio {run['invariant_over_default']:.2f}")
 
@@ -105,8 +109,8 @@ def _invariance_table(results: dict) -> list[tuple[str, ...]]:
                     f"{serve['frames_per_s'] / run['served']['frames_per_s']:.2f}x",
                     _moved(found["between_runs"]),
                     _moved(found["one_chunk_vs_batch_chunks"]),
-                    str(first["dnabert_s"]["first_module"] or "none"),
-                    str(first["esm2"]["first_module"] or "none"),
+                    _first(first, "dnabert_s"),
+                    _first(first, "esm2"),
                 )
             )
     return rows if len(rows) > 1 else []

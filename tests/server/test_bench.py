@@ -79,6 +79,9 @@ def assert_invariance_reported(run: dict, table: list[str]) -> None:
     served frames/s over the default's, in the JSON and in the printed table."""
     found = run["batch_invariance"]
     invariant = found["batch_invariant"]
+    # Both modes computed every row (no cache to take a repeated run's embeddings from).
+    assert run["served"]["embedding_cache_bytes"] == 0
+    assert run["served"]["embedding_cache"] == invariant["served"]["embedding_cache"] == {}
     assert invariant["served"]["frames_per_s"] > 0
     assert run["invariant_over_default"] == (
         invariant["served"]["frames_per_s"] / run["served"]["frames_per_s"]
