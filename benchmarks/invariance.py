@@ -21,15 +21,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from Bio import SeqIO
 
 from benchmarks.served import ServedRun, client_settings, served
+from benchmarks.workload import write_prefix
 from tests.repository_edits import set_embedding_cache, set_parameter
 from virnucpro_triton import repository as repo
 from virnucpro_triton.backends.torch_backend import TorchBackend
 from virnucpro_triton.commands.predict import predict
 from virnucpro_triton.results import frame_table
-from virnucpro_triton.sequence import chunks, six_frames
 from virnucpro_triton.sequence_embedders import DnaEmbedder, ProteinEmbedder
 
 # Rows per embedder whose module outputs are compared in their batch and alone.
@@ -55,23 +54,6 @@ def _probabilities(out_dir: Path) -> dict[str, tuple[float, float]]:
     # The table's numbers are float32's shortest text, so equal floats are equal bits.
     rows = frame_table.read_frames(out_dir / frame_table.FILES["tsv"])
     return {row.chunk_id + row.frame: (row.p_others, row.p_virus) for row in rows}
-
-
-def write_prefix(fasta: Path, target: Path, frames_wanted: int, chunk_size: int) -> int:
-    """The first records of `fasta` that hold at least `frames_wanted` frames (or all of them),
-    written to `target`; returns their frames."""
-    frames = 0
-    with open(target, "w") as handle:
-        for record in SeqIO.parse(fasta, "fasta"):
-            if frames >= frames_wanted:
-                break
-            handle.write(f">{record.id}\n{record.seq}\n")
-            frames += sum(
-                frame is not None
-                for _, chunk in chunks(record.id, str(record.seq), chunk_size)
-                for frame in six_frames(chunk)
-            )
-    return frames
 
 
 def repeat_runs(run: ServedRun, one_chunk_frames: int) -> Callable[[str], dict]:

@@ -57,13 +57,29 @@ def add_duplicates(
     rng.shuffle(reads)
     with open(target, "w") as handle:
         handle.writelines(f">{name}\n{seq}\n" for name, seq in reads)
-    frames = sum(
+    return len(reads), sum(frames_of(name, seq, chunk_size) for name, seq in reads)
+
+
+def frames_of(name: str, seq: str, chunk_size: int) -> int:
+    """The stop-free frames of a record's chunks: the rows it gets in the per-frame table."""
+    return sum(
         frame is not None
-        for name, seq in reads
         for _, chunk in chunks(name, seq, chunk_size)
         for frame in six_frames(chunk)
     )
-    return len(reads), frames
+
+
+def write_prefix(fasta: Path, target: Path, frames_wanted: int, chunk_size: int) -> int:
+    """The first records of `fasta` that hold at least `frames_wanted` frames (or all of them),
+    written to `target`; returns their frames."""
+    frames = 0
+    with open(target, "w") as handle:
+        for record in SeqIO.parse(fasta, "fasta"):
+            if frames >= frames_wanted:
+                break
+            handle.write(f">{record.id}\n{record.seq}\n")
+            frames += frames_of(record.id, str(record.seq), chunk_size)
+    return frames
 
 
 def write_frames(frames: list[Frame], dna: Path, protein: Path) -> None:

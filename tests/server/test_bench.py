@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks/ is not installed
 from benchmarks.bench import main  # noqa: E402
-from benchmarks.workload import add_duplicates, make_workload  # noqa: E402
+from benchmarks.workload import add_duplicates, frames_of, make_workload, write_prefix  # noqa: E402
 from virnucpro_triton import repository as repo  # noqa: E402
 from virnucpro_triton.sequence import reverse_complement  # noqa: E402
 
@@ -82,7 +82,7 @@ def assert_invariance_reported(run: dict, table: list[str]) -> None:
     # Both modes computed every row (no cache to take a repeated run's embeddings from).
     assert run["served"]["embedding_cache_bytes"] == 0
     assert run["served"]["embedding_cache"] == invariant["served"]["embedding_cache"] == {}
-    assert invariant["served"]["frames_per_s"] > 0
+    assert invariant["served"]["frames_per_s"] > 0 and run["invariant_over_default"] > 0
     assert run["invariant_over_default"] == (
         invariant["served"]["frames_per_s"] / run["served"]["frames_per_s"]
     )
@@ -126,3 +126,18 @@ def test_the_bench_adds_the_share_of_copies_asked_half_of_them_reverse_complemen
     assert exact + reverse == len(copies) and abs(exact - reverse) <= 1
     assert frames > len(unique_frames)
     assert len({r.id for r in records}) == reads  # copies have ids of their own
+
+
+def test_the_one_chunk_run_sends_the_first_records_holding_the_frames_asked(tmp_path):
+    source, prefix = tmp_path / "contigs.fa", tmp_path / "prefix.fa"
+    make_workload(source, 200, 300)
+    records = [(r.id, str(r.seq)) for r in SeqIO.parse(source, "fasta")]
+    frames = write_prefix(source, prefix, 30, 300)
+    written = [(r.id, str(r.seq)) for r in SeqIO.parse(prefix, "fasta")]
+    assert written == records[: len(written)] and len(written) < len(records)
+    assert frames == sum(frames_of(name, seq, 300) for name, seq in written)
+    # No record more than needed: without the last one, fewer than asked.
+    assert frames - frames_of(*written[-1], 300) < 30 <= frames
+    # Asked for more than the input holds: all of it.
+    assert write_prefix(source, prefix, 10_000, 300) >= 200
+    assert len(list(SeqIO.parse(prefix, "fasta"))) == len(records)
