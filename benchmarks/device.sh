@@ -9,7 +9,7 @@
 #           --fp8 auto verifies it for these weights), --duplicate-fraction ${DUP:-0.3}
 #           -> $OUT/bench.json (kept in docs/measurements/ when docs/performance.md quotes it).
 #           BENCH_ARGS adds options: --no-invariance, --no-fp8 leave those parts out.
-#   gpu:    pytest -m gpu (the gpu tier)
+#   gpu:    pytest -m gpu (the gpu tier), for ${GPU_S:-330} s or until the epoch second $UNTIL
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir .whl/*.whl || exit 1
@@ -24,7 +24,9 @@ for step in "$@"; do
             python3 -m benchmarks.bench --chunk-size 300 --frames "${FRAMES:-15000}" \
                 --duplicate-fraction "${DUP:-0.3}" ${BENCH_ARGS:-} --work-dir /tmp/bench --json-out "$OUT/bench.json" \
                 2>&1 | tee "$OUT/bench.log" | grep -v "^W\|^I" ;;
-        gpu) timeout "${GPU_S:-330}" python3 -m pytest -m gpu -q -p no:cacheprovider tests/gpu/test_gpu.py 2>&1 | tail -15 ;;
+        gpu) # UNTIL: the epoch second by which the step must end (what a call has left)
+            limit=${GPU_S:-330}; [ -n "${UNTIL:-}" ] && limit=$((UNTIL - $(date +%s)))
+            timeout "$limit" python3 -m pytest -m gpu -q -p no:cacheprovider tests/gpu/test_gpu.py 2>&1 | tail -15 ;;
         *) echo "unknown step $step (bench, gpu)"; exit 2 ;;
     esac
 done
