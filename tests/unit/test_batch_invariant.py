@@ -14,9 +14,17 @@ import pytest
 import torch
 from click.testing import CliRunner
 from google.protobuf import json_format
+from invariance import (
+    differing_from_whole,
+    embedded_in_batchings,
+    export_invariant,
+    random_sequences,
+    rows_differing,
+    served_embedder,
+)
 
 from virnucpro_triton import repository as repo
-from virnucpro_triton.backends.factory import classifier_backend, embedding_backend
+from virnucpro_triton.backends.factory import classifier_backend
 from virnucpro_triton.cli import main
 from virnucpro_triton.export import ExportError, export_repository
 from virnucpro_triton.export.formats import format_of
@@ -27,11 +35,10 @@ from virnucpro_triton.repository import (
     INVARIANT_WIDTH_STEP,
     provenance_values,
 )
-from virnucpro_triton.sequence_embedders import DnaEmbedder, ProteinEmbedder, _invariant_batches
+from virnucpro_triton.sequence_embedders import _invariant_batches
 from virnucpro_triton.server import backend_directory
 
 CPU = torch.device("cpu")
-AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
 
 
 def shape_of(length: int, token_budget: int, max_rows: int) -> tuple[int, int]:
@@ -65,72 +72,26 @@ def test_invariant_batches_take_their_shape_from_each_sequence_alone(token_budge
 
 @pytest.fixture(scope="module")
 def invariant_repository(tmp_path_factory) -> Path:
-    repository = tmp_path_factory.mktemp("invariant") / "repository"
-    export_repository(repository, tiny=True, batch_invariant=True, report=lambda _: None)
-    return repository
-
-
-def served_embedder(repository: Path, name: str, batch_invariant: bool):
-    """The entry's embedder as serving/embedding.py builds it, the mode on or off."""
-    version = repository / name / "1"
-    config = repo.read_architecture(version)["config"]
-    width = config.get("hidden_size") or config["embed_dim"]
-    backend = embedding_backend(version, CPU, width, batch_invariant=batch_invariant)
-    if name == repo.DNABERT_S:
-        return DnaEmbedder(backend, version / repo.TOKENIZER, batch_invariant=batch_invariant)
-    return ProteinEmbedder(backend, batch_invariant=batch_invariant)
-
-
-def random_sequences(name: str, count: int) -> list[str]:
-    """Sequences of lengths that spread over many widths."""
-    rng = random.Random(28)
-    letters, longest = ("ACGT", 400) if name == repo.DNABERT_S else (AMINO_ACIDS, 150)
-    return ["".join(rng.choices(letters, k=rng.randrange(1, longest))) for _ in range(count)]
-
-
-def ways_of_embedding(embed: Callable, sequences: list[str]) -> dict[str, np.ndarray]:
-    """Each sequence's vector embedded in the whole set, the set shuffled, and in two halves."""
-    order = random.Random(3).sample(range(len(sequences)), len(sequences))
-    shuffled = np.empty((len(sequences), embed.dim), np.float32)
-    shuffled[order] = embed([sequences[i] for i in order])
-    half = len(sequences) // 3  # halves of other sizes than the whole's batches
-    return {
-        "whole": embed(sequences),
-        "shuffled": shuffled,
-        "halves": np.concatenate([embed(sequences[:half]), embed(sequences[half:])]),
-    }
-
-
-def rows_differing(a: np.ndarray, b: np.ndarray) -> int:
-    """Rows whose bytes differ."""
-    return sum(x.tobytes() != y.tobytes() for x, y in zip(a, b, strict=True))
+    return export_invariant(tmp_path_factory.mktemp("invariant") / "repository")
 
 
 @pytest.mark.parametrize("name", [repo.DNABERT_S, repo.ESM2])
 def test_an_embedding_is_the_same_bytes_in_any_batch(invariant_repository, name):
     sequences = random_sequences(name, 240)
-    alone_sample = random.Random(5).sample(range(len(sequences)), 12)
-    for invariant in (True, False):
-        embed = served_embedder(invariant_repository, name, invariant)
-        ways = ways_of_embedding(embed, sequences)
-        whole = ways["whole"]
-        # Alone, each in a batch of its own (a sample: in the mode a batch is always full size).
-        alone = np.stack([embed([sequences[i]])[0] for i in alone_sample])
-        ways["alone"] = alone
-        differing = {
-            way: rows_differing(whole[alone_sample] if way == "alone" else whole, vectors)
-            for way, vectors in ways.items()
-        }
-        if invariant:
-            assert differing == dict.fromkeys(ways, 0), differing
-        else:
-            # The comparison sees the last bits that batches move where the mode is off.
-            assert differing["alone"] > 0 and differing["halves"] > 0, differing
+    # A sample alone: in the mode, a batch of one sequence is as large as any of its width.
+    alone = random.Random(5).sample(range(len(sequences)), 12)
+    embed = served_embedder(invariant_repository, name, CPU)
+    differing = differing_from_whole(embedded_in_batchings(embed, sequences, alone), alone)
+    assert set(differing.values()) == {0}, differing
+    # Without the mode the same comparisons see the last bits that batches move.
+    embed = served_embedder(invariant_repository, name, CPU, batch_invariant=False)
+    differing = differing_from_whole(embedded_in_batchings(embed, sequences, alone), alone)
+    assert differing["alone"] > 0 and differing["parts"] > 0, differing
 
 
 @pytest.mark.parametrize("name", [repo.DNABERT_S, repo.ESM2])
 def test_invariant_fp32_embeddings_match_the_reference_model(invariant_repository, name):
-    embed = served_embedder(invariant_repository, name, True)
+    embed = served_embedder(invariant_repository, name, CPU)
     model, _ = repo.load_model(invariant_repository / name / "1")
     sequences = random_sequences(name, 120)
     reference = reference_dna if name == repo.DNABERT_S else reference_protein
