@@ -96,7 +96,7 @@ def invariant_copy(repository: Path, target: Path) -> Path:
         for name, spec in repo.entry_specs().items()
         if repo.BATCH_INVARIANT in spec.parameters and (target / name).is_dir()
     ]
-    set_parameter(target, names, repo.BATCH_INVARIANT, "true")
+    set_parameter(target, repo.BATCH_INVARIANT, "true", names)
     return target
 
 

@@ -61,6 +61,15 @@ def in_process(repository: Path, fasta_text: str, chunk_size: int) -> dict[str, 
     return expected
 
 
+def worst_difference(out_dir: Path, repository: Path, fasta_text: str, chunk_size: int) -> float:
+    """The largest difference between a run's probabilities (`out_dir`) and in_process's on
+    `repository`; both must hold the same frames."""
+    rows = read_rows(out_dir)
+    expected = in_process(repository, fasta_text, chunk_size)
+    assert rows.keys() == expected.keys() and rows
+    return max(np.abs(np.array(rows[k][1:]) - expected[k]).max() for k in expected)
+
+
 def same_table(a: bytes, b: bytes) -> bool:
     """Equal cell by cell; numbers within 1e-6, since runs sharing the server are batched (and
     padded) differently, which moves fp32 results in their last digit."""

@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import copy
 import random
+from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from inputs import STOP_FREE_CODONS
-from reference import MIXED, in_process, read_rows
+from inputs import STOP_FREE_CODONS, reads
+from invariance import (
+    CHUNK_SIZE,
+    INVARIANT_ENTRIES,
+    assert_same_results,
+    beside_another_client,
+    differing_from_whole,
+    embedded_in_batchings,
+    export_invariant,
+    random_sequences,
+    served_embedder,
+    write_records,
+)
+from reference import MIXED, read_rows, worst_difference
 
 from virnucpro_triton import repository as repo
 from virnucpro_triton.backends.torch_backend import TorchBackend, fp8_layers
@@ -53,11 +65,7 @@ def test_gpu_results_equal_cpu_reference(
     server, tiny_repository, mixed_fasta, tmp_path, chunk_size
 ):
     predict(mixed_fasta, chunk_size, tmp_path, server.grpc_url, progress=False)
-    rows = read_rows(tmp_path)
-    expected = in_process(tiny_repository, MIXED, chunk_size)
-    assert set(rows) == set(expected)
-    worst = max(abs(np.array(rows[k][1:]) - expected[k]).max() for k in expected)
-    assert worst <= 1e-5
+    assert worst_difference(tmp_path, tiny_repository, MIXED, chunk_size) <= 1e-5
 
 
 def test_bf16_entries_on_gpu_agree_with_fp32(mixed_fasta, tmp_path):
@@ -181,3 +189,58 @@ def test_fc1_gelu_epilogue_in_bf16_is_as_close_to_fp32_erf_gelu_as_unfused():
 
     assert not torch.equal(fused, unfused)  # the epilogue ran: it rounds once, not twice
     assert error(fused) <= 1.1 * error(unfused) and error(fused) < 5e-3
+
+
+# The batch-invariant mode (repository/spec.py BATCH_INVARIANT) in bf16, where kernels choose
+# their tiling and reduction order by the batch's shape, and in fp32.
+
+
+@pytest.fixture(scope="module")
+def bf16_invariant(tmp_path_factory) -> Path:
+    return export_invariant(tmp_path_factory.mktemp("bf16_invariant") / "repository", "bf16")
+
+
+@pytest.mark.parametrize("name", [repo.DNABERT_S, repo.ESM2])
+def test_bf16_invariant_embedders_give_a_sequence_the_same_bytes_in_any_batch(bf16_invariant, name):
+    sequences = random_sequences(name, 240)
+    alone = random.Random(5).sample(range(len(sequences)), 12)
+    embed = served_embedder(bf16_invariant, name, torch.device("cuda"))
+    assert not embed.backend.compiled  # compiled kernels are tuned per machine
+    differing = differing_from_whole(embedded_in_batchings(embed, sequences, alone), alone)
+    assert set(differing.values()) == {0}, differing
+
+
+def test_bf16_invariant_results_are_the_same_bytes_however_sent(bf16_invariant, tmp_path):
+    records = write_records(tmp_path / "records.fa")
+    other = tmp_path / "other.fa"
+    other.write_text("".join(f">other_{i}\n{read}\n" for i, read in enumerate(reads(11, 8))))
+    out = {way: tmp_path / way for way in ("whole", "one_chunk", "concurrent", "second_server")}
+    log = tmp_path / "first.log"
+    with EmbeddedServer(bf16_invariant, log_path=log) as server:
+        url = server.grpc_url
+        predict(records, CHUNK_SIZE, out["whole"], url, batch_chunks=512, progress=False)
+        predict(records, CHUNK_SIZE, out["one_chunk"], url, batch_chunks=1, progress=False)
+        summary, answered = beside_another_client(
+            server,
+            other,
+            lambda: predict(
+                records, CHUNK_SIZE, out["concurrent"], url, batch_chunks=7, progress=False
+            ),
+        )
+    with EmbeddedServer(bf16_invariant, log_path=tmp_path / "second.log") as second:
+        predict(records, CHUNK_SIZE, out["second_server"], second.grpc_url, progress=False)
+    loaded = [line for line in log.read_text().splitlines() if "virnucpro-triton: loaded" in line]
+    for name in INVARIANT_ENTRIES:
+        lines = [line for line in loaded if f" loaded {name} (" in line]
+        assert lines and all("batch-invariant) on cuda:0" in line for line in lines), lines
+        assert not any("compiled" in line for line in lines), lines  # tuned per machine
+    assert answered > -(-summary.chunks // 7)  # the run's own requests and the other client's
+    for way in ("one_chunk", "concurrent", "second_server"):
+        assert_same_results(out["whole"], out[way])
+
+
+def test_fp32_invariant_results_on_the_gpu_equal_cpu_reference(mixed_fasta, tmp_path):
+    repository = export_invariant(tmp_path / "repository")
+    with EmbeddedServer(repository) as server:
+        predict(mixed_fasta, CHUNK_SIZE, tmp_path / "out", server.grpc_url, progress=False)
+    assert worst_difference(tmp_path / "out", repository, MIXED, CHUNK_SIZE) <= 1e-5
