@@ -26,7 +26,7 @@ for step in "$@"; do
                 2>&1 | tee "$OUT/bench.log" | grep -v "^W\|^I" ;;
         gpu) # UNTIL: the epoch second by which the step must end (what a call has left)
             limit=${GPU_S:-330}; [ -n "${UNTIL:-}" ] && limit=$((UNTIL - $(date +%s)))
-            timeout "$limit" python3 -m pytest -m gpu -q -p no:cacheprovider tests/gpu/test_gpu.py 2>&1 | tail -15 ;;
+            timeout "$limit" python3 -m pytest -m gpu -rA -p no:cacheprovider tests/gpu/test_gpu.py > "$OUT/gpu.log" 2>&1; tail -40 "$OUT/gpu.log" ;;
         *) echo "unknown step $step (bench, gpu)"; exit 2 ;;
     esac
 done
