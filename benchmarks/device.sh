@@ -9,6 +9,8 @@
 #           --fp8 auto verifies it for these weights), --duplicate-fraction ${DUP:-0.3}
 #           -> $OUT/bench.json (kept in docs/measurements/ when docs/performance.md quotes it).
 #           BENCH_ARGS adds options: --no-invariance, --no-fp8 leave those parts out.
+#   cost:   what each part of the batch-invariant mode costs, the embedders alone
+#           (benchmarks/invariance_cost.py) -> $OUT/invariance_cost.json
 #   gpu:    pytest -m gpu (the gpu tier), for ${GPU_S:-330} s or until the epoch second $UNTIL
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -24,10 +26,13 @@ for step in "$@"; do
             python3 -m benchmarks.bench --chunk-size 300 --frames "${FRAMES:-15000}" \
                 --duplicate-fraction "${DUP:-0.3}" ${BENCH_ARGS:-} --work-dir /tmp/bench --json-out "$OUT/bench.json" \
                 2>&1 | tee "$OUT/bench.log" | grep -v "^W\|^I" ;;
+        cost)
+            python3 -m benchmarks.invariance_cost --frames "${FRAMES:-4000}" --work-dir /tmp/bench \
+                --json-out "$OUT/invariance_cost.json" 2>&1 | grep -v "^W\|^I" ;;
         gpu) # UNTIL: the epoch second by which the step must end (what a call has left)
             limit=${GPU_S:-330}; [ -n "${UNTIL:-}" ] && limit=$((UNTIL - $(date +%s)))
             timeout "$limit" python3 -m pytest -m gpu -rA -p no:cacheprovider tests/gpu/test_gpu.py > "$OUT/gpu.log" 2>&1; tail -40 "$OUT/gpu.log" ;;
-        *) echo "unknown step $step (bench, gpu)"; exit 2 ;;
+        *) echo "unknown step $step (bench, cost, gpu)"; exit 2 ;;
     esac
 done
 echo "== done $(date -u +%T)"

@@ -57,16 +57,27 @@ def in_process(
 
 
 @torch.inference_mode()
-def models_alone(models: dict, frames: list, device: torch.device) -> dict:
+def models_alone(
+    models: dict,
+    frames: list,
+    device: torch.device,
+    compiled: bool | None = None,
+    packed: bool = True,
+    batch_invariant: bool = False,
+) -> dict:
     """The served embedders without the server: each model's entry embedder (packed and
     compiled on a GPU, warmed up as the entries load them) on sets of one execute's frames.
     Per model the median frames/s over the sets: a set that met a recompilation (counted) is
     a cold cost, not the speed. Both together is what served would reach if the GPU never
-    waited between executes."""
-    compiled = device.type == "cuda"
+    waited between executes. `compiled`, `packed`, `batch_invariant`: the embedders with one
+    of those changed, for what each costs (invariance_cost.py)."""
+    if compiled is None:
+        compiled = device.type == "cuda"
     dna_backend = TorchBackend(copy.deepcopy(models["dnabert"]), device, compiled)
-    dna = DnaEmbedder(dna_backend, models["tokenizer"])
-    protein = ProteinEmbedder(TorchBackend(copy.deepcopy(models["esm2"]), device, compiled))
+    dna = DnaEmbedder(dna_backend, models["tokenizer"], batch_invariant=batch_invariant)
+    protein_backend = TorchBackend(copy.deepcopy(models["esm2"]), device, compiled)
+    protein_backend.packed = protein_backend.packed and packed
+    protein = ProteinEmbedder(protein_backend, batch_invariant=batch_invariant)
     if compiled:
         dna.warm_up()
         protein.warm_up()
