@@ -67,7 +67,7 @@ PYTEST_PARALLEL = $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscop
 test: $(STAMP) $(TOOLS_STAMP)  ## the unit and server tiers less their slow tests (after every change; CI runs it)
 	$(PYTEST_PARALLEL) -m 'not slow' tests/server tests/unit
 
-test-slow: $(STAMP) $(TOOLS_STAMP)  ## the slow tests of the unit and server tiers (marker slow: wheel installs, replicas, image locks; CI runs it)
+test-slow: $(STAMP) $(TOOLS_STAMP)  ## the slow tests of the unit and server tiers (marker slow: wheel installs, replicas, image locks, the bench; CI runs it)
 	$(PYTEST_PARALLEL) -m slow tests/server tests/unit
 
 test-unit: $(STAMP) $(TOOLS_STAMP)  ## unit tier (tests/unit): no tritonserver at all

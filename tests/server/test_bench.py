@@ -22,7 +22,8 @@ from virnucpro_triton import repository as repo  # noqa: E402
 from virnucpro_triton.sequence import reverse_complement  # noqa: E402
 
 
-@pytest.mark.server  # the bench starts its own server
+@pytest.mark.server  # the bench starts its own servers
+@pytest.mark.slow  # two servers, and the batch-invariant mode's full-size batches on the CPU
 def test_bench_smoke_run_reports_every_way(tmp_path):
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(
