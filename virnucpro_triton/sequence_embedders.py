@@ -116,19 +116,18 @@ class _Embedder:
         """One batch's vectors [B, dim] (fp32), queued on the backend's device. `shape` (rows,
         width): run padded in exactly that shape, the rows filled up with copies of the first."""
         device = self.backend.device
+        count, width = len(tokens), 0
         if shape:
             rows, width = shape
-            ids = pad_batch(tokens + tokens[:1] * (rows - len(tokens)), self.pad_id, width)
-            ids = (ids.pin_memory() if pinned else ids).to(device, non_blocking=pinned)
-            return self.backend.embed(ids, ids != self.pad_id)[: len(tokens)]
-        if self.backend.packed:
+            tokens = tokens + tokens[:1] * (rows - count)
+        elif self.backend.packed:
             ids = torch.tensor([token for row in tokens for token in row])
             ids = (ids.pin_memory() if pinned else ids).to(device, non_blocking=pinned)
             packing = Packed.of([len(row) for row in tokens]).to(device, pinned)
             return self.backend.embed_packed(ids, packing)
-        ids = pad_batch(tokens, self.pad_id)
+        ids = pad_batch(tokens, self.pad_id, width)
         ids = (ids.pin_memory() if pinned else ids).to(device, non_blocking=pinned)
-        return self.backend.embed(ids, ids != self.pad_id)
+        return self.backend.embed(ids, ids != self.pad_id)[:count]
 
     @torch.inference_mode()
     def __call__(self, sequences: Sequence[str]) -> np.ndarray:

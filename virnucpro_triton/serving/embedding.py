@@ -57,17 +57,17 @@ class EmbeddingModel:
             compiled_on_gpu=True,
             batch_invariant=batch_invariant,
         )
-        limits = {
+        batching = {
             "token_budget": config.limit(TOKEN_BUDGET_KEY),
             "max_rows": config.limit(MAX_ROWS_KEY),
             "batch_invariant": batch_invariant,
         }
         kind = architecture["kind"]
         if kind == DNABERT_S:
-            self.embed = DnaEmbedder(backend, directory / TOKENIZER, **limits)
+            self.embed = DnaEmbedder(backend, directory / TOKENIZER, **batching)
             alphabet = DNA
         else:
-            self.embed = ProteinEmbedder(backend, **limits)
+            self.embed = ProteinEmbedder(backend, **batching)
             alphabet = PROTEIN
         self.check = partial(CHECKS[alphabet], max_length=config.limit(MAX_LENGTH))
         if backend.compiled:
